@@ -1,0 +1,230 @@
+"""The ops HTTP API (SPEC §8) on Quart-Trio.
+
+Reads only: every answer is built from the engine's live objects or the store. Money and
+quantities are exact decimals written as JSON numbers. Every error is JSON
+``{"error", "message"}`` with a 4xx code; a 5xx is a bug and is logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from titan_trio.api.openapi import OPENAPI
+from titan_trio.clock import now_ms
+from titan_trio.domain.equity import equity_phase
+from titan_trio.state import records
+from titan_trio.state.shadow import utc_day
+
+if TYPE_CHECKING:
+    from titan_trio.engine import Engine
+
+log = logging.getLogger("titan.api")
+_encoder = msgspec.json.Encoder(decimal_format="number")
+MAX_TRADES_LIMIT = 1000
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(_encoder.encode(body), status=status, content_type="application/json")
+
+
+def error_response(status: int, error: str, message: str) -> Response:
+    return json_response({"error": error, "message": message}, status)
+
+
+def create_app(engine: Engine) -> QuartTrio:
+    app = QuartTrio("titan_trio")
+    app.config["JSON_SORT_KEYS"] = False
+
+    @app.errorhandler(BadRequest)
+    async def bad_request(exc: BadRequest) -> Response:
+        return error_response(400, "bad_request", exc.message)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        code = exc.code or 500
+        name = (exc.name or "error").lower().replace(" ", "_")
+        if code == 404:
+            message = f"no endpoint at {request.path}; see /api/openapi.json"
+        elif code == 405:
+            message = f"{request.method} is not allowed on {request.path}"
+        else:
+            message = exc.description or name
+        return error_response(code, name, message)
+
+    @app.errorhandler(Exception)
+    async def internal_error(exc: Exception) -> Response:
+        log.error("API error on %s %s", request.method, request.path, exc_info=exc)
+        return error_response(500, "internal_error", "the service failed to answer; see logs")
+
+    @app.get("/api/health")
+    async def health() -> Response:
+        body = engine.health()
+        return json_response(body, 503 if body["status"] == "unhealthy" else 200)
+
+    @app.get("/api/state/equity")
+    async def equity() -> Response:
+        return json_response(await equity_view(engine))
+
+    @app.get("/api/state/positions")
+    async def positions() -> Response:
+        return json_response(positions_view(engine))
+
+    @app.get("/api/state/orders")
+    async def orders() -> Response:
+        return json_response(orders_view(engine))
+
+    @app.get("/api/market")
+    async def market() -> Response:
+        return json_response(market_view(engine))
+
+    @app.get("/api/trades")
+    async def trades() -> Response:
+        day, limit, symbol = parse_trades_query(request.args, engine.cfg.symbols)
+        rows = await engine.store.call(records.list_trades, day, limit, symbol)
+        return json_response(rows)
+
+    @app.get("/api/openapi.json")
+    async def openapi() -> Response:
+        return json_response(OPENAPI)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(
+            engine.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    return app
+
+
+def parse_trades_query(args: Any, symbols: list[str]) -> tuple[str | None, int, str | None]:
+    unknown = sorted(set(args) - {"date", "limit", "symbol"})
+    if unknown:
+        raise BadRequest(f"unknown query parameter(s): {', '.join(unknown)}")
+    day = args.get("date")
+    if day is not None:
+        if not _DATE.match(day):
+            raise BadRequest(f"date must be YYYY-MM-DD, got {day!r}")
+        try:
+            dt.date.fromisoformat(day)
+        except ValueError:
+            raise BadRequest(f"date {day!r} is not a calendar date") from None
+    raw_limit = args.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_TRADES_LIMIT:
+        raise BadRequest(
+            f"limit must be a whole number from 1 to {MAX_TRADES_LIMIT}, got {raw_limit!r}"
+        )
+    symbol = args.get("symbol")
+    if symbol is not None and symbol not in symbols:
+        raise BadRequest(f"symbol {symbol!r} is not traded; traded: {', '.join(symbols)}")
+    return day, int(raw_limit), symbol
+
+
+async def equity_view(engine: Engine) -> dict[str, Any]:
+    shadow = engine.shadow
+    book = engine.hub.book
+    tracker = engine.equity_monitor.tracker
+    equity = engine.equity_monitor.equity()
+    risk = engine.cfg.risk
+    realized_today = await engine.store.call(records.realized_pnl_on, utc_day(now_ms()))
+    return {
+        "equity": equity,
+        "balance": shadow.balance,
+        "unrealized_pnl": shadow.unrealized_pnl(book),
+        "realized_pnl_today": realized_today,
+        "peak_equity": tracker.peak_equity,
+        "drawdown_pct": round(tracker.drawdown_pct, 4),
+        "initial_capital": tracker.initial_capital,
+        "phase": equity_phase(
+            equity, Decimal(repr(risk.phase1_max_equity)), Decimal(repr(risk.phase2_max_equity))
+        ),
+        "trading_state": "ACTIVE",
+        "breaker": {"enabled": False, "tripped": False},
+        "currency": "USDT",
+    }
+
+
+def positions_view(engine: Engine) -> list[dict[str, Any]]:
+    shadow = engine.shadow
+    marks = shadow.marks(engine.hub.book)
+    out = []
+    for symbol, rec in sorted(shadow.positions.items()):
+        p = rec.position
+        side = p.side
+        out.append(
+            {
+                "symbol": symbol,
+                "side": "LONG" if side is not None and side.sign > 0 else "SHORT",
+                "size": p.abs_size,
+                "entry_price": p.entry_price,
+                "mark_price": marks[symbol],
+                "unrealized_pnl": p.unrealized_pnl(marks[symbol]),
+                "realized_pnl": p.realized_pnl,
+                "fees": p.fees,
+                "leverage": p.leverage,
+                "stop_loss": rec.stop_loss,
+                "take_profits": rec.take_profits,
+                "opened_at": p.opened_ms,
+                "signal_id": rec.signal_id,
+                "trap_type": rec.trap_type,
+            }
+        )
+    return out
+
+
+def orders_view(engine: Engine) -> list[dict[str, Any]]:
+    return [
+        {
+            "client_order_id": o.client_order_id,
+            "exchange_order_id": o.exchange_order_id,
+            "symbol": o.symbol,
+            "side": o.side.value,
+            "type": o.order_type.value,
+            "time_in_force": o.time_in_force.value,
+            "qty": o.qty,
+            "price": o.price,
+            "filled_qty": o.filled_qty,
+            "avg_fill_price": o.avg_fill_price,
+            "reduce_only": o.reduce_only,
+            "status": o.status.value,
+            "signal_id": o.signal_id,
+            "created_at": o.created_ms,
+            "updated_at": o.updated_ms,
+        }
+        for o in sorted(engine.shadow.orders.values(), key=lambda o: o.created_ms)
+    ]
+
+
+def market_view(engine: Engine) -> dict[str, Any]:
+    book = engine.hub.book
+    now = now_ms()
+    out: dict[str, Any] = {}
+    for symbol in book.symbols():
+        q = book.get(symbol)
+        assert q is not None
+        out[symbol] = {
+            "bid": q.bid,
+            "ask": q.ask,
+            "bid_size": q.bid_size,
+            "ask_size": q.ask_size,
+            "last": q.last,
+            "spread_pct": round(q.spread_pct, 6),
+            "age_ms": book.age_ms(symbol, now),
+            "source": q.source,
+        }
+    return out

@@ -1,0 +1,55 @@
+"""What every broker adapter offers the core (paper now, Bybit later).
+
+Adapters translate the outside world into domain objects and TitanErrors:
+``submit`` raises BrokerRejected only when the exchange proved it did not take the order;
+anything ambiguous is left for the event stream or reconciliation to settle.
+Events flow to the core over a bounded memory channel, in the order they happened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+import trio
+
+from titan_trio.domain.orders import Fill, Order, OrderRequest
+from titan_trio.domain.positions import Position
+
+
+@dataclass(frozen=True, slots=True)
+class OrderEvent:
+    order: Order
+
+
+@dataclass(frozen=True, slots=True)
+class FillEvent:
+    fill: Fill
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceEvent:
+    balance: Decimal
+
+
+BrokerEvent = OrderEvent | FillEvent | BalanceEvent
+
+
+class Broker(Protocol):
+    name: str
+    events: trio.MemoryReceiveChannel[BrokerEvent]
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+    async def submit(self, request: OrderRequest) -> Order: ...
+
+    async def cancel(self, symbol: str, client_order_id: str) -> Order: ...
+
+    async def open_orders(self) -> list[Order]: ...
+
+    async def positions(self) -> list[Position]: ...
+
+    async def balance(self) -> Decimal: ...
+
+    def health(self) -> dict[str, Any]: ...

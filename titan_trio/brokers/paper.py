@@ -1,0 +1,140 @@
+"""The paper broker: the PaperExchange behind the same interface a real exchange has.
+
+Its account (balance, positions, resting orders, id sequences) is saved in the
+database's key-value table after every change, before the change is reported, so a
+restart resumes the same account. Resting limit orders are matched on every new quote.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from decimal import Decimal
+from typing import Any
+
+import trio
+
+from titan_trio.brokers.base import BalanceEvent, BrokerEvent, FillEvent, OrderEvent
+from titan_trio.brokers.paper_exchange import PaperExchange
+from titan_trio.clock import now_ms
+from titan_trio.config import BrokerConfig
+from titan_trio.domain.instruments import Instrument
+from titan_trio.domain.orders import Fill, Order, OrderRequest
+from titan_trio.domain.positions import Position
+from titan_trio.errors import BrokerRejected
+from titan_trio.feeds.hub import MarketHub
+from titan_trio.state import records
+from titan_trio.state.store import Store
+
+log = logging.getLogger("titan.broker.paper")
+ACCOUNT_KEY = "paper.account"
+
+
+class PaperBroker:
+    name = "paper"
+
+    def __init__(
+        self,
+        cfg: BrokerConfig,
+        instruments: dict[str, Instrument],
+        hub: MarketHub,
+        store: Store,
+        event_buffer: int = 1024,
+    ) -> None:
+        self.hub = hub
+        self.store = store
+        self.exchange = PaperExchange(
+            instruments,
+            balance=Decimal(repr(cfg.initial_capital)),
+            maker_fee_pct=Decimal(repr(cfg.maker_fee_pct)),
+            taker_fee_pct=Decimal(repr(cfg.taker_fee_pct)),
+            slippage_pct=Decimal(repr(cfg.slippage_pct)),
+        )
+        self._send, self.events = trio.open_memory_channel[BrokerEvent](event_buffer)
+        self._lock = trio.Lock()  # one change to the account at a time
+        self.last_latency_s: float | None = None
+        self.resumed = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        snap = await self.store.call(records.kv_get, ACCOUNT_KEY)
+        if snap is not None:
+            self.exchange.restore(snap)
+            self.resumed = True
+            log.info(
+                "paper account resumed: balance %s, %d positions, %d open orders",
+                self.exchange.balance,
+                len(self.exchange.positions),
+                len(self.exchange.open_orders()),
+            )
+        else:
+            await self._persist()
+            log.info("paper account opened with %s USDT", self.exchange.balance)
+        task_status.started()
+        while True:
+            await self.hub.wait_for_update()
+            async with self._lock:
+                fills: list[Fill] = []
+                canceled: list[Order] = []
+                for symbol in sorted({o.symbol for o in self.exchange.open_orders()}):
+                    quote = self.hub.book.get(symbol)
+                    if quote is not None:
+                        new_fills, new_canceled = self.exchange.on_quote(quote, now_ms())
+                        fills += new_fills
+                        canceled += new_canceled
+                if fills or canceled:
+                    await self._commit(fills, canceled)
+
+    async def _persist(self) -> None:
+        await self.store.call(records.kv_set, ACCOUNT_KEY, self.exchange.snapshot(), now_ms())
+
+    async def _commit(self, fills: list[Fill], extra: list[Order]) -> None:
+        """Save the account, then report what changed (orders touched, fills, balance)."""
+        await self._persist()
+        touched = {f.client_order_id: self.exchange.orders[f.client_order_id] for f in fills}
+        for order in extra:
+            touched[order.client_order_id] = order
+        for order in touched.values():
+            await self._send.send(OrderEvent(copy.deepcopy(order)))
+        for fill in fills:
+            await self._send.send(FillEvent(fill))
+        if fills:
+            await self._send.send(BalanceEvent(self.exchange.balance))
+
+    async def submit(self, request: OrderRequest) -> Order:
+        started = time.perf_counter()
+        async with self._lock:
+            quote = self.hub.book.get(request.symbol)
+            order, fills = self.exchange.place(request, quote, now_ms())  # may raise
+            await self._commit(fills, [order])
+        self.last_latency_s = time.perf_counter() - started
+        return copy.deepcopy(order)
+
+    async def cancel(self, symbol: str, client_order_id: str) -> Order:
+        async with self._lock:
+            order = self.exchange.cancel(client_order_id, now_ms())
+            await self._commit([], [order])
+        return copy.deepcopy(order)
+
+    async def open_orders(self) -> list[Order]:
+        return [copy.deepcopy(o) for o in self.exchange.open_orders()]
+
+    async def positions(self) -> list[Position]:
+        return [copy.deepcopy(p) for p in self.exchange.positions.values()]
+
+    async def balance(self) -> Decimal:
+        return self.exchange.balance
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "healthy",
+            "name": self.name,
+            "reachable": True,
+            "last_latency_ms": None
+            if self.last_latency_s is None
+            else round(self.last_latency_s * 1000, 3),
+            "rate_limit_headroom": None,
+        }
+
+
+__all__ = ["BrokerRejected", "PaperBroker"]

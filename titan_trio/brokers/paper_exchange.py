@@ -1,0 +1,350 @@
+"""The paper exchange: a pure matching model over top-of-book quotes.
+
+It plays the exchange's part for the paper broker: it holds the account (wallet balance,
+positions, resting orders), accepts or rejects orders with reasons, and fills them:
+
+- market orders fill at once at the touch plus modelled slippage, taker fee;
+- limit orders that cross on arrival fill at once at the touch as taker (never worse
+  than their limit); the rest rest and fill at their limit price, maker fee, when a
+  later quote crosses them, at most the touch size per quote (so partial fills happen);
+- post-only orders that would cross on arrival are rejected, as on Bybit;
+- reduce-only orders must reduce: they are clipped to the position and rejected when
+  there is nothing to reduce;
+- leverage above the instrument's maximum, or initial margin above the available
+  balance, is rejected.
+
+No I/O and no clock: the adapter passes ``now_ms`` and persists ``snapshot()``.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from titan_trio.domain.instruments import Instrument
+from titan_trio.domain.orders import (
+    Fill,
+    Order,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    Side,
+    TimeInForce,
+)
+from titan_trio.domain.positions import Position
+from titan_trio.domain.quotes import Quote
+from titan_trio.errors import BrokerRejected
+
+ZERO = Decimal(0)
+HUNDRED = Decimal(100)
+
+
+class PaperExchange:
+    def __init__(
+        self,
+        instruments: dict[str, Instrument],
+        balance: Decimal,
+        maker_fee_pct: Decimal,
+        taker_fee_pct: Decimal,
+        slippage_pct: Decimal,
+    ) -> None:
+        self.instruments = instruments
+        self.balance = balance  # wallet balance: deposits + realized P&L - fees
+        self.maker_fee_pct = maker_fee_pct
+        self.taker_fee_pct = taker_fee_pct
+        self.slippage_pct = slippage_pct
+        self.orders: dict[str, Order] = {}  # every order this run has seen, by client id
+        self.positions: dict[str, Position] = {}
+        self.exec_seq = 0
+        self.order_seq = 0
+
+    # ----- account -------------------------------------------------------------------
+
+    def unrealized_pnl(self, marks: dict[str, Decimal]) -> Decimal:
+        total = ZERO
+        for symbol, pos in self.positions.items():
+            mark = marks.get(symbol)
+            if mark is not None and not pos.is_flat:
+                total += pos.unrealized_pnl(mark)
+        return total
+
+    def equity(self, marks: dict[str, Decimal]) -> Decimal:
+        return self.balance + self.unrealized_pnl(marks)
+
+    def used_margin(self, marks: dict[str, Decimal]) -> Decimal:
+        used = ZERO
+        for symbol, pos in self.positions.items():
+            if not pos.is_flat:
+                mark = marks.get(symbol, pos.entry_price)
+                used += pos.notional(mark) / pos.leverage
+        for order in self.open_orders():
+            if not order.reduce_only and order.price is not None:
+                used += order.remaining_qty * order.price / order.leverage
+        return used
+
+    def open_orders(self) -> list[Order]:
+        return [o for o in self.orders.values() if o.status.is_open]
+
+    # ----- orders --------------------------------------------------------------------
+
+    def place(
+        self, req: OrderRequest, quote: Quote | None, now_ms: int
+    ) -> tuple[Order, list[Fill]]:
+        """Accept (and maybe fill) an order, or raise BrokerRejected with the reason."""
+        if req.client_order_id in self.orders:
+            raise BrokerRejected(
+                "DUPLICATE_ORDER_ID", f"order id {req.client_order_id} was already used"
+            )
+        inst = self.instruments.get(req.symbol)
+        if inst is None:
+            raise BrokerRejected("UNKNOWN_SYMBOL", f"symbol {req.symbol} is not traded")
+        if quote is None:
+            raise BrokerRejected("NO_MARKET", f"no price for {req.symbol} yet")
+        if req.leverage <= 0 or req.leverage > inst.max_leverage:
+            raise BrokerRejected(
+                "LEVERAGE_TOO_HIGH",
+                f"leverage {req.leverage} is outside 0..{inst.max_leverage} for {req.symbol}",
+            )
+        if req.order_type is OrderType.LIMIT:
+            if req.price is None or req.price <= 0:
+                raise BrokerRejected("INVALID_PRICE", "a limit order needs a positive price")
+            if not inst.is_on_tick(req.price):
+                raise BrokerRejected(
+                    "INVALID_PRICE", f"price {req.price} is not a multiple of {inst.tick_size}"
+                )
+        qty = req.qty
+        position = self.positions.get(req.symbol)
+        if req.reduce_only:
+            if position is None or position.is_flat or position.side is req.side:
+                raise BrokerRejected(
+                    "REDUCE_ONLY_WOULD_NOT_REDUCE", f"no {req.side.opposite} position to reduce"
+                )
+            qty = min(qty, position.abs_size)
+        ref_price = req.price if req.price is not None else quote.mid
+        if not req.reduce_only:
+            problem = inst.size_problem(qty, ref_price)
+            if problem is not None:
+                raise BrokerRejected("INVALID_QTY", problem)
+        elif not inst.is_on_step(qty) or qty <= 0:
+            raise BrokerRejected("INVALID_QTY", f"quantity {qty} is not a multiple of the step")
+        crosses = self._crosses(req.side, req.price, quote) if req.price is not None else True
+        if req.time_in_force is TimeInForce.POST_ONLY and crosses:
+            raise BrokerRejected(
+                "POST_ONLY_WOULD_CROSS",
+                f"post-only {req.side} at {req.price} would cross the book "
+                f"({quote.bid}/{quote.ask})",
+            )
+        if not req.reduce_only:
+            marks = {quote.symbol: quote.mid}
+            margin = qty * ref_price / req.leverage
+            available = self.equity(marks) - self.used_margin(marks)
+            if margin > available:
+                raise BrokerRejected(
+                    "INSUFFICIENT_BALANCE",
+                    f"initial margin {margin:.2f} exceeds available balance {available:.2f}",
+                )
+        self.order_seq += 1
+        order = Order(
+            client_order_id=req.client_order_id,
+            symbol=req.symbol,
+            side=req.side,
+            order_type=req.order_type,
+            qty=qty,
+            price=req.price,
+            time_in_force=req.time_in_force,
+            reduce_only=req.reduce_only,
+            leverage=req.leverage,
+            signal_id=req.signal_id,
+            exchange_order_id=f"paper-{self.order_seq}",
+            created_ms=now_ms,
+            updated_ms=now_ms,
+        )
+        order.transition(OrderStatus.SUBMITTED, now_ms)
+        order.transition(OrderStatus.ACCEPTED, now_ms)
+        self.orders[order.client_order_id] = order
+        fills: list[Fill] = []
+        if crosses:
+            fills.append(self._fill_taker(order, quote, now_ms))
+        if order.time_in_force is TimeInForce.IOC or order.order_type is OrderType.MARKET:
+            if order.status.is_open:
+                order.transition(OrderStatus.CANCELED, now_ms)
+        return order, fills
+
+    def cancel(self, client_order_id: str, now_ms: int) -> Order:
+        order = self.orders.get(client_order_id)
+        if order is None:
+            raise BrokerRejected("ORDER_NOT_FOUND", f"no order {client_order_id}")
+        if not order.status.is_open:
+            raise BrokerRejected(
+                "ORDER_NOT_OPEN", f"order {client_order_id} is already {order.status}"
+            )
+        order.transition(OrderStatus.CANCELED, now_ms)
+        return order
+
+    def on_quote(self, quote: Quote, now_ms: int) -> tuple[list[Fill], list[Order]]:
+        """Fill resting orders that this quote crosses, at most the touch size. Returns
+        the fills and the orders cancelled because, reduce-only, they can no longer
+        reduce anything."""
+        fills: list[Fill] = []
+        canceled: list[Order] = []
+        bid_left, ask_left = quote.bid_size, quote.ask_size
+        resting = [o for o in self.open_orders() if o.symbol == quote.symbol]
+        # Best-priced first, then oldest: price-time priority within our own orders.
+        resting.sort(key=lambda o: (-(o.price or ZERO) * o.side.sign, o.created_ms))
+        for order in resting:
+            if order.price is None or not self._crosses(order.side, order.price, quote):
+                continue
+            left = ask_left if order.side is Side.BUY else bid_left
+            qty = self._clip_reduce_only(order, min(order.remaining_qty, left))
+            if qty <= 0:
+                if order.reduce_only and self._reducible(order) <= 0:
+                    order.transition(OrderStatus.CANCELED, now_ms)
+                    canceled.append(order)
+                continue
+            fills.append(self._execute(order, qty, order.price, maker=True, now_ms=now_ms))
+            if order.side is Side.BUY:
+                ask_left -= qty
+            else:
+                bid_left -= qty
+        return fills, canceled
+
+    # ----- internals -----------------------------------------------------------------
+
+    @staticmethod
+    def _crosses(side: Side, price: Decimal | None, quote: Quote) -> bool:
+        if price is None:
+            return True
+        return price >= quote.ask if side is Side.BUY else price <= quote.bid
+
+    def _reducible(self, order: Order) -> Decimal:
+        pos = self.positions.get(order.symbol)
+        if pos is None or pos.is_flat or pos.side is order.side:
+            return ZERO
+        return pos.abs_size
+
+    def _clip_reduce_only(self, order: Order, qty: Decimal) -> Decimal:
+        return min(qty, self._reducible(order)) if order.reduce_only else qty
+
+    def _fill_taker(self, order: Order, quote: Quote, now_ms: int) -> Fill:
+        inst = self.instruments[order.symbol]
+        slip = self.slippage_pct / HUNDRED
+        if order.side is Side.BUY:
+            price = inst.ceil_price(quote.ask * (1 + slip))
+            if order.price is not None:
+                price = min(price, order.price)
+        else:
+            price = inst.floor_price(quote.bid * (1 - slip))
+            if order.price is not None:
+                price = max(price, order.price)
+        return self._execute(order, order.remaining_qty, price, maker=False, now_ms=now_ms)
+
+    def _execute(
+        self, order: Order, qty: Decimal, price: Decimal, *, maker: bool, now_ms: int
+    ) -> Fill:
+        fee_pct = self.maker_fee_pct if maker else self.taker_fee_pct
+        fee = qty * price * fee_pct / HUNDRED
+        order.apply_fill(qty, price, now_ms)
+        pos = self.positions.setdefault(order.symbol, Position(order.symbol))
+        if pos.is_flat:
+            pos.leverage = order.leverage
+        effect = pos.apply_fill(order.side, qty, price, fee, now_ms)
+        self.balance += effect.realized_pnl - fee
+        if pos.is_flat:
+            del self.positions[order.symbol]
+        self.exec_seq += 1
+        return Fill(
+            exec_id=f"paper-exec-{self.exec_seq}",
+            client_order_id=order.client_order_id,
+            symbol=order.symbol,
+            side=order.side,
+            qty=qty,
+            price=price,
+            fee=fee,
+            is_maker=maker,
+            ts_ms=now_ms,
+            realized_pnl=effect.realized_pnl,
+        )
+
+    # ----- persistence ---------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-able snapshot of the account: balance, positions, open orders, sequences.
+        Terminal orders are not kept (the shadow state records history)."""
+        return {
+            "balance": str(self.balance),
+            "exec_seq": self.exec_seq,
+            "order_seq": self.order_seq,
+            "positions": [
+                {
+                    "symbol": p.symbol,
+                    "size": str(p.size),
+                    "entry_price": str(p.entry_price),
+                    "realized_pnl": str(p.realized_pnl),
+                    "fees": str(p.fees),
+                    "opened_ms": p.opened_ms,
+                    "leverage": str(p.leverage),
+                }
+                for p in self.positions.values()
+            ],
+            "orders": [_order_to_json(o) for o in self.open_orders()],
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self.balance = Decimal(snap["balance"])
+        self.exec_seq = int(snap["exec_seq"])
+        self.order_seq = int(snap["order_seq"])
+        self.positions = {
+            p["symbol"]: Position(
+                symbol=p["symbol"],
+                size=Decimal(p["size"]),
+                entry_price=Decimal(p["entry_price"]),
+                realized_pnl=Decimal(p["realized_pnl"]),
+                fees=Decimal(p["fees"]),
+                opened_ms=int(p["opened_ms"]),
+                leverage=Decimal(p["leverage"]),
+            )
+            for p in snap["positions"]
+        }
+        self.orders = {o["client_order_id"]: _order_from_json(o) for o in snap["orders"]}
+
+
+def _order_to_json(o: Order) -> dict[str, Any]:
+    return {
+        "client_order_id": o.client_order_id,
+        "symbol": o.symbol,
+        "side": o.side.value,
+        "order_type": o.order_type.value,
+        "qty": str(o.qty),
+        "price": None if o.price is None else str(o.price),
+        "time_in_force": o.time_in_force.value,
+        "reduce_only": o.reduce_only,
+        "leverage": str(o.leverage),
+        "signal_id": o.signal_id,
+        "status": o.status.value,
+        "exchange_order_id": o.exchange_order_id,
+        "filled_qty": str(o.filled_qty),
+        "avg_fill_price": None if o.avg_fill_price is None else str(o.avg_fill_price),
+        "created_ms": o.created_ms,
+        "updated_ms": o.updated_ms,
+    }
+
+
+def _order_from_json(d: dict[str, Any]) -> Order:
+    return Order(
+        client_order_id=d["client_order_id"],
+        symbol=d["symbol"],
+        side=Side(d["side"]),
+        order_type=OrderType(d["order_type"]),
+        qty=Decimal(d["qty"]),
+        price=None if d["price"] is None else Decimal(d["price"]),
+        time_in_force=TimeInForce(d["time_in_force"]),
+        reduce_only=bool(d["reduce_only"]),
+        leverage=Decimal(d["leverage"]),
+        signal_id=d["signal_id"],
+        status=OrderStatus(d["status"]),
+        exchange_order_id=d["exchange_order_id"],
+        filled_qty=Decimal(d["filled_qty"]),
+        avg_fill_price=None if d["avg_fill_price"] is None else Decimal(d["avg_fill_price"]),
+        created_ms=int(d["created_ms"]),
+        updated_ms=int(d["updated_ms"]),
+    )

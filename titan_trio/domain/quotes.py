@@ -1,0 +1,57 @@
+"""Top-of-book quotes and the price book every component reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    symbol: str
+    bid: Decimal
+    ask: Decimal
+    bid_size: Decimal
+    ask_size: Decimal
+    last: Decimal
+    ts_ms: int  # when the quote was received (service clock, ms)
+    source: str  # the feed that produced it
+
+    @property
+    def mid(self) -> Decimal:
+        return (self.bid + self.ask) / 2
+
+    @property
+    def spread_pct(self) -> Decimal:
+        return (self.ask - self.bid) / self.mid * 100
+
+
+class PriceBook:
+    """The freshest quote per symbol. Newer quotes replace older ones; a quote older than
+    the one held (out-of-order delivery) is ignored."""
+
+    def __init__(self) -> None:
+        self._quotes: dict[str, Quote] = {}
+        self.updates = 0
+
+    def update(self, quote: Quote) -> bool:
+        held = self._quotes.get(quote.symbol)
+        if held is not None and quote.ts_ms < held.ts_ms:
+            return False
+        self._quotes[quote.symbol] = quote
+        self.updates += 1
+        return True
+
+    def get(self, symbol: str) -> Quote | None:
+        return self._quotes.get(symbol)
+
+    def mark(self, symbol: str) -> Decimal | None:
+        q = self._quotes.get(symbol)
+        return q.mid if q is not None else None
+
+    def symbols(self) -> list[str]:
+        return sorted(self._quotes)
+
+    def age_ms(self, symbol: str, now_ms: int) -> int | None:
+        q = self._quotes.get(symbol)
+        return None if q is None else max(0, now_ms - q.ts_ms)

@@ -1,0 +1,40 @@
+"""The service's error hierarchy.
+
+Every adapter maps foreign failures (HTTP status codes, exchange retCodes, sqlite errors)
+into one of these at its edge, so the core and the operator see one vocabulary.
+"""
+
+from __future__ import annotations
+
+
+class TitanError(Exception):
+    """Root of every error the service raises on purpose."""
+
+
+class ConfigError(TitanError):
+    """The configuration is invalid; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class StartupError(TitanError):
+    """A service could not start (port in use, another instance running, ...)."""
+
+
+class StoreError(TitanError):
+    """The database refused or failed an operation."""
+
+
+class IllegalTransition(TitanError):
+    """An order state change the state machine does not allow."""
+
+
+class BrokerRejected(TitanError):
+    """The broker (paper or real) proved it did not accept an order."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{reason}: {message}")

@@ -1,0 +1,158 @@
+"""Prometheus metrics (names fixed by SPEC §9).
+
+Gauges that describe state (health, equity, drawdown, positions) are read from the live
+objects at scrape time by a collector, so a scrape can never show a stale value that
+some code path forgot to update. Event counts (signals, orders) are ordinary counters.
+Each service instance has its own registry: nothing is module-global.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from titan_trio.engine import Engine
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+disable_created_metrics()  # *_created series only confuse rate() users and dashboards
+
+
+def process_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_resident_memory_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        # Not Linux: ru_maxrss is the peak, in KiB, the best portable figure.
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class StateCollector(Collector):
+    def __init__(self, engine_getter: Callable[[], Engine]) -> None:
+        self._engine = engine_getter
+
+    def collect(self) -> Iterable[Metric]:
+        engine = self._engine()
+        health = GaugeMetricFamily(
+            "titan_health_status",
+            "1 when the component is healthy, 0 when not",
+            labels=["component"],
+        )
+        for component, info in engine.component_health().items():
+            if info["status"] == "disabled":
+                continue  # not part of this build: neither healthy nor failing
+            health.add_metric([component], 1.0 if info["status"] == "healthy" else 0.0)
+        yield health
+
+        book = engine.hub.book
+        shadow = engine.shadow
+        equity = engine.equity_monitor.equity()
+        tracker = engine.equity_monitor.tracker
+        yield GaugeMetricFamily("titan_equity_usd", "Account equity in USDT", value=float(equity))
+        yield GaugeMetricFamily(
+            "titan_drawdown_percent",
+            "Drawdown from peak equity, percent",
+            value=float(tracker.drawdown_pct),
+        )
+        yield GaugeMetricFamily(
+            "titan_open_positions", "Open positions", value=len(shadow.positions)
+        )
+        notional = shadow.total_notional(book)
+        yield GaugeMetricFamily(
+            "titan_total_leverage",
+            "Sum of position notional / equity",
+            value=float(notional / equity) if equity > 0 else 0.0,
+        )
+        pnl = GaugeMetricFamily(
+            "titan_position_pnl_usd", "Unrealized P&L per open position", labels=["symbol"]
+        )
+        marks = shadow.marks(book)
+        for symbol, rec in sorted(shadow.positions.items()):
+            pnl.add_metric([symbol], float(rec.position.unrealized_pnl(marks[symbol])))
+        yield pnl
+
+        reconnects = CounterMetricFamily(
+            "titan_ws_reconnects", "Market feed reconnections", labels=["exchange"]
+        )
+        age = GaugeMetricFamily(
+            "titan_ws_last_message_age_seconds",
+            "Seconds since the feed's last message",
+            labels=["exchange"],
+        )
+        for name, feed in sorted(engine.hub.feeds.items()):
+            reconnects.add_metric([name], feed.reconnects)
+            last = feed.last_message_age_s()
+            age.add_metric([name], last if last is not None else float("inf"))
+        yield reconnects
+        yield age
+
+        yield CounterMetricFamily(
+            "titan_process_cpu_seconds",
+            "CPU time used by the service",
+            value=process_cpu_seconds(),
+        )
+        yield GaugeMetricFamily(
+            "titan_process_resident_memory_bytes",
+            "Resident memory of the service",
+            value=process_resident_memory_bytes(),
+        )
+
+
+class Metrics:
+    """The registry and the event counters other components increment."""
+
+    def __init__(self, engine_getter: Callable[[], Engine]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(StateCollector(engine_getter))
+        self.signals = Counter(
+            "titan_signals",
+            "Signals received, by type and outcome",
+            ["type", "outcome"],
+            registry=self.registry,
+        )
+        self.orders = Counter(
+            "titan_orders",
+            "Orders by the status they reached",
+            ["status"],
+            registry=self.registry,
+        )
+        self.order_latency = Histogram(
+            "titan_order_latency_seconds",
+            "CONFIRM received to exchange acknowledged",
+            buckets=(
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1.0,
+                2.5,
+                5.0,
+            ),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

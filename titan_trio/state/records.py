@@ -1,0 +1,284 @@
+"""Database operations, each run on the store thread as ``store.call(fn, *args)``.
+
+Each function takes the Entities first, works inside the store's transaction, and
+returns plain data (never pony objects). Conversion between rows and the domain lives
+here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from pony import orm
+
+from titan_trio.domain.orders import Order, OrderStatus, OrderType, Side, TimeInForce
+from titan_trio.domain.positions import Position
+from titan_trio.state.schema import Entities
+from titan_trio.state.shadow import FillChanges, PositionRecord, TradeRecord
+
+
+def _dec(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def _str(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+# ----- key-value ------------------------------------------------------------------------
+
+
+def kv_get(e: Entities, key: str) -> Any:
+    row = e.KeyValue.get(key=key)
+    return None if row is None else json.loads(row.value)
+
+
+def kv_set(e: Entities, key: str, value: Any, now_ms: int) -> None:
+    text = json.dumps(value, separators=(",", ":"))
+    row = e.KeyValue.get(key=key)
+    if row is None:
+        e.KeyValue(key=key, value=text, updated_ms=now_ms)
+    else:
+        row.value = text
+        row.updated_ms = now_ms
+
+
+# ----- orders, fills, positions, trades -------------------------------------------------
+
+
+def save_order(e: Entities, o: Order) -> None:
+    values = {
+        "symbol": o.symbol,
+        "side": o.side.value,
+        "order_type": o.order_type.value,
+        "qty": str(o.qty),
+        "price": _str(o.price),
+        "time_in_force": o.time_in_force.value,
+        "reduce_only": o.reduce_only,
+        "leverage": str(o.leverage),
+        "signal_id": o.signal_id,
+        "status": o.status.value,
+        "exchange_order_id": o.exchange_order_id,
+        "filled_qty": str(o.filled_qty),
+        "avg_fill_price": _str(o.avg_fill_price),
+        "reject_reason": o.reject_reason,
+        "created_ms": o.created_ms,
+        "updated_ms": o.updated_ms,
+    }
+    row = e.Order.get(client_order_id=o.client_order_id)
+    if row is None:
+        e.Order(client_order_id=o.client_order_id, **values)
+    else:
+        row.set(**values)
+
+
+def _order_from_row(r: Any) -> Order:
+    return Order(
+        client_order_id=r.client_order_id,
+        symbol=r.symbol,
+        side=Side(r.side),
+        order_type=OrderType(r.order_type),
+        qty=Decimal(r.qty),
+        price=_dec(r.price),
+        time_in_force=TimeInForce(r.time_in_force),
+        reduce_only=r.reduce_only,
+        leverage=Decimal(r.leverage),
+        signal_id=r.signal_id,
+        status=OrderStatus(r.status),
+        exchange_order_id=r.exchange_order_id,
+        filled_qty=Decimal(r.filled_qty),
+        avg_fill_price=_dec(r.avg_fill_price),
+        reject_reason=r.reject_reason,
+        created_ms=r.created_ms,
+        updated_ms=r.updated_ms,
+    )
+
+
+def load_open_orders(e: Entities) -> list[Order]:
+    open_states = [s.value for s in OrderStatus if s.is_open]
+    rows = orm.select(o for o in e.Order if o.status in open_states).order_by(
+        lambda o: o.created_ms
+    )
+    return [_order_from_row(r) for r in rows]
+
+
+def _save_position(e: Entities, rec: PositionRecord) -> None:
+    p = rec.position
+    values = {
+        "size": str(p.size),
+        "entry_price": str(p.entry_price),
+        "realized_pnl": str(p.realized_pnl),
+        "fees": str(p.fees),
+        "leverage": str(p.leverage),
+        "opened_ms": p.opened_ms,
+        "signal_id": rec.signal_id,
+        "stop_loss": _str(rec.stop_loss),
+        "take_profits": json.dumps([str(tp) for tp in rec.take_profits]),
+        "trap_type": rec.trap_type,
+        "closed_qty": str(rec.closed_qty),
+        "exit_notional": str(rec.exit_notional),
+    }
+    row = e.Position.get(symbol=p.symbol)
+    if row is None:
+        e.Position(symbol=p.symbol, **values)
+    else:
+        row.set(**values)
+
+
+def load_positions(e: Entities) -> list[PositionRecord]:
+    out = []
+    for r in orm.select(p for p in e.Position).order_by(lambda p: p.symbol):
+        pos = Position(
+            symbol=r.symbol,
+            size=Decimal(r.size),
+            entry_price=Decimal(r.entry_price),
+            realized_pnl=Decimal(r.realized_pnl),
+            fees=Decimal(r.fees),
+            opened_ms=r.opened_ms,
+            leverage=Decimal(r.leverage),
+        )
+        out.append(
+            PositionRecord(
+                position=pos,
+                signal_id=r.signal_id,
+                stop_loss=_dec(r.stop_loss),
+                take_profits=[Decimal(x) for x in json.loads(r.take_profits)],
+                trap_type=r.trap_type,
+                closed_qty=Decimal(r.closed_qty),
+                exit_notional=Decimal(r.exit_notional),
+            )
+        )
+    return out
+
+
+def _insert_trade(e: Entities, t: TradeRecord) -> None:
+    e.Trade(
+        symbol=t.symbol,
+        side=t.side.value,
+        qty=str(t.qty),
+        entry_price=str(t.entry_price),
+        exit_price=str(t.exit_price),
+        realized_pnl=str(t.realized_pnl),
+        fees=str(t.fees),
+        net_pnl=str(t.net_pnl),
+        opened_ms=t.opened_ms,
+        closed_ms=t.closed_ms,
+        day=t.day,
+        signal_id=t.signal_id,
+        close_reason=t.close_reason,
+    )
+
+
+def save_fill_changes(e: Entities, changes: FillChanges, balance: Decimal, now_ms: int) -> bool:
+    """Persist one fill and everything it changed, atomically. False when the fill was
+    already recorded (a replay after a restart), in which case nothing changes."""
+    f = changes.fill
+    if e.Fill.get(exec_id=f.exec_id) is not None:
+        return False
+    e.Fill(
+        exec_id=f.exec_id,
+        client_order_id=f.client_order_id,
+        symbol=f.symbol,
+        side=f.side.value,
+        qty=str(f.qty),
+        price=str(f.price),
+        fee=str(f.fee),
+        is_maker=f.is_maker,
+        realized_pnl=str(f.realized_pnl),
+        ts_ms=f.ts_ms,
+    )
+    if changes.order is not None:
+        save_order(e, changes.order)
+    if changes.position is None:
+        row = e.Position.get(symbol=changes.symbol)
+        if row is not None:
+            row.delete()
+    else:
+        _save_position(e, changes.position)
+    if changes.trade is not None:
+        _insert_trade(e, changes.trade)
+    kv_set(e, "shadow.balance", str(balance), now_ms)
+    return True
+
+
+def fill_exists(e: Entities, exec_id: str) -> bool:
+    return e.Fill.get(exec_id=exec_id) is not None
+
+
+def recent_exec_ids(e: Entities, since_ms: int) -> list[str]:
+    return list(orm.select(f.exec_id for f in e.Fill if f.ts_ms >= since_ms))
+
+
+def list_trades(
+    e: Entities, day: str | None, limit: int, symbol: str | None
+) -> list[dict[str, Any]]:
+    query = orm.select(t for t in e.Trade)
+    if day is not None:
+        query = query.filter(lambda t: t.day == day)
+    if symbol is not None:
+        query = query.filter(lambda t: t.symbol == symbol)
+    rows = query.order_by(lambda t: (orm.desc(t.closed_ms), orm.desc(t.id)))[:limit]
+    return [
+        {
+            "id": t.id,
+            "symbol": t.symbol,
+            "side": t.side,
+            "qty": t.qty,
+            "entry_price": t.entry_price,
+            "exit_price": t.exit_price,
+            "realized_pnl": t.realized_pnl,
+            "fees": t.fees,
+            "net_pnl": t.net_pnl,
+            "opened_at": t.opened_ms,
+            "closed_at": t.closed_ms,
+            "signal_id": t.signal_id,
+            "close_reason": t.close_reason,
+        }
+        for t in rows
+    ]
+
+
+def realized_pnl_on(e: Entities, day: str) -> Decimal:
+    return sum(
+        (Decimal(t.net_pnl) for t in orm.select(t for t in e.Trade if t.day == day)), Decimal(0)
+    )
+
+
+# ----- equity and events ----------------------------------------------------------------
+
+
+def add_equity_snapshot(
+    e: Entities,
+    ts_ms: int,
+    equity: Decimal,
+    balance: Decimal,
+    unrealized: Decimal,
+    peak: Decimal,
+    drawdown_pct: Decimal,
+) -> None:
+    e.EquitySnapshot(
+        ts_ms=ts_ms,
+        equity=str(equity),
+        balance=str(balance),
+        unrealized_pnl=str(unrealized),
+        peak_equity=str(peak),
+        drawdown_pct=str(drawdown_pct),
+    )
+
+
+def add_event(e: Entities, ts_ms: int, level: str, kind: str, message: str) -> None:
+    e.SystemEvent(ts_ms=ts_ms, level=level, kind=kind, message=message)
+
+
+def table_counts(e: Entities) -> dict[str, int]:
+    return {
+        "orders": orm.count(o for o in e.Order),
+        "fills": orm.count(f for f in e.Fill),
+        "positions": orm.count(p for p in e.Position),
+        "trades": orm.count(t for t in e.Trade),
+        "signals": orm.count(s for s in e.Signal),
+        "equity_snapshots": orm.count(s for s in e.EquitySnapshot),
+        "system_events": orm.count(s for s in e.SystemEvent),
+    }

@@ -1,0 +1,214 @@
+"""Database schema: pony entities on SQLite (WAL), the schema version and migrations.
+
+Money and quantities are stored as decimal strings, never as SQLite REAL, so what was
+written is exactly what is read back. Entities are defined per Database object (not at
+module level) so tests can open several databases in one process.
+
+Migrations: ``MIGRATIONS[n]`` upgrades a database from version n-1 to n with plain SQL on
+a sqlite3 connection, before pony maps the entities. A database newer than this code is
+refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pony import orm
+
+from titan_trio.errors import StoreError
+
+SCHEMA_VERSION = 1
+
+# version -> function upgrading from version-1. Version 1 is created by pony itself.
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: dict[int, Migration] = {}
+
+
+@dataclass(frozen=True)
+class Entities:
+    db: orm.Database
+    Order: Any
+    Fill: Any
+    Position: Any
+    Trade: Any
+    Signal: Any
+    EquitySnapshot: Any
+    SystemEvent: Any
+    KeyValue: Any
+
+
+def define_entities(db: orm.Database) -> Entities:
+    class Order(db.Entity):
+        _table_ = "orders"
+        client_order_id = orm.PrimaryKey(str)
+        symbol = orm.Required(str, index=True)
+        side = orm.Required(str)
+        order_type = orm.Required(str)
+        qty = orm.Required(str)
+        price = orm.Optional(str, nullable=True)
+        time_in_force = orm.Required(str)
+        reduce_only = orm.Required(bool)
+        leverage = orm.Required(str)
+        signal_id = orm.Optional(str, nullable=True, index=True)
+        status = orm.Required(str, index=True)
+        exchange_order_id = orm.Optional(str, nullable=True)
+        filled_qty = orm.Required(str)
+        avg_fill_price = orm.Optional(str, nullable=True)
+        reject_reason = orm.Optional(str, nullable=True)
+        created_ms = orm.Required(int, size=64)
+        updated_ms = orm.Required(int, size=64)
+
+    class Fill(db.Entity):
+        _table_ = "fills"
+        exec_id = orm.PrimaryKey(str)
+        client_order_id = orm.Required(str, index=True)
+        symbol = orm.Required(str)
+        side = orm.Required(str)
+        qty = orm.Required(str)
+        price = orm.Required(str)
+        fee = orm.Required(str)
+        is_maker = orm.Required(bool)
+        realized_pnl = orm.Required(str)
+        ts_ms = orm.Required(int, size=64, index=True)
+
+    class Position(db.Entity):
+        _table_ = "positions"
+        symbol = orm.PrimaryKey(str)
+        size = orm.Required(str)
+        entry_price = orm.Required(str)
+        realized_pnl = orm.Required(str)
+        fees = orm.Required(str)
+        leverage = orm.Required(str)
+        opened_ms = orm.Required(int, size=64)
+        signal_id = orm.Optional(str, nullable=True)
+        stop_loss = orm.Optional(str, nullable=True)
+        take_profits = orm.Required(str, default="[]")  # JSON list of decimal strings
+        trap_type = orm.Optional(str, nullable=True)
+        closed_qty = orm.Required(str, default="0")  # closed so far (partial exits)
+        exit_notional = orm.Required(str, default="0")  # sum of exit price x qty
+
+    class Trade(db.Entity):
+        _table_ = "trades"
+        id = orm.PrimaryKey(int, auto=True)
+        symbol = orm.Required(str, index=True)
+        side = orm.Required(str)  # side of the position that closed
+        qty = orm.Required(str)
+        entry_price = orm.Required(str)
+        exit_price = orm.Required(str)
+        realized_pnl = orm.Required(str)  # gross
+        fees = orm.Required(str)
+        net_pnl = orm.Required(str)
+        opened_ms = orm.Required(int, size=64)
+        closed_ms = orm.Required(int, size=64, index=True)
+        day = orm.Required(str, index=True)  # YYYY-MM-DD, UTC, of closed_ms
+        signal_id = orm.Optional(str, nullable=True)
+        close_reason = orm.Optional(str, nullable=True)
+
+    class Signal(db.Entity):
+        _table_ = "signals"
+        signal_id = orm.PrimaryKey(str)
+        type = orm.Required(str)
+        source = orm.Optional(str, nullable=True)
+        symbol = orm.Optional(str, nullable=True)
+        status = orm.Required(str)
+        received_ms = orm.Required(int, size=64, index=True)
+        payload = orm.Required(str)  # the message as received, JSON
+
+    class EquitySnapshot(db.Entity):
+        _table_ = "equity_snapshots"
+        id = orm.PrimaryKey(int, auto=True)
+        ts_ms = orm.Required(int, size=64, index=True)
+        equity = orm.Required(str)
+        balance = orm.Required(str)
+        unrealized_pnl = orm.Required(str)
+        peak_equity = orm.Required(str)
+        drawdown_pct = orm.Required(str)
+
+    class SystemEvent(db.Entity):
+        _table_ = "system_events"
+        id = orm.PrimaryKey(int, auto=True)
+        ts_ms = orm.Required(int, size=64, index=True)
+        level = orm.Required(str)
+        kind = orm.Required(str)
+        message = orm.Required(str)
+
+    class KeyValue(db.Entity):
+        _table_ = "kv"
+        key = orm.PrimaryKey(str)
+        value = orm.Required(str)  # JSON
+        updated_ms = orm.Required(int, size=64)
+
+    return Entities(db, Order, Fill, Position, Trade, Signal, EquitySnapshot, SystemEvent, KeyValue)
+
+
+def _set_pragmas(connection: sqlite3.Connection) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit the service acknowledged survives power loss, not only a crash.
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+
+
+def migrate(
+    path: str, migrations: dict[int, Migration] | None = None, target: int = SCHEMA_VERSION
+) -> int:
+    """Bring the database at ``path`` to ``target`` (creating the version table), and
+    return the version it had before. Raises StoreError for a database newer than us."""
+    migrations = MIGRATIONS if migrations is None else migrations
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open database {path}: {exc}") from None
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        fresh = row is None
+        found = target if fresh else int(row[0])
+        if fresh:
+            has_tables = conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='orders'"
+            ).fetchone()[0]
+            found = 1 if has_tables else target
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (found,))
+        if found > target:
+            raise StoreError(
+                f"database {path} has schema version {found}, newer than this version of "
+                f"titan ({target}); upgrade titan or restore an older backup"
+            )
+        for version in range(found + 1, target + 1):
+            step = migrations.get(version)
+            if step is None:
+                raise StoreError(f"no migration to schema version {version}")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                step(conn)
+                conn.execute("UPDATE schema_version SET version = ?", (version,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return found
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"database {path} is not usable: {exc}") from None
+    finally:
+        conn.close()
+
+
+def open_database(path: str) -> Entities:
+    """Migrate, then bind pony to ``path`` and create missing tables. Call from the thread
+    that will use the database."""
+    migrate(path)
+    db = orm.Database()
+    db.on_connect(provider="sqlite")(lambda _db, connection: _set_pragmas(connection))
+    entities = define_entities(db)
+    try:
+        db.bind(provider="sqlite", filename=path, create_db=True)
+        db.generate_mapping(create_tables=True)
+    except Exception as exc:  # pony raises many unrelated types here; report them as one
+        raise StoreError(f"cannot open database {path}: {exc}") from exc
+    return entities

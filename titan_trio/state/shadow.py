@@ -1,0 +1,163 @@
+"""The shadow state: the service's own record of balance, positions, open orders and
+closed trades, kept in memory for speed. Pure: it never touches the database; callers
+persist the changes each method returns (see ``state.sync``).
+
+A closed trade is one position's life from flat to flat (or to a flip): its quantity,
+average entry and exit, gross P&L, all fees, and net P&L. Partial exits accumulate on the
+open position and are reported in the trade when it closes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from titan_trio.domain.orders import Fill, Order, Side
+from titan_trio.domain.positions import Position
+from titan_trio.domain.quotes import PriceBook
+
+ZERO = Decimal(0)
+
+
+@dataclass(slots=True)
+class PositionRecord:
+    position: Position
+    signal_id: str | None = None
+    stop_loss: Decimal | None = None
+    take_profits: list[Decimal] = field(default_factory=list)
+    trap_type: str | None = None
+    closed_qty: Decimal = ZERO
+    exit_notional: Decimal = ZERO
+
+
+@dataclass(frozen=True, slots=True)
+class TradeRecord:
+    symbol: str
+    side: Side  # the side of the position that closed
+    qty: Decimal
+    entry_price: Decimal
+    exit_price: Decimal
+    realized_pnl: Decimal
+    fees: Decimal
+    opened_ms: int
+    closed_ms: int
+    signal_id: str | None
+    close_reason: str | None
+
+    @property
+    def net_pnl(self) -> Decimal:
+        return self.realized_pnl - self.fees
+
+    @property
+    def day(self) -> str:
+        return utc_day(self.closed_ms)
+
+
+@dataclass(slots=True)
+class FillChanges:
+    """What one fill changed, for the store: the position (None when it went flat) and
+    the trade it closed, if any."""
+
+    fill: Fill
+    order: Order | None
+    symbol: str
+    position: PositionRecord | None
+    trade: TradeRecord | None
+
+
+def utc_day(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d")
+
+
+class ShadowState:
+    def __init__(self, balance: Decimal) -> None:
+        self.balance = balance
+        self.positions: dict[str, PositionRecord] = {}
+        self.orders: dict[str, Order] = {}  # open orders only
+        self.seen_exec_ids: set[str] = set()
+
+    # ----- reads -----------------------------------------------------------------------
+
+    def marks(self, book: PriceBook) -> dict[str, Decimal]:
+        marks: dict[str, Decimal] = {}
+        for symbol, rec in self.positions.items():
+            mark = book.mark(symbol)
+            marks[symbol] = mark if mark is not None else rec.position.entry_price
+        return marks
+
+    def unrealized_pnl(self, book: PriceBook) -> Decimal:
+        marks = self.marks(book)
+        return sum(
+            (rec.position.unrealized_pnl(marks[s]) for s, rec in self.positions.items()), ZERO
+        )
+
+    def equity(self, book: PriceBook) -> Decimal:
+        return self.balance + self.unrealized_pnl(book)
+
+    def total_notional(self, book: PriceBook) -> Decimal:
+        marks = self.marks(book)
+        return sum((rec.position.notional(marks[s]) for s, rec in self.positions.items()), ZERO)
+
+    # ----- changes ---------------------------------------------------------------------
+
+    def apply_order(self, order: Order) -> None:
+        """Record the broker's view of an order: open orders are kept, closed ones drop."""
+        if order.status.is_open:
+            self.orders[order.client_order_id] = order
+        else:
+            self.orders.pop(order.client_order_id, None)
+
+    def apply_fill(self, fill: Fill, close_reason: str | None = None) -> FillChanges | None:
+        """Apply a fill once (de-duplicated by exec id); None for a fill already seen."""
+        if fill.exec_id in self.seen_exec_ids:
+            return None
+        self.seen_exec_ids.add(fill.exec_id)
+        order = self.orders.get(fill.client_order_id)
+        rec = self.positions.get(fill.symbol)
+        if rec is None:
+            rec = PositionRecord(Position(fill.symbol))
+            if order is not None:
+                rec.position.leverage = order.leverage
+                rec.signal_id = order.signal_id
+            self.positions[fill.symbol] = rec
+        side_before = rec.position.side
+        opened_before = rec.position.opened_ms
+        entry_before = rec.position.entry_price
+        effect = rec.position.apply_fill(fill.side, fill.qty, fill.price, fill.fee, fill.ts_ms)
+        self.balance += effect.realized_pnl - fill.fee
+        trade: TradeRecord | None = None
+        if effect.closed_qty > 0:
+            rec.closed_qty += effect.closed_qty
+            rec.exit_notional += effect.closed_qty * fill.price
+            if rec.position.is_flat or effect.opened_qty > 0:
+                assert side_before is not None
+                # Fees of the closing fill belong to the trade; a flip's opening part
+                # carries on in the new position with a share of this fill's fee.
+                opening_fee = fill.fee * effect.opened_qty / fill.qty
+                trade = TradeRecord(
+                    symbol=fill.symbol,
+                    side=side_before,
+                    qty=rec.closed_qty,
+                    entry_price=entry_before,
+                    exit_price=rec.exit_notional / rec.closed_qty,
+                    realized_pnl=rec.position.realized_pnl,
+                    fees=rec.position.fees - opening_fee,
+                    opened_ms=opened_before,
+                    closed_ms=fill.ts_ms,
+                    signal_id=rec.signal_id,
+                    close_reason=close_reason,
+                )
+                if rec.position.is_flat:
+                    del self.positions[fill.symbol]
+                    rec_after: PositionRecord | None = None
+                else:
+                    rec.position.realized_pnl = ZERO
+                    rec.position.fees = opening_fee
+                    rec.closed_qty = ZERO
+                    rec.exit_notional = ZERO
+                    rec.signal_id = order.signal_id if order is not None else None
+                    rec.stop_loss, rec.take_profits, rec.trap_type = None, [], None
+                    rec_after = rec
+                return FillChanges(fill, order, fill.symbol, rec_after, trade)
+        return FillChanges(fill, order, fill.symbol, rec, None)

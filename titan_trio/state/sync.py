@@ -1,0 +1,104 @@
+"""Keeps the shadow state in step with the broker: restores it from the database at
+start-up, then applies the broker's events (orders, fills, balance) and commits each
+change before it counts.
+
+A fill already recorded (same exchange execution id) is ignored, in memory and on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+import trio
+
+from titan_trio.brokers.base import BalanceEvent, BrokerEvent, FillEvent, OrderEvent
+from titan_trio.clock import now_ms
+from titan_trio.state import records
+from titan_trio.state.shadow import ShadowState
+from titan_trio.state.store import Store
+
+log = logging.getLogger("titan.state")
+
+# Execution ids remembered in memory after a restart; older replays are caught by the
+# database's primary key.
+EXEC_ID_MEMORY_MS = 7 * 24 * 3600 * 1000
+
+
+async def restore_shadow(store: Store, initial_balance: Decimal) -> ShadowState:
+    """The shadow state as the database last committed it."""
+    balance = await store.call(records.kv_get, "shadow.balance")
+    shadow = ShadowState(Decimal(balance) if balance is not None else initial_balance)
+    for rec in await store.call(records.load_positions):
+        shadow.positions[rec.position.symbol] = rec
+    for order in await store.call(records.load_open_orders):
+        shadow.orders[order.client_order_id] = order
+    shadow.seen_exec_ids.update(
+        await store.call(records.recent_exec_ids, now_ms() - EXEC_ID_MEMORY_MS)
+    )
+    if balance is None:
+        await store.call(records.kv_set, "shadow.balance", str(shadow.balance), now_ms())
+    return shadow
+
+
+class ShadowSync:
+    def __init__(
+        self, shadow: ShadowState, store: Store, events: trio.MemoryReceiveChannel[BrokerEvent]
+    ) -> None:
+        self.shadow = shadow
+        self.store = store
+        self.events = events
+        self.fills_applied = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        async for event in self.events:
+            await self.apply(event)
+
+    async def apply(self, event: BrokerEvent) -> None:
+        if isinstance(event, OrderEvent):
+            self.shadow.apply_order(event.order)
+            await self.store.call(records.save_order, event.order)
+        elif isinstance(event, FillEvent):
+            changes = self.shadow.apply_fill(event.fill)
+            if changes is None:
+                log.info("fill %s already applied; ignored", event.fill.exec_id)
+                return
+            stored = await self.store.call(
+                records.save_fill_changes, changes, self.shadow.balance, now_ms()
+            )
+            if stored:
+                self.fills_applied += 1
+                f = event.fill
+                log.info(
+                    "fill %s: %s %s %s @ %s fee %s (order %s)",
+                    f.exec_id,
+                    f.side,
+                    f.qty,
+                    f.symbol,
+                    f.price,
+                    f.fee,
+                    f.client_order_id,
+                )
+                if changes.trade is not None:
+                    t = changes.trade
+                    log.info(
+                        "trade closed: %s %s %s entry %s exit %s net P&L %s",
+                        t.symbol,
+                        t.side,
+                        t.qty,
+                        t.entry_price,
+                        t.exit_price,
+                        t.net_pnl,
+                    )
+        elif isinstance(event, BalanceEvent):
+            if event.balance != self.shadow.balance:
+                log.warning(
+                    "balance drift: shadow %s, broker %s; taking the broker's",
+                    self.shadow.balance,
+                    event.balance,
+                )
+                self.shadow.balance = event.balance
+                await self.store.call(
+                    records.kv_set, "shadow.balance", str(event.balance), now_ms()
+                )
