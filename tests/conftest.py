@@ -1,0 +1,66 @@
+"""Shared fixtures: a test configuration in a temp directory (loopback, port 0, fast
+simulated market), written as a file for subprocess tests and parsed for in-process ones."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from titan_trio.config import Config, parse_config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture
+def config_doc(tmp_path: Path) -> Callable[..., dict[str, Any]]:
+    def make(**extra: Any) -> dict[str, Any]:
+        base = {
+            "api": {"host": "127.0.0.1", "port": 0},
+            "ipc": {"socketPath": str(tmp_path / "titan-ipc.sock")},
+            "database": {
+                "path": str(tmp_path / "titan.db"),
+                "backupDir": str(tmp_path / "backups"),
+            },
+            "simulation": {"intervalMs": 20},
+            "logging": {"level": "INFO", "dir": str(tmp_path / "logs")},
+        }
+        return _merge(base, extra)
+
+    return make
+
+
+@pytest.fixture
+def make_config(config_doc: Callable[..., dict[str, Any]]) -> Callable[..., Config]:
+    def make(**extra: Any) -> Config:
+        return parse_config(config_doc(**extra), environ={})
+
+    return make
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, config_doc: Callable[..., dict[str, Any]]) -> Callable[..., Path]:
+    def make(name: str = "config.json", **extra: Any) -> Path:
+        path = tmp_path / name
+        path.write_text(json.dumps(config_doc(**extra)))
+        return path
+
+    return make

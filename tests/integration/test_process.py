@@ -1,0 +1,151 @@
+"""The service as a user runs it: a real process, real signals, real ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+START_LIMIT_S = 20.0
+POLL_S = 0.05
+
+
+def spawn(config: Path, cwd: Path, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "titan_trio", "run", "--config", str(config)],
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[str]) -> dict:
+    deadline = time.monotonic() + START_LIMIT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"service exited early:\n{proc.stdout.read()}")
+        try:
+            body = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).json()
+            if body["status"] == "healthy":
+                return body
+        except httpx.HTTPError:
+            pass
+        time.sleep(POLL_S)
+    raise AssertionError("service did not become healthy in time")
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> tuple[int, float, str]:
+    started = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        out, _ = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"service ignored {sig}:\n{out}") from None
+    return proc.returncode, time.monotonic() - started, out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_starts_healthy_and_stops_cleanly(
+    tmp_path: Path, config_file: Callable[..., Path], sig: int
+) -> None:
+    port = free_port()
+    proc = spawn(config_file(api={"port": port}), tmp_path)
+    try:
+        health = wait_healthy(port, proc)
+        assert health["database"]["status"] == "healthy"
+        equity = httpx.get(f"http://127.0.0.1:{port}/api/state/equity").json()
+        assert equity["equity"] == 10000
+    finally:
+        code, took, out = stop(proc, sig)
+    assert code == 0, out
+    assert took < 2.0, f"shutdown took {took:.2f}s"
+    assert "Traceback" not in out
+    assert "stopped cleanly" in out
+    assert (tmp_path / "logs" / "titan-execution.log").read_text().count("ready") == 1
+
+
+def test_second_instance_fails_fast_and_restart_resumes(
+    tmp_path: Path, config_file: Callable[..., Path]
+) -> None:
+    port = free_port()
+    config = config_file(api={"port": port})
+    first = spawn(config, tmp_path)
+    try:
+        wait_healthy(port, first)
+        # Same database: refused by the instance lock, before touching anything.
+        second = subprocess.run(
+            [sys.executable, "-m", "titan_trio", "run", "--config", str(config)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert second.returncode == 1
+        assert "another titan instance" in second.stdout + second.stderr
+        assert "Traceback" not in second.stdout + second.stderr
+        # Other database, same port: refused with the port named.
+        other = tmp_path / "other"
+        other.mkdir()
+        other_cfg = other / "config.json"
+        doc = json.loads(config.read_text())
+        doc["database"]["path"] = str(other / "titan.db")
+        doc["logging"]["dir"] = str(other / "logs")
+        other_cfg.write_text(json.dumps(doc))
+        third = subprocess.run(
+            [sys.executable, "-m", "titan_trio", "run", "--config", str(other_cfg)],
+            cwd=other,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert third.returncode == 1
+        assert f"port {port}" in third.stdout and "already in use" in third.stdout
+        assert "Traceback" not in third.stdout + third.stderr
+        # The first instance never noticed.
+        wait_healthy(port, first)
+    finally:
+        code, _took, out = stop(first)
+    assert code == 0, out
+    assert "paper account opened" in out
+
+    again = spawn(config, tmp_path)
+    try:
+        wait_healthy(port, again)
+    finally:
+        code, _took, out = stop(again)
+    assert code == 0
+    assert "paper account resumed" in out
+
+
+def test_bad_config_exits_2_listing_every_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        json.dumps({"api": {"port": "eighty"}, "risk": {"maxRiskPct": -1}, "mode": "demo"})
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "titan_trio", "run", "--config", str(bad)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert proc.returncode == 2
+    for path in ("api.port", "risk.maxRiskPct", "mode"):
+        assert path in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "titan_execution.db").exists()
