@@ -26,12 +26,14 @@ import trio
 from titan_trio import __version__
 from titan_trio.api.server import serve_api
 from titan_trio.brokers.paper import PaperBroker
+from titan_trio.clock import now_ms
 from titan_trio.config import Config
 from titan_trio.domain.instruments import Instrument
 from titan_trio.errors import StartupError
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.feeds.simulated import SimulatedFeed
 from titan_trio.metrics import Metrics
+from titan_trio.state import records
 from titan_trio.state.equity_monitor import EquityMonitor
 from titan_trio.state.shadow import ShadowState
 from titan_trio.state.store import Store
@@ -114,42 +116,57 @@ class Engine:
         lock = InstanceLock(cfg.database.path)
         lock.acquire()
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self.store.run)
+            # The store wraps every other service: it closes after they have stopped.
+            async with self.store.opened():
                 log.info("database open: %s", self.store.path)
-                for name in cfg.feeds:
-                    if name != "simulated":
-                        raise StartupError(
-                            f"feed {name!r} is not available in this version; use 'simulated'"
-                        )
-                    feed = SimulatedFeed(self.hub, self.instruments, cfg.symbols, cfg.simulation)
-                    await nursery.start(feed.run)
-                    self.feeds.append(feed)
-                    log.info("market feed started: %s (%s)", name, ", ".join(cfg.symbols))
-                if cfg.broker.name != "paper":
-                    raise StartupError(
-                        f"broker {cfg.broker.name!r} is not available in this version; use 'paper'"
-                    )
-                self.broker = PaperBroker(cfg.broker, self.instruments, self.hub, self.store)
-                await nursery.start(self.broker.run)
-                restored = await restore_shadow(self.store, await self.broker.balance())
-                self._adopt_shadow(restored)
-                await nursery.start(ShadowSync(self.shadow, self.store, self.broker.events).run)
-                await nursery.start(self.equity_monitor.run)
-                binds = await nursery.start(serve_api, self)
-                self.api_url = binds[0] if binds else None
-                log.info(
-                    "titan-execution %s ready: mode %s, broker %s, equity %s USDT, API %s",
-                    __version__,
-                    cfg.mode,
-                    self.broker.name,
-                    _money(self.equity_monitor.equity()),
-                    self.api_url,
-                )
-                self.ready.set()
-                task_status.started(self)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        await self._start_services(nursery)
+                        await self._journal("INFO", "start", f"started {__version__} ({cfg.mode})")
+                        self.ready.set()
+                        task_status.started(self)
+                finally:
+                    if self.ready.is_set():
+                        with trio.CancelScope(shield=True), trio.move_on_after(1):
+                            await self._journal("INFO", "stop", "stopped")
         finally:
             lock.release()
+
+    async def _start_services(self, nursery: trio.Nursery) -> None:
+        cfg = self.cfg
+        for name in cfg.feeds:
+            if name != "simulated":
+                raise StartupError(
+                    f"feed {name!r} is not available in this version; use 'simulated'"
+                )
+            feed = SimulatedFeed(self.hub, self.instruments, cfg.symbols, cfg.simulation)
+            await nursery.start(feed.run)
+            self.feeds.append(feed)
+            log.info("market feed started: %s (%s)", name, ", ".join(cfg.symbols))
+        if cfg.broker.name != "paper":
+            raise StartupError(
+                f"broker {cfg.broker.name!r} is not available in this version; use 'paper'"
+            )
+        self.broker = PaperBroker(cfg.broker, self.instruments, self.hub, self.store)
+        await nursery.start(self.broker.run)
+        restored = await restore_shadow(self.store, await self.broker.balance())
+        self._adopt_shadow(restored)
+        await nursery.start(ShadowSync(self.shadow, self.store, self.broker.events).run)
+        await nursery.start(self.equity_monitor.run)
+        binds = await nursery.start(serve_api, self)
+        self.api_url = binds[0] if binds else None
+        log.info(
+            "titan-execution %s ready: mode %s, broker %s, equity %s USDT, API %s",
+            __version__,
+            cfg.mode,
+            self.broker.name,
+            _money(self.equity_monitor.equity()),
+            self.api_url,
+        )
+
+    async def _journal(self, level: str, kind: str, message: str) -> None:
+        """A line in the system_events table: the service's own history on disk."""
+        await self.store.call(records.add_event, now_ms(), level, kind, message)
 
     def _adopt_shadow(self, restored: ShadowState) -> None:
         """Swap the restored state into the objects that already reference ``shadow``."""

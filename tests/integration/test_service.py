@@ -4,6 +4,7 @@ positions, trades and metrics, and a restart resuming the same account."""
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -191,6 +192,11 @@ async def test_restart_resumes_the_same_account(make_config: Callable[..., Confi
         entry_before = engine.shadow.positions["BTCUSDT"].position.entry_price
         peak_before = engine.equity_monitor.tracker.peak_equity
         nursery.cancel_scope.cancel()
+
+    # The database was closed cleanly and says so in its own journal.
+    with sqlite3.connect(cfg.database.path) as db:
+        kinds = [k for (k,) in db.execute("SELECT kind FROM system_events ORDER BY id")]
+    assert kinds == ["start", "stop"]
 
     async with trio.open_nursery() as nursery:
         engine, client = await start(nursery, cfg)

@@ -21,7 +21,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -72,9 +73,11 @@ class Store:
 
     # ----- lifecycle -------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[Store] = trio.TASK_STATUS_IGNORED) -> None:
-        """Open the database on the store thread, report started, and close it cleanly
-        (within 5 s) when cancelled."""
+    @asynccontextmanager
+    async def opened(self) -> AsyncIterator[Store]:
+        """Open the database on the store thread for the duration of the block, and close
+        it cleanly (bounded: 5 s) on the way out, however the block ends. The engine
+        wraps every other service in this, so the database closes after they stop."""
         self._token = trio.lowlevel.current_trio_token()
         opened = trio.Event()
         failure: list[BaseException] = []
@@ -92,11 +95,16 @@ class Store:
             await opened.wait()
             if failure:
                 raise failure[0]
-            task_status.started(self)
-            await trio.sleep_forever()
+            yield self
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self._stop()
+
+    async def run(self, *, task_status: trio.TaskStatus[Store] = trio.TASK_STATUS_IGNORED) -> None:
+        """The store as a nursery task: open, report started, close when cancelled."""
+        async with self.opened():
+            task_status.started(self)
+            await trio.sleep_forever()
 
     async def _stop(self) -> None:
         if self._thread is None:
