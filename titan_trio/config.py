@@ -213,56 +213,83 @@ def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
     return None
 
 
-def _walk(data: Any, cls: type[msgspec.Struct], path: str, problems: list[str]) -> None:
-    if not isinstance(data, dict):
-        problems.append(f"{path or '<root>'}: expected an object, got {_describe(data)}")
-        return
-    fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
-    for key in data:
-        if key not in fields:
-            where = f"{path}.{key}" if path else key
-            known = ", ".join(sorted(fields))
-            problems.append(f"{where}: unknown key (expected one of: {known})")
-    for name, field in fields.items():
-        where = f"{path}.{name}" if path else name
-        if name not in data:
-            if field.required:
-                problems.append(f"{where}: expected a value, got nothing (key is required)")
-            continue
-        value = data[name]
-        sub = _struct_type(field.type)
-        if sub is not None and isinstance(value, dict):
-            _walk(value, sub, where, problems)
-            continue
-        if get_origin(field.type) is dict and isinstance(value, dict):
-            _walk_mapping(value, field.type, where, problems)
-            continue
-        _check(value, field.type, where, problems)
+class _Validator:
+    """Walks a document against the Config structs, collecting every problem and the key
+    paths that hold bad values (so cross-field checks can still run on the rest)."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.bad_keys: list[tuple[str, ...]] = []
+
+    def walk(self, data: Any, cls: type[msgspec.Struct], keys: tuple[str, ...]) -> None:
+        path = ".".join(keys)
+        if not isinstance(data, dict):
+            self.problems.append(f"{path or '<root>'}: expected an object, got {_describe(data)}")
+            self.bad_keys.append(keys)
+            return
+        fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
+        for key in data:
+            if key not in fields:
+                known = ", ".join(sorted(fields))
+                self.problems.append(
+                    f"{'.'.join((*keys, key))}: unknown key (expected one of: {known})"
+                )
+                self.bad_keys.append((*keys, key))
+        for name, field in fields.items():
+            where = (*keys, name)
+            if name not in data:
+                if field.required:
+                    self.problems.append(
+                        f"{'.'.join(where)}: expected a value, got nothing (key is required)"
+                    )
+                    self.bad_keys.append(keys)
+                continue
+            value = data[name]
+            sub = _struct_type(field.type)
+            if sub is not None and isinstance(value, dict):
+                self.walk(value, sub, where)
+            elif get_origin(field.type) is dict and isinstance(value, dict):
+                self.walk_mapping(value, field.type, where)
+            else:
+                self.check(value, field.type, where)
+
+    def walk_mapping(self, value: dict, tp: Any, keys: tuple[str, ...]) -> None:
+        _key_type, value_type = get_args(tp)
+        sub = _struct_type(value_type)
+        for key, item in value.items():
+            if sub is not None:
+                self.walk(item, sub, (*keys, key))
+            else:
+                self.check(item, value_type, (*keys, key))
+
+    def check(self, value: Any, tp: Any, keys: tuple[str, ...]) -> None:
+        try:
+            msgspec.convert(value, tp, strict=True)
+        except msgspec.ValidationError as exc:
+            detail = str(exc).replace("`", "")
+            suffix = ""
+            if " - at $" in detail:  # msgspec names the offending element: fold it in
+                detail, suffix = detail.split(" - at $", 1)
+                value = _pick(value, suffix)
+            if detail.startswith("Invalid enum value"):
+                allowed = ", ".join(json.dumps(v) for v in _literal_values(tp))
+                detail = f"expected one of {allowed}"
+            shown = "<hidden>" if _SECRET_KEY.search(keys[-1]) else _describe(value)
+            self.problems.append(
+                f"{'.'.join(keys)}{suffix}: {detail[0].lower() + detail[1:]} (got {shown})"
+            )
+            self.bad_keys.append(keys)
 
 
-def _walk_mapping(value: dict, tp: Any, path: str, problems: list[str]) -> None:
-    _key_type, value_type = get_args(tp)
-    sub = _struct_type(value_type)
-    for key, item in value.items():
-        where = f"{path}.{key}"
-        if sub is not None:
-            _walk(item, sub, where, problems)
-            continue
-        _check(item, value_type, where, problems)
-
-
-def _check(value: Any, tp: Any, where: str, problems: list[str]) -> None:
-    try:
-        msgspec.convert(value, tp, strict=True)
-    except msgspec.ValidationError as exc:
-        detail = str(exc).replace("`", "")
-        suffix = ""
-        if " - at $" in detail:  # msgspec names the offending element: fold it into the path
-            detail, suffix = detail.split(" - at $", 1)
-            value = _pick(value, suffix)
-        problems.append(
-            f"{where}{suffix}: {detail[0].lower() + detail[1:]} (got {_describe(value)})"
-        )
+def _literal_values(tp: Any) -> list[Any]:
+    """The allowed values of the Literal somewhere inside ``tp``."""
+    if get_origin(tp) is Literal:
+        return list(get_args(tp))
+    for arg in get_args(tp):
+        found = _literal_values(arg)
+        if found:
+            return found
+    return []
 
 
 def _pick(value: Any, suffix: str) -> Any:
@@ -272,6 +299,20 @@ def _pick(value: Any, suffix: str) -> Any:
         except (IndexError, KeyError, TypeError):
             break
     return value
+
+
+def _without(data: dict[str, Any], bad_keys: list[tuple[str, ...]]) -> dict[str, Any]:
+    """A copy of ``data`` with every bad key removed, so its defaults stand in."""
+    data = json.loads(json.dumps(data))
+    for keys in bad_keys:
+        if not keys:
+            return {}
+        node = data
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(keys[-1], None)
+    return data
 
 
 def _is_loopback(host: str) -> bool:
@@ -354,14 +395,32 @@ def parse_config(data: Any, environ: dict[str, str] | None = None) -> Config:
     if isinstance(data, dict):
         data = json.loads(json.dumps(data))  # never mutate the caller's document
         apply_env(data, environ if environ is not None else dict(os.environ), problems)
-    _walk(data, Config, "", problems)
-    if problems:
-        raise ConfigError(problems)
-    cfg = msgspec.convert(data, Config, strict=True)
-    problems = _semantic_problems(cfg)
-    if problems:
-        raise ConfigError(problems)
-    return cfg
+        if isinstance(data.get("instruments"), dict):  # add to the built-in table
+            builtin = msgspec.to_builtins(_default_instruments())
+            data["instruments"] = {**builtin, **data["instruments"]}
+    validator = _Validator()
+    validator.walk(data, Config, ())
+    problems += validator.problems
+    if not problems:
+        cfg = msgspec.convert(data, Config, strict=True)
+        problems = _semantic_problems(cfg)
+        if problems:
+            raise ConfigError(problems)
+        return cfg
+    # Cross-field checks on what is valid, with defaults where values were bad, so a
+    # file with both kinds of problem is fixed in one pass.
+    if isinstance(data, dict):
+        try:
+            partial = msgspec.convert(_without(data, validator.bad_keys), Config, strict=True)
+        except msgspec.ValidationError:
+            partial = None
+        if partial is not None:
+            problems += [p for p in _semantic_problems(partial) if p not in problems]
+    raise ConfigError(problems)
+
+
+def _reject_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not a JSON number", name, 0)
 
 
 def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = None) -> Config:
@@ -372,7 +431,7 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read the file ({exc.strerror})"]) from None
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise ConfigError([f"{p}: expected UTF-8 text, got undecodable bytes"]) from None
     except json.JSONDecodeError as exc:

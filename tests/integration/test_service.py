@@ -10,11 +10,13 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from titan_trio.config import Config
 from titan_trio.domain.orders import OrderRequest, OrderType, Side
 from titan_trio.engine import Engine
+from titan_trio.errors import BrokerRejected
 
 POLL_S = 0.005
 
@@ -210,6 +212,13 @@ async def test_restart_resumes_the_same_account(make_config: Callable[..., Confi
             assert engine.equity_monitor.tracker.peak_equity >= peak_before
             positions = (await client.get("/api/state/positions")).json()
             assert [p["symbol"] for p in positions] == ["BTCUSDT"]
+            # The exchange still knows the first order, and refuses its id a second time.
+            first = await engine.broker.order_status("BTCUSDT", "resume-buy-1")
+            assert first is not None and first.status.value == "FILLED"
+            with pytest.raises(BrokerRejected) as info:
+                await _buy(engine, "resume-buy-1", "0.020")
+            assert info.value.reason == "DUPLICATE_ORDER_ID"
+            assert engine.shadow.positions["BTCUSDT"].position.size == Decimal("0.020")
             await _sell(engine, "resume-sell-1", "0.020")
             await eventually(lambda: not engine.shadow.positions)
         nursery.cancel_scope.cancel()

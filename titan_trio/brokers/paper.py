@@ -16,12 +16,13 @@ from typing import Any
 import trio
 
 from titan_trio.brokers.base import BalanceEvent, BrokerEvent, FillEvent, OrderEvent
-from titan_trio.brokers.paper_exchange import PaperExchange
+from titan_trio.brokers.paper_exchange import PaperExchange, order_from_json, order_to_json
 from titan_trio.clock import now_ms
 from titan_trio.config import BrokerConfig
 from titan_trio.domain.instruments import Instrument
 from titan_trio.domain.orders import Fill, Order, OrderRequest
 from titan_trio.domain.positions import Position
+from titan_trio.domain.quotes import Quote
 from titan_trio.errors import BrokerRejected
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.state import records
@@ -68,9 +69,10 @@ class PaperBroker:
                 len(self.exchange.open_orders()),
             )
         else:
-            await self._persist()
+            await self._commit([], [])
             log.info("paper account opened with %s USDT", self.exchange.balance)
         task_status.started()
+        matched: dict[str, Quote] = {}  # each quote's size is offered to resting orders once
         while True:
             await self.hub.wait_for_update()
             async with self._lock:
@@ -78,23 +80,32 @@ class PaperBroker:
                 canceled: list[Order] = []
                 for symbol in sorted({o.symbol for o in self.exchange.open_orders()}):
                     quote = self.hub.book.get(symbol)
-                    if quote is not None:
-                        new_fills, new_canceled = self.exchange.on_quote(quote, now_ms())
-                        fills += new_fills
-                        canceled += new_canceled
+                    if quote is None or quote is matched.get(symbol):
+                        continue
+                    matched[symbol] = quote
+                    new_fills, new_canceled = self.exchange.on_quote(quote, now_ms())
+                    fills += new_fills
+                    canceled += new_canceled
                 if fills or canceled:
                     await self._commit(fills, canceled)
 
-    async def _persist(self) -> None:
-        await self.store.call(records.kv_set, ACCOUNT_KEY, self.exchange.snapshot(), now_ms())
-
-    async def _commit(self, fills: list[Fill], extra: list[Order]) -> None:
-        """Save the account, then report what changed (orders touched, fills, balance)."""
-        await self._persist()
-        touched = {f.client_order_id: self.exchange.orders[f.client_order_id] for f in fills}
-        for order in extra:
-            touched[order.client_order_id] = order
+    async def _commit(self, fills: list[Fill], touched_orders: list[Order]) -> None:
+        """Save the account and the orders touched in one transaction, then report what
+        changed (orders, fills, balance). Finished orders then leave memory: the
+        paper_orders table remembers them."""
+        touched = {o.client_order_id: o for o in touched_orders}
+        for f in fills:
+            touched[f.client_order_id] = self.exchange.orders[f.client_order_id]
+        await self.store.call(
+            records.save_paper_account,
+            ACCOUNT_KEY,
+            self.exchange.snapshot(),
+            [order_to_json(o) for o in touched.values()],
+            now_ms(),
+        )
         for order in touched.values():
+            if order.status.is_terminal:
+                self.exchange.orders.pop(order.client_order_id, None)
             await self._send.send(OrderEvent(copy.deepcopy(order)))
         for fill in fills:
             await self._send.send(FillEvent(fill))
@@ -104,6 +115,10 @@ class PaperBroker:
     async def submit(self, request: OrderRequest) -> Order:
         started = time.perf_counter()
         async with self._lock:
+            if await self.store.call(records.paper_order_exists, request.client_order_id):
+                raise BrokerRejected(
+                    "DUPLICATE_ORDER_ID", f"order id {request.client_order_id} was already used"
+                )
             quote = self.hub.book.get(request.symbol)
             order, fills = self.exchange.place(request, quote, now_ms())  # may raise
             await self._commit(fills, [order])
@@ -115,6 +130,14 @@ class PaperBroker:
             order = self.exchange.cancel(client_order_id, now_ms())
             await self._commit([], [order])
         return copy.deepcopy(order)
+
+    async def order_status(self, symbol: str, client_order_id: str) -> Order | None:
+        """The exchange's view of one order, open or finished; None if it never saw it."""
+        order = self.exchange.orders.get(client_order_id)
+        if order is not None:
+            return copy.deepcopy(order)
+        body = await self.store.call(records.paper_order, client_order_id)
+        return None if body is None else order_from_json(body)
 
     async def open_orders(self) -> list[Order]:
         return [copy.deepcopy(o) for o in self.exchange.open_orders()]

@@ -195,7 +195,8 @@ class PaperExchange:
             if order.price is None or not self._crosses(order.side, order.price, quote):
                 continue
             left = ask_left if order.side is Side.BUY else bid_left
-            qty = self._clip_reduce_only(order, min(order.remaining_qty, left))
+            inst = self.instruments[order.symbol]
+            qty = inst.floor_qty(self._clip_reduce_only(order, min(order.remaining_qty, left)))
             if qty <= 0:
                 if order.reduce_only and self._reducible(order) <= 0:
                     order.transition(OrderStatus.CANCELED, now_ms)
@@ -286,7 +287,7 @@ class PaperExchange:
                 }
                 for p in self.positions.values()
             ],
-            "orders": [_order_to_json(o) for o in self.open_orders()],
+            "orders": [order_to_json(o) for o in self.open_orders()],
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -305,10 +306,10 @@ class PaperExchange:
             )
             for p in snap["positions"]
         }
-        self.orders = {o["client_order_id"]: _order_from_json(o) for o in snap["orders"]}
+        self.orders = {o["client_order_id"]: order_from_json(o) for o in snap["orders"]}
 
 
-def _order_to_json(o: Order) -> dict[str, Any]:
+def order_to_json(o: Order) -> dict[str, Any]:
     return {
         "client_order_id": o.client_order_id,
         "symbol": o.symbol,
@@ -329,7 +330,7 @@ def _order_to_json(o: Order) -> dict[str, Any]:
     }
 
 
-def _order_from_json(d: dict[str, Any]) -> Order:
+def order_from_json(d: dict[str, Any]) -> Order:
     return Order(
         client_order_id=d["client_order_id"],
         symbol=d["symbol"],

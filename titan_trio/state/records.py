@@ -45,6 +45,37 @@ def kv_set(e: Entities, key: str, value: Any, now_ms: int) -> None:
         row.updated_ms = now_ms
 
 
+# ----- the paper exchange's own records -----------------------------------------------
+
+
+def paper_order_exists(e: Entities, client_order_id: str) -> bool:
+    return e.PaperOrder.get(client_order_id=client_order_id) is not None
+
+
+def paper_order(e: Entities, client_order_id: str) -> dict[str, Any] | None:
+    row = e.PaperOrder.get(client_order_id=client_order_id)
+    return None if row is None else json.loads(row.body)
+
+
+def save_paper_account(
+    e: Entities, key: str, snapshot: dict[str, Any], orders: list[dict[str, Any]], now_ms: int
+) -> None:
+    """The paper account snapshot and the orders it touched, in one transaction."""
+    kv_set(e, key, snapshot, now_ms)
+    for body in orders:
+        text = json.dumps(body, separators=(",", ":"))
+        row = e.PaperOrder.get(client_order_id=body["client_order_id"])
+        if row is None:
+            e.PaperOrder(
+                client_order_id=body["client_order_id"],
+                status=body["status"],
+                body=text,
+                updated_ms=now_ms,
+            )
+        else:
+            row.set(status=body["status"], body=text, updated_ms=now_ms)
+
+
 # ----- orders, fills, positions, trades -------------------------------------------------
 
 
@@ -119,6 +150,7 @@ def _save_position(e: Entities, rec: PositionRecord) -> None:
         "trap_type": rec.trap_type,
         "closed_qty": str(rec.closed_qty),
         "exit_notional": str(rec.exit_notional),
+        "closed_entry_notional": str(rec.closed_entry_notional),
     }
     row = e.Position.get(symbol=p.symbol)
     if row is None:
@@ -148,6 +180,7 @@ def load_positions(e: Entities) -> list[PositionRecord]:
                 trap_type=r.trap_type,
                 closed_qty=Decimal(r.closed_qty),
                 exit_notional=Decimal(r.exit_notional),
+                closed_entry_notional=Decimal(r.closed_entry_notional),
             )
         )
     return out

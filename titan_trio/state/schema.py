@@ -38,6 +38,7 @@ class Entities:
     EquitySnapshot: Any
     SystemEvent: Any
     KeyValue: Any
+    PaperOrder: Any
 
 
 def define_entities(db: orm.Database) -> Entities:
@@ -89,6 +90,7 @@ def define_entities(db: orm.Database) -> Entities:
         trap_type = orm.Optional(str, nullable=True)
         closed_qty = orm.Required(str, default="0")  # closed so far (partial exits)
         exit_notional = orm.Required(str, default="0")  # sum of exit price x qty
+        closed_entry_notional = orm.Required(str, default="0")  # entry x qty of parts closed
 
     class Trade(db.Entity):
         _table_ = "trades"
@@ -135,13 +137,34 @@ def define_entities(db: orm.Database) -> Entities:
         kind = orm.Required(str)
         message = orm.Required(str)
 
+    class PaperOrder(db.Entity):
+        """The paper exchange's own order book (every order it ever took), so that a
+        client order id stays unique and queryable across restarts, as on an exchange."""
+
+        _table_ = "paper_orders"
+        client_order_id = orm.PrimaryKey(str)
+        status = orm.Required(str)
+        body = orm.Required(str)  # JSON of the order
+        updated_ms = orm.Required(int, size=64)
+
     class KeyValue(db.Entity):
         _table_ = "kv"
         key = orm.PrimaryKey(str)
         value = orm.Required(str)  # JSON
         updated_ms = orm.Required(int, size=64)
 
-    return Entities(db, Order, Fill, Position, Trade, Signal, EquitySnapshot, SystemEvent, KeyValue)
+    return Entities(
+        db,
+        Order,
+        Fill,
+        Position,
+        Trade,
+        Signal,
+        EquitySnapshot,
+        SystemEvent,
+        KeyValue,
+        PaperOrder,
+    )
 
 
 def _set_pragmas(connection: sqlite3.Connection) -> None:

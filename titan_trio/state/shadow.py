@@ -29,6 +29,7 @@ class PositionRecord:
     trap_type: str | None = None
     closed_qty: Decimal = ZERO
     exit_notional: Decimal = ZERO
+    closed_entry_notional: Decimal = ZERO  # entry price x qty of the parts closed so far
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,13 +124,14 @@ class ShadowState:
             self.positions[fill.symbol] = rec
         side_before = rec.position.side
         opened_before = rec.position.opened_ms
-        entry_before = rec.position.entry_price
         effect = rec.position.apply_fill(fill.side, fill.qty, fill.price, fill.fee, fill.ts_ms)
         self.balance += effect.realized_pnl - fill.fee
         trade: TradeRecord | None = None
         if effect.closed_qty > 0:
             rec.closed_qty += effect.closed_qty
             rec.exit_notional += effect.closed_qty * fill.price
+            assert effect.closed_entry_price is not None
+            rec.closed_entry_notional += effect.closed_qty * effect.closed_entry_price
             if rec.position.is_flat or effect.opened_qty > 0:
                 assert side_before is not None
                 # Fees of the closing fill belong to the trade; a flip's opening part
@@ -139,7 +141,7 @@ class ShadowState:
                     symbol=fill.symbol,
                     side=side_before,
                     qty=rec.closed_qty,
-                    entry_price=entry_before,
+                    entry_price=rec.closed_entry_notional / rec.closed_qty,
                     exit_price=rec.exit_notional / rec.closed_qty,
                     realized_pnl=rec.position.realized_pnl,
                     fees=rec.position.fees - opening_fee,
@@ -156,6 +158,7 @@ class ShadowState:
                     rec.position.fees = opening_fee
                     rec.closed_qty = ZERO
                     rec.exit_notional = ZERO
+                    rec.closed_entry_notional = ZERO
                     rec.signal_id = order.signal_id if order is not None else None
                     rec.stop_loss, rec.take_profits, rec.trap_type = None, [], None
                     rec_after = rec

@@ -70,6 +70,7 @@ class Store:
         self._token: trio.lowlevel.TrioToken | None = None
         self.entities: Entities | None = None
         self._closed = trio.Event()
+        self._closing = False
 
     # ----- lifecycle -------------------------------------------------------------------
 
@@ -109,6 +110,7 @@ class Store:
     async def _stop(self) -> None:
         if self._thread is None:
             return
+        self._closing = True
         self._queue.put(_STOP)
         await self._closed.wait()
         await trio.to_thread.run_sync(self._thread.join, 1.0)
@@ -137,6 +139,18 @@ class Store:
             pass  # nobody is waiting any more
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        finally:  # whatever is still queued will never run: tell its callers
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not _STOP:
+                    self._deliver(item, outcome.Error(StoreError("the database is closing")))
+
+    def _serve(self) -> None:
         while True:
             first = self._queue.get()
             if first is _STOP:
@@ -197,7 +211,7 @@ class Store:
         Cancelling the caller does not cancel the job: it still commits (or not) as a
         whole; the caller only stops waiting.
         """
-        if self.entities is None or self._closed.is_set():
+        if self.entities is None or self._closing:
             raise StoreError("the database is not open")
         job = _Job(fn, args)
         self._queue.put(job)

@@ -1,0 +1,392 @@
+"""The store: one database thread, group commit, all-or-nothing jobs, clean shutdown,
+exact decimals, and schema migrations."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from titan_trio.domain.orders import Order, OrderStatus, OrderType, Side, TimeInForce
+from titan_trio.errors import IllegalTransition, StoreError
+from titan_trio.state import records
+from titan_trio.state.schema import SCHEMA_VERSION, Entities, migrate
+from titan_trio.state.store import Store
+
+
+@asynccontextmanager
+async def open_store(path: Path) -> AsyncIterator[Store]:
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(Store(str(path)).run)
+        yield store
+        nursery.cancel_scope.cancel()
+
+
+def all_kv(e: Entities) -> dict[str, Any]:
+    return {row.key: json.loads(row.value) for row in e.KeyValue.select()}
+
+
+def store_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "titan-store"]
+
+
+def schema_version(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT version FROM schema_version").fetchone()[0]
+
+
+def table_names(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+    return {name for (name,) in rows}
+
+
+# ----- basics -----------------------------------------------------------------------------
+
+
+async def test_database_is_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    async with open_store(path) as store:
+        await store.call(records.kv_set, "k", 1, 1)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_kv_round_trip(tmp_path: Path) -> None:
+    value = {"balance": "10000.00", "list": [1, 2.5, None, True], "text": "é"}
+    async with open_store(tmp_path / "t.db") as store:
+        assert await store.call(records.kv_get, "missing") is None
+        await store.call(records.kv_set, "k", value, 1000)
+        assert await store.call(records.kv_get, "k") == value
+        await store.call(records.kv_set, "k", "replaced", 2000)
+        assert await store.call(records.kv_get, "k") == "replaced"
+
+
+async def test_committed_values_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    async with open_store(path) as store:
+        await store.call(records.kv_set, "k", [1, 2, 3], 1)
+    async with open_store(path) as store:
+        assert await store.call(records.kv_get, "k") == [1, 2, 3]
+
+
+def make_orders() -> list[Order]:
+    limit = Order(
+        client_order_id="c-1",
+        symbol="BTCUSDT",
+        side=Side.BUY,
+        order_type=OrderType.LIMIT,
+        qty=Decimal("0.001"),
+        price=Decimal("95000.10"),
+        time_in_force=TimeInForce.POST_ONLY,
+        reduce_only=False,
+        leverage=Decimal("12.5"),
+        signal_id="sig-1",
+        status=OrderStatus.PARTIALLY_FILLED,
+        exchange_order_id="ex-1",
+        filled_qty=Decimal("0.0005"),
+        avg_fill_price=Decimal("95000.1000000000000000000001"),
+        created_ms=1_700_000_000_001,
+        updated_ms=1_700_000_000_500,
+    )
+    market = Order(
+        client_order_id="c-2",
+        symbol="ETHUSDT",
+        side=Side.SELL,
+        order_type=OrderType.MARKET,
+        qty=Decimal("1.20"),
+        reduce_only=True,
+        status=OrderStatus.SUBMITTED,
+        created_ms=1_700_000_000_002,
+        updated_ms=1_700_000_000_002,
+    )
+    filled = Order(
+        client_order_id="c-3",
+        symbol="SOLUSDT",
+        side=Side.BUY,
+        order_type=OrderType.MARKET,
+        qty=Decimal("3"),
+        status=OrderStatus.FILLED,
+        filled_qty=Decimal("3"),
+        avg_fill_price=Decimal("180.01"),
+        created_ms=1_700_000_000_000,
+        updated_ms=1_700_000_000_003,
+    )
+    return [limit, market, filled]
+
+
+async def test_orders_round_trip_with_exact_decimals(tmp_path: Path) -> None:
+    limit, market, filled = make_orders()
+    async with open_store(tmp_path / "t.db") as store:
+        for order in (market, filled, limit):
+            await store.call(records.save_order, order)
+        loaded = await store.call(records.load_open_orders)
+    # Terminal orders are not open; open ones come back oldest first, field for field.
+    assert loaded == [limit, market]
+    got = loaded[0]
+    assert str(got.qty) == "0.001"
+    assert str(got.price) == "95000.10"
+    assert str(got.leverage) == "12.5"
+    assert str(got.filled_qty) == "0.0005"
+    assert str(got.avg_fill_price) == "95000.1000000000000000000001"
+    assert str(loaded[1].qty) == "1.20"
+    assert loaded[1].price is None
+    assert loaded[1].avg_fill_price is None
+
+
+async def test_saving_an_order_again_updates_it(tmp_path: Path) -> None:
+    order = make_orders()[0]
+    async with open_store(tmp_path / "t.db") as store:
+        await store.call(records.save_order, order)
+        order.apply_fill(Decimal("0.0005"), Decimal("95000.30"), now_ms=1_700_000_001_000)
+        await store.call(records.save_order, order)
+        assert order.status is OrderStatus.FILLED
+        assert await store.call(records.load_open_orders) == []
+        counts = await store.call(records.table_counts)
+    assert counts["orders"] == 1
+
+
+# ----- all-or-nothing jobs ----------------------------------------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+def write_then_raise(e: Entities, exc: Exception) -> None:
+    records.kv_set(e, "bad", "must not be committed", 1)
+    raise exc
+
+
+def good_job(e: Entities, i: int) -> int:
+    records.kv_set(e, f"good-{i}", i, 1)
+    return i
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [(Boom("disk says no"), StoreError), (IllegalTransition("bad move"), IllegalTransition)],
+    ids=["foreign-error", "titan-error"],
+)
+async def test_failing_job_rolls_back_alone(
+    tmp_path: Path, raised: Exception, expected: type[Exception]
+) -> None:
+    entered, gate = threading.Event(), threading.Event()
+
+    def hold_the_store_thread(_e: Entities) -> None:
+        entered.set()
+        assert gate.wait(10), "gate never opened"
+
+    results: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    async def good(i: int) -> None:
+        results[i] = await store.call(good_job, i)
+
+    async def bad() -> None:
+        try:
+            await store.call(write_then_raise, raised)
+        except Exception as exc:
+            errors.append(exc)
+
+    async with open_store(tmp_path / "t.db") as store:
+        async with trio.open_nursery() as nursery:
+            # Hold the store thread so that every job below lands in one batch.
+            nursery.start_soon(store.call, hold_the_store_thread)
+            await trio.to_thread.run_sync(entered.wait, 10)
+            for i in range(10):
+                nursery.start_soon(good, i)
+            nursery.start_soon(bad)
+            for i in range(10, 20):
+                nursery.start_soon(good, i)
+            await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+        stored = await store.call(all_kv)
+        failed_batches = store.stats.failed_batches
+
+    assert len(errors) == 1
+    assert isinstance(errors[0], expected)
+    if expected is StoreError:
+        assert "disk says no" in str(errors[0])
+    else:
+        assert errors[0] is raised
+    assert "bad" not in stored
+    assert results == {i: i for i in range(20)}
+    assert stored == {f"good-{i}": i for i in range(20)}
+    assert failed_batches >= 1  # they really shared the failing batch, then were re-run
+
+
+async def test_lone_failing_job_changes_nothing(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "t.db") as store:
+        with pytest.raises(StoreError, match="Boom: nope"):
+            await store.call(write_then_raise, Boom("nope"))
+        assert await store.call(all_kv) == {}
+        # The store keeps working after a failure.
+        await store.call(records.kv_set, "after", 1, 1)
+        assert await store.call(all_kv) == {"after": 1}
+
+
+# ----- group commit -----------------------------------------------------------------------
+
+
+async def test_concurrent_calls_share_commits(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "t.db") as store:
+        before = store.stats.commits
+        async with trio.open_nursery() as nursery:
+            for i in range(200):
+                nursery.start_soon(store.call, records.kv_set, f"k{i}", i, 1)
+        commits = store.stats.commits - before
+        stored = await store.call(all_kv)
+    assert 1 <= commits < 20
+    assert stored == {f"k{i}": i for i in range(200)}
+
+
+# ----- shutdown ---------------------------------------------------------------------------
+
+
+async def test_store_thread_ends_and_releases_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    async with open_store(path) as store:
+        assert len(store_threads()) == 1
+        await store.call(records.kv_set, "k", "v", 1)
+    assert store_threads() == []
+    # timeout=0: fail at once instead of waiting if anything still holds a lock.
+    conn = sqlite3.connect(path, timeout=0)
+    try:
+        with conn:
+            conn.execute("INSERT INTO kv (key, value, updated_ms) VALUES ('outside', '1', 1)")
+        assert conn.execute("SELECT value FROM kv WHERE key = 'k'").fetchone() == ('"v"',)
+    finally:
+        conn.close()
+
+
+async def test_call_after_close_is_refused(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "t.db") as store:
+        pass
+    with pytest.raises(StoreError, match="not open"):
+        await store.call(records.kv_get, "k")
+
+
+# ----- opening ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"this is not a database\n" * 3,
+        bytes(range(256)) * 16,
+        b"SQLite format 3\x00" + b"\xff" * 4080,
+    ],
+    ids=["text", "binary", "bad-header"],
+)
+async def test_opening_a_file_that_is_not_a_database(tmp_path: Path, garbage: bytes) -> None:
+    path = tmp_path / "t.db"
+    path.write_bytes(garbage)
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(StoreError, match="not a database") as info:
+            await nursery.start(Store(str(path)).run)
+    assert str(path) in str(info.value)
+    assert store_threads() == []
+    assert path.read_bytes() == garbage  # left as it was
+
+
+async def test_store_refuses_a_newer_database(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    migrate(str(path))
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(StoreError, match="newer"):
+            await nursery.start(Store(str(path)).run)
+    assert store_threads() == []
+
+
+# ----- migrations -------------------------------------------------------------------------
+
+
+def test_fresh_database_gets_the_current_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    migrate(str(path))
+    assert schema_version(path) == SCHEMA_VERSION
+
+
+async def test_store_records_the_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    async with open_store(path):
+        pass
+    assert schema_version(path) == SCHEMA_VERSION
+    assert {"orders", "kv", "schema_version"} <= table_names(path)
+
+
+def test_newer_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    migrate(str(path))
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match="newer"):
+        migrate(str(path))
+    assert schema_version(path) == SCHEMA_VERSION + 1
+
+
+def test_migration_hook_runs_once_and_bumps_the_version(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    migrate(str(path))
+    assert schema_version(path) == 1
+    calls: list[sqlite3.Connection] = []
+
+    def to_v2(conn: sqlite3.Connection) -> None:
+        calls.append(conn)
+        conn.execute("CREATE TABLE added_in_v2 (x INTEGER)")
+
+    assert migrate(str(path), migrations={2: to_v2}, target=2) == 1
+    assert len(calls) == 1
+    assert schema_version(path) == 2
+    assert "added_in_v2" in table_names(path)
+    # Already at version 2: nothing runs again.
+    assert migrate(str(path), migrations={2: to_v2}, target=2) == 2
+    assert len(calls) == 1
+
+
+def test_failing_migration_hook_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    migrate(str(path))
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE half_done (x INTEGER)")
+        conn.execute("ALTER TABLE no_such_table ADD COLUMN y TEXT")
+
+    with pytest.raises(StoreError, match="no_such_table"):
+        migrate(str(path), migrations={2: broken}, target=2)
+    assert schema_version(path) == 1
+    assert "half_done" not in table_names(path)
+
+
+def test_failing_python_migration_hook_keeps_the_version(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    migrate(str(path))
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE half_done (x INTEGER)")
+        raise Boom("migration bug")
+
+    with pytest.raises(Boom):
+        migrate(str(path), migrations={2: broken}, target=2)
+    assert schema_version(path) == 1
+    assert "half_done" not in table_names(path)
+
+
+def test_missing_migration_step_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    migrate(str(path))
+    with pytest.raises(StoreError, match="no migration to schema version 2"):
+        migrate(str(path), migrations={}, target=2)
+    assert schema_version(path) == 1

@@ -1,0 +1,479 @@
+"""Configuration: the shipped defaults, every kind of problem reported as
+``path: expected ..., got ...``, environment overrides, and reading the file."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from titan_trio.config import Config, load_config, parse_config, redacted
+from titan_trio.errors import ConfigError
+
+DEFAULT_JSON = Path(__file__).resolve().parents[1] / "config" / "default.json"
+
+# A secret long enough to be valid as ipc.hmacSecret (>= 32 characters).
+HMAC_SECRET = "hmac-secret-0123456789abcdef-XYZ-0123"
+API_TOKEN = "api-token-s3cr3t-value"
+
+
+def problems_of(data: Any, environ: dict[str, str] | None = None) -> list[str]:
+    """The problems parse_config reports for ``data`` (fails if it accepts it)."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, environ={} if environ is None else environ)
+    assert info.value.problems, "ConfigError without problems"
+    return info.value.problems
+
+
+def problem_at(problems: list[str], path: str) -> str:
+    """The single problem reported for exactly ``path`` (``path: ...``)."""
+    found = [p for p in problems if p.startswith(f"{path}: ")]
+    assert len(found) == 1, f"expected one problem at {path!r}, got {problems}"
+    return found[0]
+
+
+def assert_spec_defaults(cfg: Config) -> None:
+    assert cfg.mode == "paper"
+    assert (cfg.api.host, cfg.api.port, cfg.api.token) == ("127.0.0.1", 8080, None)
+    assert cfg.ipc.socket_path == "titan-ipc.sock"
+    assert cfg.ipc.socket_mode == "0600"
+    assert cfg.socket_mode == 0o600
+    assert cfg.ipc.hmac_secret is None
+    assert cfg.ipc.max_connections == 16
+    assert cfg.ipc.max_frame_bytes == 65536
+    assert cfg.database.path == "titan_execution.db"
+    assert cfg.broker.name == "paper"
+    assert cfg.broker.initial_capital == 10000
+    r = cfg.risk
+    assert r.max_risk_pct == 2
+    assert (r.phase1_risk_pct, r.phase2_risk_pct, r.phase3_risk_pct) == (2, 1.5, 1)
+    assert r.max_positions == 5
+    assert r.max_total_leverage == 50
+    assert r.max_drawdown_pct == 7
+    assert r.max_daily_loss_pct == 5
+    assert r.max_consecutive_losses == 5
+    assert r.flatten_on_breaker is True
+    assert cfg.reconcile.interval_s == 60
+    assert cfg.logging.level == "INFO"
+    assert cfg.logging.dir == "logs"
+
+
+# ----- defaults ---------------------------------------------------------------------------
+
+
+def test_shipped_default_json_has_the_spec_defaults() -> None:
+    assert_spec_defaults(load_config(DEFAULT_JSON, environ={}))
+
+
+def test_empty_document_gives_the_spec_defaults() -> None:
+    assert_spec_defaults(parse_config({}, environ={}))
+
+
+def test_shipped_default_json_equals_the_built_in_defaults() -> None:
+    assert load_config(DEFAULT_JSON, environ={}) == parse_config({}, environ={})
+
+
+# ----- one test per kind of problem -------------------------------------------------------
+
+
+def test_wrong_type_names_the_path_the_type_and_the_value() -> None:
+    problem = problem_at(problems_of({"api": {"port": "x"}}), "api.port")
+    assert "expected int" in problem
+    assert 'got str (got "x")' in problem
+
+
+@pytest.mark.parametrize(
+    ("doc", "path", "expected", "got"),
+    [
+        ({"api": {"port": 70000}}, "api.port", "expected int <= 65535", "got 70000"),
+        ({"risk": {"maxRiskPct": 0}}, "risk.maxRiskPct", "expected float > 0", "got 0"),
+        ({"risk": {"maxRiskPct": 150}}, "risk.maxRiskPct", "expected float <= 100", "got 150"),
+    ],
+)
+def test_out_of_range_names_the_bound_and_the_value(
+    doc: dict[str, Any], path: str, expected: str, got: str
+) -> None:
+    problem = problem_at(problems_of(doc), path)
+    assert expected in problem
+    assert got in problem
+
+
+def test_unknown_nested_key_lists_the_known_keys() -> None:
+    problem = problem_at(problems_of({"api": {"bogus": 1}}), "api.bogus")
+    assert "unknown key" in problem
+    assert "expected one of: host, port, token" in problem
+
+
+def test_top_level_typo_is_an_unknown_key_listing_the_sections() -> None:
+    problem = problem_at(problems_of({"rsik": {"maxRiskPct": 1}}), "rsik")
+    assert "unknown key" in problem
+    assert "expected one of:" in problem
+    assert "risk" in problem.split("expected one of:", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("doc", "path", "got"),
+    [
+        ({"mode": "demo"}, "mode", '"demo"'),
+        ({"feeds": ["foo"]}, "feeds[0]", '"foo"'),
+        ({"feeds": ["simulated", "foo"]}, "feeds[1]", '"foo"'),
+    ],
+)
+def test_bad_enum_value_names_the_element_and_the_value(
+    doc: dict[str, Any], path: str, got: str
+) -> None:
+    problem = problem_at(problems_of(doc), path)
+    assert f"(got {got})" in problem
+
+
+@pytest.mark.parametrize(
+    ("doc", "path", "allowed"),
+    [
+        ({"mode": "demo"}, "mode", ["paper", "live"]),
+        ({"feeds": ["foo"]}, "feeds[0]", ["simulated", "binance", "bybit"]),
+    ],
+)
+def test_bad_enum_value_says_which_values_are_allowed(
+    doc: dict[str, Any], path: str, allowed: list[str]
+) -> None:
+    problem = problem_at(problems_of(doc), path)
+    assert "expected" in problem
+    for value in allowed:
+        assert value in problem
+
+
+def test_bad_socket_mode_pattern() -> None:
+    problem = problem_at(problems_of({"ipc": {"socketMode": "999"}}), "ipc.socketMode")
+    assert "expected str matching regex" in problem
+    assert '(got "999")' in problem
+
+
+def test_lowercase_symbol_names_the_list_element() -> None:
+    problem = problem_at(problems_of({"symbols": ["BTCUSDT", "ethusdt"]}), "symbols[1]")
+    assert "expected str matching regex" in problem
+    assert '(got "ethusdt")' in problem
+
+
+def test_too_short_hmac_secret() -> None:
+    problem = problem_at(problems_of({"ipc": {"hmacSecret": "short"}}), "ipc.hmacSecret")
+    assert "expected str of length >= 32" in problem
+    assert "got" in problem
+
+
+def test_missing_required_nested_key() -> None:
+    doc = {"instruments": {"X": {"tickSize": "0.1", "minQty": "1"}}}
+    problem = problem_at(problems_of(doc), "instruments.X.qtyStep")
+    assert "expected a value, got nothing" in problem
+    assert "required" in problem
+
+
+def test_section_that_is_not_an_object() -> None:
+    problem = problem_at(problems_of({"api": "x"}), "api")
+    assert "expected object" in problem
+    assert '(got "x")' in problem
+
+
+@pytest.mark.parametrize(("data", "got"), [([], "got list"), ("x", 'got "x"'), (None, "got null")])
+def test_root_that_is_not_an_object(data: Any, got: str) -> None:
+    problem = problem_at(problems_of(data), "<root>")
+    assert "expected an object" in problem
+    assert got in problem
+
+
+def test_root_list_in_a_file_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "list.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.problems == ["<root>: expected an object, got list"]
+
+
+# ----- cross-field checks -----------------------------------------------------------------
+
+
+def test_live_mode_with_the_paper_broker_is_refused() -> None:
+    problem = problem_at(problems_of({"mode": "live"}), "mode")
+    assert '"live" needs broker.name other than "paper"' in problem
+    assert 'got "paper"' in problem
+
+
+def test_non_loopback_host_without_a_token_is_refused() -> None:
+    problem = problem_at(problems_of({"api": {"host": "0.0.0.0"}}), "api.host")
+    assert "needs api.token" in problem
+    assert "'0.0.0.0' without a token" in problem
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_loopback_hosts_need_no_token(host: str) -> None:
+    assert parse_config({"api": {"host": host}}, environ={}).api.host == host
+
+
+def test_non_loopback_host_with_a_token_is_accepted() -> None:
+    cfg = parse_config({"api": {"host": "0.0.0.0", "token": API_TOKEN}}, environ={})
+    assert cfg.api.host == "0.0.0.0"
+
+
+@pytest.mark.parametrize("phase1", [5000, 6000])
+def test_phase1_equity_must_be_below_phase2(phase1: int) -> None:
+    doc = {"risk": {"phase1MaxEquity": phase1, "phase2MaxEquity": 5000}}
+    problem = problem_at(problems_of(doc), "risk.phase1MaxEquity")
+    assert "expected less than risk.phase2MaxEquity" in problem
+    assert f"got {float(phase1)} >= 5000.0" in problem
+
+
+def test_paper_symbol_without_an_instrument_is_refused() -> None:
+    doc = {
+        "symbols": ["BTCUSDT", "XRPUSDT"],
+        "simulation": {"startPrices": {"BTCUSDT": 95000, "XRPUSDT": 2.5}},
+    }
+    problems = problems_of(doc)
+    assert len(problems) == 1
+    problem = problem_at(problems, "instruments.XRPUSDT")
+    assert "expected an instrument definition" in problem
+    assert "got nothing" in problem
+
+
+def test_all_cross_field_problems_are_reported_together() -> None:
+    doc = {
+        "mode": "live",
+        "api": {"host": "10.0.0.1"},
+        "risk": {"phase1MaxEquity": 9000},
+        "symbols": ["BTCUSDT", "XRPUSDT"],
+        "simulation": {"startPrices": {"BTCUSDT": 95000, "XRPUSDT": 2.5}},
+    }
+    problems = problems_of(doc)
+    assert len(problems) == 4, problems
+    for path in ("mode", "api.host", "risk.phase1MaxEquity", "instruments.XRPUSDT"):
+        problem_at(problems, path)
+
+
+# ----- several problems at once -----------------------------------------------------------
+
+
+def test_every_problem_in_a_document_is_reported() -> None:
+    doc = {
+        "mode": "demo",
+        "api": {"port": "x", "bogus": 1},
+        "ipc": {"socketMode": "999", "hmacSecret": "short"},
+        "feeds": ["foo"],
+        "symbols": ["btc"],
+        "risk": {"maxRiskPct": 150},
+        "instruments": {"X": {"tickSize": "0.1", "minQty": "1"}},
+        "rsik": {},
+    }
+    paths = [
+        "mode",
+        "api.port",
+        "api.bogus",
+        "ipc.socketMode",
+        "ipc.hmacSecret",
+        "feeds[0]",
+        "symbols[0]",
+        "risk.maxRiskPct",
+        "instruments.X.qtyStep",
+        "rsik",
+    ]
+    problems = problems_of(doc)
+    assert len(problems) == len(paths), problems
+    for path in paths:
+        problem_at(problems, path)
+
+
+def test_error_message_lists_every_problem() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"api": {"port": "x"}, "mode": "demo"}, environ={})
+    text = str(info.value)
+    for problem in info.value.problems:
+        assert problem in text
+
+
+def test_type_and_cross_field_problems_are_reported_in_one_pass() -> None:
+    problems = problems_of({"api": {"port": "x"}, "mode": "live"})
+    problem_at(problems, "api.port")
+    problem_at(problems, "mode")
+
+
+# ----- environment ------------------------------------------------------------------------
+
+
+def test_environment_overrides_win_over_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(
+        json.dumps(
+            {
+                "api": {"port": 1234, "token": "from-the-file"},
+                "ipc": {"socketPath": "file.sock", "hmacSecret": "f" * 40},
+                "database": {"path": "file.db"},
+            }
+        )
+    )
+    environ = {
+        "TITAN_API_PORT": "9999",
+        "TITAN_IPC_SOCKET": "env.sock",
+        "TITAN_DB_PATH": "env.db",
+        "TITAN_API_TOKEN": API_TOKEN,
+        "TITAN_IPC_HMAC_SECRET": HMAC_SECRET,
+    }
+    cfg = load_config(path, environ=environ)
+    assert cfg.api.port == 9999
+    assert cfg.ipc.socket_path == "env.sock"
+    assert cfg.database.path == "env.db"
+    assert cfg.api.token == API_TOKEN
+    assert cfg.ipc.hmac_secret == HMAC_SECRET
+
+
+def test_environment_overrides_sections_missing_from_the_file() -> None:
+    cfg = parse_config({}, environ={"TITAN_API_PORT": "9000", "TITAN_DB_PATH": "env.db"})
+    assert cfg.api.port == 9000
+    assert cfg.database.path == "env.db"
+
+
+def test_process_environment_is_used_when_none_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TITAN_API_PORT", "9123")
+    path = tmp_path / "config.json"
+    path.write_text('{"api": {"port": 1234}}')
+    assert load_config(path).api.port == 9123
+
+
+def test_non_integer_port_in_the_environment() -> None:
+    problems = problems_of({}, environ={"TITAN_API_PORT": "abc"})
+    problem = problem_at(problems, "env TITAN_API_PORT")
+    assert "expected int" in problem
+    assert "got 'abc'" in problem
+
+
+def test_out_of_range_port_in_the_environment_is_checked_like_the_file() -> None:
+    problem = problem_at(problems_of({}, environ={"TITAN_API_PORT": "70000"}), "api.port")
+    assert "expected int <= 65535" in problem
+    assert "got 70000" in problem
+
+
+def test_environment_and_file_problems_are_reported_together() -> None:
+    problems = problems_of({"mode": "demo"}, environ={"TITAN_API_PORT": "abc"})
+    assert len(problems) == 2
+    problem_at(problems, "env TITAN_API_PORT")
+    problem_at(problems, "mode")
+
+
+def test_redacted_hides_the_token_and_the_hmac_secret() -> None:
+    cfg = parse_config(
+        {}, environ={"TITAN_API_TOKEN": API_TOKEN, "TITAN_IPC_HMAC_SECRET": HMAC_SECRET}
+    )
+    shown = redacted(cfg)
+    assert shown["api"]["token"] == "***"
+    assert shown["ipc"]["hmacSecret"] == "***"
+    text = json.dumps(shown)
+    assert API_TOKEN not in text
+    assert HMAC_SECRET not in text
+    # Everything else is still there.
+    assert shown["api"]["port"] == 8080
+    assert shown["ipc"]["socketPath"] == "titan-ipc.sock"
+
+
+def test_redacted_leaves_unset_secrets_empty() -> None:
+    shown = redacted(parse_config({}, environ={}))
+    assert shown["api"]["token"] is None
+    assert shown["ipc"]["hmacSecret"] is None
+
+
+def test_rejected_secret_from_the_environment_is_not_echoed() -> None:
+    secret = "hunter2-is-my-password"  # too short: 22 characters
+    with pytest.raises(ConfigError) as info:
+        parse_config({}, environ={"TITAN_IPC_HMAC_SECRET": secret})
+    problem_at(info.value.problems, "ipc.hmacSecret")
+    assert secret not in str(info.value)
+
+
+def test_caller_document_is_not_mutated() -> None:
+    doc: dict[str, Any] = {"api": {"port": 1234}, "symbols": ["BTCUSDT"]}
+    before = copy.deepcopy(doc)
+    cfg = parse_config(
+        doc,
+        environ={"TITAN_API_PORT": "9999", "TITAN_DB_PATH": "env.db", "TITAN_IPC_SOCKET": "s"},
+    )
+    assert cfg.api.port == 9999
+    assert doc == before
+
+
+def test_caller_document_is_not_mutated_when_invalid() -> None:
+    doc: dict[str, Any] = {"api": {"port": "x"}}
+    before = copy.deepcopy(doc)
+    problems_of(doc, environ={"TITAN_DB_PATH": "env.db"})
+    assert doc == before
+
+
+# ----- reading the file -------------------------------------------------------------------
+
+
+def assert_no_chained_exception(err: ConfigError) -> None:
+    """The error stands alone: no underlying OSError/JSON error traceback is attached."""
+    assert err.__cause__ is None
+    assert err.__suppress_context__ is True
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.json"
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    [problem] = info.value.problems
+    assert str(path) in problem
+    assert "cannot read the file" in problem
+    assert_no_chained_exception(info.value)
+
+
+def test_invalid_json_reports_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text('{\n  "mode": "paper",\n  "api": {"port": 8080,}\n}\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    [problem] = info.value.problems
+    assert problem.startswith(f"{path}: expected JSON")
+    assert "line 3 column 24" in problem
+    assert_no_chained_exception(info.value)
+
+
+def test_non_utf8_file(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.json"
+    path.write_bytes('{"logging": {"dir": "journaux-été"}}'.encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    [problem] = info.value.problems
+    assert str(path) in problem
+    assert "expected UTF-8" in problem
+    assert_no_chained_exception(info.value)
+
+
+def test_valid_file_problems_are_reported_with_paths(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"api": {"port": 70000}, "mode": "demo"}))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert len(info.value.problems) == 2
+    problem_at(info.value.problems, "api.port")
+    problem_at(info.value.problems, "mode")
+
+
+def test_instruments_in_the_file_add_to_the_built_in_table() -> None:
+    cfg = parse_config(
+        {
+            "symbols": ["BTCUSDT", "XRPUSDT"],
+            "instruments": {"XRPUSDT": {"tickSize": "0.0001", "qtyStep": "1", "minQty": "1"}},
+            "simulation": {"startPrices": {"BTCUSDT": 95000, "XRPUSDT": 2.1}},
+        },
+        environ={},
+    )
+    assert cfg.instruments["XRPUSDT"].tick_size == "0.0001"
+    assert cfg.instruments["BTCUSDT"].qty_step == "0.001"
+
+
+def test_non_json_constants_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "inf.json"
+    path.write_text('{"broker": {"initialCapital": Infinity}}')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "Infinity" in str(info.value)
