@@ -2,8 +2,8 @@
 
 Start-up order (each with ``nursery.start``, so a service that fails to start stops the
 whole service with a clear error): instance lock → store → market feeds → broker →
-shadow state restore and sync → equity monitor → ops API. SIGINT and SIGTERM cancel the
-root scope; every service's cleanup is shielded and bounded, so shutdown takes well under
+shadow state restore and sync → equity monitor → signal router → IPC listener → ops API.
+SIGINT and SIGTERM cancel the root scope; every service's cleanup is shielded and bounded, so shutdown takes well under
 two seconds and leaves the database closed.
 
 This module wires; it holds no trading logic.
@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from ipc.listener import IpcError, IpcListener
 from titan_trio import __version__
 from titan_trio.api.server import serve_api
 from titan_trio.brokers.paper import PaperBroker
@@ -30,6 +31,7 @@ from titan_trio.clock import now_ms
 from titan_trio.config import Config
 from titan_trio.domain.instruments import Instrument
 from titan_trio.errors import StartupError
+from titan_trio.execution.router import SignalRouter
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.feeds.simulated import SimulatedFeed
 from titan_trio.metrics import Metrics
@@ -106,6 +108,8 @@ class Engine:
         self.equity_monitor = EquityMonitor(
             self.shadow, self.hub, self.store, Decimal(repr(cfg.broker.initial_capital))
         )
+        self.router: SignalRouter | None = None
+        self.ipc: IpcListener | None = None
         self.api_url: str | None = None
         self.ready = trio.Event()
 
@@ -153,6 +157,36 @@ class Engine:
         self._adopt_shadow(restored)
         await nursery.start(ShadowSync(self.shadow, self.store, self.broker.events).run)
         await nursery.start(self.equity_monitor.run)
+        self.router = SignalRouter(
+            cfg,
+            self.instruments,
+            self.hub,
+            self.shadow,
+            self.broker,
+            self.store,
+            self.metrics,
+            self.equity_monitor.equity,
+        )
+        await nursery.start(self.router.run)
+        self.ipc = IpcListener(
+            cfg.ipc.socket_path,
+            cfg.socket_mode,
+            self.router,
+            max_connections=cfg.ipc.max_connections,
+            max_frame_bytes=cfg.ipc.max_frame_bytes,
+            secret=cfg.ipc.hmac_secret,
+            observer=self.metrics.observe_reply,
+        )
+        try:
+            await nursery.start(self.ipc.run)
+        except IpcError as exc:
+            raise StartupError(str(exc)) from None
+        log.info(
+            "IPC listening on %s (mode %s, %s)",
+            cfg.ipc.socket_path,
+            cfg.ipc.socket_mode,
+            "signed frames required" if cfg.ipc.hmac_secret else "unsigned frames",
+        )
         binds = await nursery.start(serve_api, self)
         self.api_url = binds[0] if binds else None
         log.info(
@@ -181,12 +215,7 @@ class Engine:
         return {
             "websocket": self._feeds_health(),
             "database": self._database_health(),
-            "ipc": {
-                "status": "disabled",
-                "socket_path": self.cfg.ipc.socket_path,
-                "connections": 0,
-                "message": "the IPC listener is not part of this version",
-            },
+            "ipc": self._ipc_health(),
             "broker": self._broker_health(),
         }
 
@@ -218,6 +247,19 @@ class Engine:
             "last_commit_age_s": None if age is None else round(age, 3),
             "commits": stats.commits,
             "last_error": stats.last_error,
+        }
+
+    def _ipc_health(self) -> dict[str, Any]:
+        listening = self.ipc is not None and self.ipc.listening
+        return {
+            "status": "healthy" if listening else "unhealthy",
+            "socket_path": os.path.abspath(self.cfg.ipc.socket_path),
+            "listening": listening,
+            "connections": 0 if self.ipc is None else self.ipc.connections,
+            "max_connections": self.cfg.ipc.max_connections,
+            "requests_in_progress": 0 if self.ipc is None else self.ipc.pending,
+            "signed_frames": self.cfg.ipc.hmac_secret is not None,
+            "prepared_intents": 0 if self.router is None else len(self.router.intents),
         }
 
     def _broker_health(self) -> dict[str, Any]:

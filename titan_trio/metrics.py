@@ -23,6 +23,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ipc.protocol import Reply
+
 if TYPE_CHECKING:
     from titan_trio.engine import Engine
 
@@ -87,6 +89,11 @@ class StateCollector(Collector):
         for symbol, rec in sorted(shadow.positions.items()):
             pnl.add_metric([symbol], float(rec.position.unrealized_pnl(marks[symbol])))
         yield pnl
+        yield GaugeMetricFamily(
+            "titan_ipc_connections",
+            "Open IPC connections",
+            value=0 if engine.ipc is None else engine.ipc.connections,
+        )
 
         reconnects = CounterMetricFamily(
             "titan_ws_reconnects", "Market feed reconnections", labels=["exchange"]
@@ -153,6 +160,11 @@ class Metrics:
             ),
             registry=self.registry,
         )
+
+    def observe_reply(self, message_type: str | None, reply: Reply) -> None:
+        """Count one IPC reply: outcome is the status, or the reason when rejected."""
+        outcome = reply.reason.value if reply.reason is not None else reply.status.value
+        self.signals.labels(type=message_type or "INVALID", outcome=outcome).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

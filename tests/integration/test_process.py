@@ -98,24 +98,20 @@ def test_second_instance_fails_fast_and_restart_resumes(
         assert second.returncode == 1
         assert "another titan instance" in second.stdout + second.stderr
         assert "Traceback" not in second.stdout + second.stderr
-        # Other database, same port: refused with the port named.
+        # Other database, same IPC socket: refused, naming the socket.
         other = tmp_path / "other"
         other.mkdir()
-        other_cfg = other / "config.json"
         doc = json.loads(config.read_text())
         doc["database"]["path"] = str(other / "titan.db")
         doc["logging"]["dir"] = str(other / "logs")
-        other_cfg.write_text(json.dumps(doc))
-        third = subprocess.run(
-            [sys.executable, "-m", "titan_trio", "run", "--config", str(other_cfg)],
-            cwd=other,
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-        assert third.returncode == 1
-        assert f"port {port}" in third.stdout and "already in use" in third.stdout
-        assert "Traceback" not in third.stdout + third.stderr
+        doc["api"]["port"] = free_port()
+        out = run_once(other, doc)
+        assert "another process is listening on the IPC socket" in out
+        # Other database and socket, same port: refused with the port named.
+        doc["api"]["port"] = port
+        doc["ipc"]["socketPath"] = str(other / "titan-ipc.sock")
+        out = run_once(other, doc)
+        assert f"port {port}" in out and "already in use" in out
         # The first instance never noticed.
         wait_healthy(port, first)
     finally:
@@ -130,6 +126,23 @@ def test_second_instance_fails_fast_and_restart_resumes(
         code, _took, out = stop(again)
     assert code == 0
     assert "paper account resumed" in out
+
+
+def run_once(cwd: Path, doc: dict) -> str:
+    """Start an instance that must fail fast; return what it printed."""
+    path = cwd / "config.json"
+    path.write_text(json.dumps(doc))
+    proc = subprocess.run(
+        [sys.executable, "-m", "titan_trio", "run", "--config", str(path)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out
+    return out
 
 
 def test_bad_config_exits_2_listing_every_problem(tmp_path: Path) -> None:

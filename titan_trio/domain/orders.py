@@ -105,11 +105,27 @@ class Order:
     reject_reason: str | None = None
     created_ms: int = 0
     updated_ms: int = 0
+    # What the position this order opens carries (entry orders only).
+    stop_loss: Decimal | None = None
+    take_profits: tuple[Decimal, ...] = ()
+    trap_type: str | None = None
     history: list[OrderStatus] = field(default_factory=list)
 
     @property
     def remaining_qty(self) -> Decimal:
         return self.qty - self.filled_qty
+
+    def update_from(self, other: Order) -> None:
+        """Take the exchange's view of this order (status, fills, ids), keeping what only
+        we know (signal, stop and targets)."""
+        self.status = other.status
+        self.filled_qty = other.filled_qty
+        self.avg_fill_price = other.avg_fill_price
+        self.exchange_order_id = other.exchange_order_id or self.exchange_order_id
+        self.reject_reason = other.reject_reason or self.reject_reason
+        self.qty = other.qty
+        self.price = other.price
+        self.updated_ms = other.updated_ms or self.updated_ms
 
     def transition(self, new: OrderStatus, now_ms: int = 0) -> None:
         if new not in TRANSITIONS[self.status]:

@@ -76,6 +76,67 @@ def save_paper_account(
             row.set(status=body["status"], body=text, updated_ms=now_ms)
 
 
+# ----- the signals journal: every signal id is accepted once, across restarts ----------
+
+
+def journal_signal(
+    e: Entities,
+    signal_id: str,
+    kind: str,
+    source: str | None,
+    symbol: str | None,
+    status: str,
+    reason: str | None,
+    payload: str,
+    now_ms: int,
+) -> bool:
+    """Record a new signal id; False (and nothing written) when it was seen before."""
+    if e.Signal.get(signal_id=signal_id) is not None:
+        return False
+    e.Signal(
+        signal_id=signal_id,
+        type=kind,
+        source=source,
+        symbol=symbol,
+        status=status,
+        reason=reason,
+        received_ms=now_ms,
+        updated_ms=now_ms,
+        payload=payload,
+    )
+    return True
+
+
+def signal_status(e: Entities, signal_id: str) -> tuple[str, str | None] | None:
+    row = e.Signal.get(signal_id=signal_id)
+    return None if row is None else (row.status, row.reason)
+
+
+def set_signal_status(
+    e: Entities,
+    signal_id: str,
+    status: str,
+    reason: str | None,
+    now_ms: int,
+    order: Order | None = None,
+) -> None:
+    """Move a signal to ``status``, and save the order it placed in the same commit."""
+    row = e.Signal.get(signal_id=signal_id)
+    if row is not None:
+        row.set(status=status, reason=reason, updated_ms=now_ms)
+        if order is not None:
+            row.client_order_id = order.client_order_id
+    if order is not None:
+        save_order(e, order)
+
+
+def expire_signals(e: Entities, signal_ids: list[str], now_ms: int) -> None:
+    for signal_id in signal_ids:
+        row = e.Signal.get(signal_id=signal_id)
+        if row is not None and row.status == "PREPARED":
+            row.set(status="EXPIRED", updated_ms=now_ms)
+
+
 # ----- orders, fills, positions, trades -------------------------------------------------
 
 
@@ -97,6 +158,9 @@ def save_order(e: Entities, o: Order) -> None:
         "reject_reason": o.reject_reason,
         "created_ms": o.created_ms,
         "updated_ms": o.updated_ms,
+        "stop_loss": _str(o.stop_loss),
+        "take_profits": json.dumps([str(tp) for tp in o.take_profits]),
+        "trap_type": o.trap_type,
     }
     row = e.Order.get(client_order_id=o.client_order_id)
     if row is None:
@@ -124,6 +188,9 @@ def _order_from_row(r: Any) -> Order:
         reject_reason=r.reject_reason,
         created_ms=r.created_ms,
         updated_ms=r.updated_ms,
+        stop_loss=_dec(r.stop_loss),
+        take_profits=tuple(Decimal(x) for x in json.loads(r.take_profits)),
+        trap_type=r.trap_type,
     )
 
 

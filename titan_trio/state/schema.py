@@ -61,6 +61,9 @@ def define_entities(db: orm.Database) -> Entities:
         reject_reason = orm.Optional(str, nullable=True)
         created_ms = orm.Required(int, size=64)
         updated_ms = orm.Required(int, size=64)
+        stop_loss = orm.Optional(str, nullable=True)
+        take_profits = orm.Required(str, default="[]")  # JSON list of decimal strings
+        trap_type = orm.Optional(str, nullable=True)
 
     class Fill(db.Entity):
         _table_ = "fills"
@@ -115,8 +118,11 @@ def define_entities(db: orm.Database) -> Entities:
         type = orm.Required(str)
         source = orm.Optional(str, nullable=True)
         symbol = orm.Optional(str, nullable=True)
-        status = orm.Required(str)
+        status = orm.Required(str)  # PREPARED, REJECTED, CONFIRMED, ABORTED, EXPIRED, CLOSED
+        reason = orm.Optional(str, nullable=True)
+        client_order_id = orm.Optional(str, nullable=True)
         received_ms = orm.Required(int, size=64, index=True)
+        updated_ms = orm.Required(int, size=64)
         payload = orm.Required(str)  # the message as received, JSON
 
     class EquitySnapshot(db.Entity):

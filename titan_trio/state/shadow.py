@@ -18,6 +18,7 @@ from titan_trio.domain.positions import Position
 from titan_trio.domain.quotes import PriceBook
 
 ZERO = Decimal(0)
+FINISHED_KEPT = 1024
 
 
 @dataclass(slots=True)
@@ -76,6 +77,9 @@ class ShadowState:
         self.balance = balance
         self.positions: dict[str, PositionRecord] = {}
         self.orders: dict[str, Order] = {}  # open orders only
+        # Orders that just finished, until their fills are applied (a fill event follows
+        # the order event that completed it).
+        self.finished: dict[str, Order] = {}
         self.seen_exec_ids: set[str] = set()
 
     # ----- reads -----------------------------------------------------------------------
@@ -102,26 +106,39 @@ class ShadowState:
 
     # ----- changes ---------------------------------------------------------------------
 
-    def apply_order(self, order: Order) -> None:
-        """Record the broker's view of an order: open orders are kept, closed ones drop."""
-        if order.status.is_open:
-            self.orders[order.client_order_id] = order
+    def track(self, order: Order) -> None:
+        """Start tracking an order we are about to send (it counts as exposure now)."""
+        self.orders[order.client_order_id] = order
+
+    def apply_order(self, order: Order) -> Order:
+        """Merge the broker's view of an order into ours and return the merged order;
+        open orders are kept, finished ones drop out of the open set."""
+        ours = self.orders.get(order.client_order_id)
+        if ours is None:
+            ours = order  # adopted: an order we did not send, or sent before a restart
         else:
-            self.orders.pop(order.client_order_id, None)
+            ours.update_from(order)
+        if ours.status.is_open:
+            self.orders[ours.client_order_id] = ours
+        else:
+            self.orders.pop(ours.client_order_id, None)
+            self.finished[ours.client_order_id] = ours
+            if len(self.finished) > FINISHED_KEPT:
+                del self.finished[next(iter(self.finished))]  # the oldest
+        return ours
 
     def apply_fill(self, fill: Fill, close_reason: str | None = None) -> FillChanges | None:
         """Apply a fill once (de-duplicated by exec id); None for a fill already seen."""
         if fill.exec_id in self.seen_exec_ids:
             return None
         self.seen_exec_ids.add(fill.exec_id)
-        order = self.orders.get(fill.client_order_id)
+        order = self.orders.get(fill.client_order_id) or self.finished.get(fill.client_order_id)
         rec = self.positions.get(fill.symbol)
         if rec is None:
             rec = PositionRecord(Position(fill.symbol))
-            if order is not None:
-                rec.position.leverage = order.leverage
-                rec.signal_id = order.signal_id
             self.positions[fill.symbol] = rec
+            if order is not None:
+                _carry_plan(rec, order)
         side_before = rec.position.side
         opened_before = rec.position.opened_ms
         effect = rec.position.apply_fill(fill.side, fill.qty, fill.price, fill.fee, fill.ts_ms)
@@ -159,8 +176,19 @@ class ShadowState:
                     rec.closed_qty = ZERO
                     rec.exit_notional = ZERO
                     rec.closed_entry_notional = ZERO
-                    rec.signal_id = order.signal_id if order is not None else None
+                    rec.signal_id = None
                     rec.stop_loss, rec.take_profits, rec.trap_type = None, [], None
+                    if order is not None:
+                        _carry_plan(rec, order)
                     rec_after = rec
                 return FillChanges(fill, order, fill.symbol, rec_after, trade)
         return FillChanges(fill, order, fill.symbol, rec, None)
+
+
+def _carry_plan(rec: PositionRecord, order: Order) -> None:
+    """A position opened by an order carries that order's signal, stop and targets."""
+    rec.position.leverage = order.leverage
+    rec.signal_id = order.signal_id
+    rec.stop_loss = order.stop_loss
+    rec.take_profits = list(order.take_profits)
+    rec.trap_type = order.trap_type

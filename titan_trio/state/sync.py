@@ -57,8 +57,8 @@ class ShadowSync:
 
     async def apply(self, event: BrokerEvent) -> None:
         if isinstance(event, OrderEvent):
-            self.shadow.apply_order(event.order)
-            await self.store.call(records.save_order, event.order)
+            merged = self.shadow.apply_order(event.order)
+            await self.store.call(records.save_order, merged)
         elif isinstance(event, FillEvent):
             changes = self.shadow.apply_fill(event.fill)
             if changes is None:

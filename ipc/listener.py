@@ -1,0 +1,303 @@
+"""The IPC listener: a Unix-domain stream socket speaking the protocol of ``protocol.py``.
+
+Guarantees, each a design decision:
+- The socket file is created with the configured mode (under a tight umask, so it is
+  never reachable more widely, even for an instant). A stale file from a dead process is
+  replaced; a live listener on the path (another instance) stops start-up; a path that
+  exists and is not a socket is never deleted.
+- At most ``max_connections`` connections; the next one gets a single MAX_CONNECTIONS
+  reply and is closed.
+- Requests on one connection are admitted in order (``handler.admit`` runs synchronously
+  in arrival order) and run concurrently; replies are written in request order, each
+  with its id. Requests from different connections run concurrently.
+- Backpressure is per connection: at most ``inflight_per_connection`` unanswered
+  requests, after which that connection is simply not read until it catches up. A
+  client that does not read its replies, or stalls mid-frame, only ever stalls itself.
+- At most ``max_pending`` requests are being handled at once across all connections;
+  beyond that a request is answered BUSY at once instead of queueing without bound.
+- A bad frame (too long, not UTF-8, not JSON, invalid) gets exactly one rejected reply
+  and the connection stays usable; an over-long frame is discarded up to its newline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import stat
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from ipc.framing import TOO_LONG, LineDecoder
+from ipc.protocol import FrameProblem, Message, Reason, Reply, Status, decode_frame, encode_reply
+
+log = logging.getLogger("titan.ipc")
+
+WRITE_TIMEOUT_S = 10.0  # a client that takes longer than this to read a reply is dropped
+READ_CHUNK = 65536
+
+Job = Callable[[], Awaitable[Reply]]
+
+
+class IpcError(Exception):
+    """The listener cannot start (socket in use, path not a socket, ...)."""
+
+
+class RequestHandler(Protocol):
+    def admit(self, message: Message) -> Job:
+        """Called synchronously, in arrival order per connection; returns the work."""
+        ...
+
+
+Observer = Callable[[str | None, Reply], None]
+
+
+@dataclass(eq=False)
+class _Slot:
+    received_ns: int
+    message_type: str | None = None
+    reply: Reply | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+
+    def finish(self, reply: Reply) -> None:
+        self.reply = reply
+        self.done.set()
+
+
+def rejected(
+    request_id: str | int | None, reason: Reason, message: str, signal_id: str | None = None
+) -> Reply:
+    return Reply(request_id, Status.REJECTED, signal_id=signal_id, reason=reason, message=message)
+
+
+class IpcListener:
+    def __init__(
+        self,
+        path: str,
+        mode: int,
+        handler: RequestHandler,
+        *,
+        max_connections: int = 16,
+        max_frame_bytes: int = 65536,
+        secret: str | None = None,
+        max_pending: int = 1024,
+        inflight_per_connection: int = 256,
+        observer: Observer | None = None,
+    ) -> None:
+        self.path = path
+        self.mode = mode
+        self.handler = handler
+        self.max_connections = max_connections
+        self.max_frame_bytes = max_frame_bytes
+        self.secret = secret
+        self.max_pending = max_pending
+        self.inflight_per_connection = inflight_per_connection
+        self.observer = observer
+        self.connections = 0
+        self.pending = 0
+        self.listening = False
+        self._inode: int | None = None
+
+    # ----- socket file -----------------------------------------------------------------
+
+    def _clear_stale_path(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise IpcError(f"{self.path} exists and is not a socket; refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(self.path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            log.warning("replacing stale IPC socket %s (no process listens on it)", self.path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            return
+        except OSError as exc:
+            raise IpcError(f"cannot check the IPC socket {self.path}: {exc.strerror}") from None
+        finally:
+            probe.close()
+        raise IpcError(
+            f"another process is listening on the IPC socket {self.path}; "
+            "is another titan instance running?"
+        )
+
+    def _bind(self) -> trio.socket.SocketType:
+        self._clear_stale_path()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o777 & ~self.mode)
+        try:
+            sock.bind(self.path)  # synchronous, so the umask covers exactly this call
+        except OSError as exc:
+            sock.close()
+            raise IpcError(f"cannot create the IPC socket {self.path}: {exc.strerror}") from None
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, self.mode)
+        self._inode = os.stat(self.path).st_ino
+        sock.listen(128)
+        return trio.socket.from_stdlib_socket(sock)
+
+    def _remove_socket_file(self) -> None:
+        with contextlib.suppress(OSError):
+            if self._inode is not None and os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
+
+    # ----- serving ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        sock = self._bind()
+        listener = trio.SocketListener(sock)
+        try:
+            async with trio.open_nursery() as nursery:
+                self.listening = True
+                task_status.started()
+                while True:
+                    stream = await listener.accept()
+                    if self.connections >= self.max_connections:
+                        nursery.start_soon(self._refuse, stream)
+                    else:
+                        self.connections += 1
+                        nursery.start_soon(self._serve_connection, stream)
+        finally:
+            self.listening = False
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+            self._remove_socket_file()
+
+    async def _refuse(self, stream: trio.SocketStream) -> None:
+        log.warning("IPC connection refused: %d connections already open", self.connections)
+        reply = rejected(
+            None,
+            Reason.MAX_CONNECTIONS,
+            f"at most {self.max_connections} connections; try again later",
+        )
+        with trio.move_on_after(1.0):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(encode_reply(reply))
+        self._observe(None, reply)
+        await trio.aclose_forcefully(stream)
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        peer = _peer(stream)
+        log.info("IPC connection opened: %s (%d open)", peer, self.connections)
+        send_slots, receive_slots = trio.open_memory_channel[_Slot](self.inflight_per_connection)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_replies, stream, receive_slots, nursery.cancel_scope)
+                await self._read_requests(stream, send_slots, nursery)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the peer went away; nothing to answer
+        finally:
+            self.connections -= 1
+            await trio.aclose_forcefully(stream)
+            log.info("IPC connection closed: %s (%d open)", peer, self.connections)
+
+    async def _read_requests(
+        self,
+        stream: trio.SocketStream,
+        send_slots: trio.MemorySendChannel[_Slot],
+        nursery: trio.Nursery,
+    ) -> None:
+        decoder = LineDecoder(self.max_frame_bytes)
+        async with send_slots:
+            while True:
+                data = await stream.receive_some(READ_CHUNK)
+                if not data:
+                    return  # EOF: the writer finishes what was asked, then the connection ends
+                for frame in decoder.feed(data):
+                    slot = self._admit(frame, nursery)
+                    await send_slots.send(slot)
+
+    def _admit(self, frame: bytes | None, nursery: trio.Nursery) -> _Slot:
+        slot = _Slot(time.perf_counter_ns())
+        if frame is TOO_LONG:
+            slot.finish(
+                rejected(
+                    None,
+                    Reason.INVALID_FRAME,
+                    f"frame longer than {self.max_frame_bytes} bytes; discarded",
+                )
+            )
+            return slot
+        decoded = decode_frame(frame, self.secret)
+        if isinstance(decoded, FrameProblem):
+            slot.finish(
+                rejected(decoded.request_id, decoded.reason, decoded.message, decoded.signal_id)
+            )
+            return slot
+        slot.message_type = type(decoded).__name__.upper()
+        if self.pending >= self.max_pending:
+            slot.finish(
+                rejected(
+                    decoded.id,
+                    Reason.BUSY,
+                    f"{self.pending} requests in progress; retry shortly",
+                    getattr(decoded, "signal_id", None),
+                )
+            )
+            return slot
+        job = self.handler.admit(decoded)
+        self.pending += 1
+        nursery.start_soon(self._run_job, job, slot, decoded)
+        return slot
+
+    async def _run_job(self, job: Job, slot: _Slot, message: Message) -> None:
+        try:
+            reply = await job()
+        except Exception:
+            log.exception("IPC request %r failed inside the service", message.id)
+            reply = rejected(
+                message.id,
+                Reason.BUSY,
+                "the service failed to handle this request (logged); retrying "
+                "with the same ids is safe",
+                getattr(message, "signal_id", None),
+            )
+        finally:
+            self.pending -= 1
+        slot.finish(reply)
+
+    async def _write_replies(
+        self,
+        stream: trio.SocketStream,
+        receive_slots: trio.MemoryReceiveChannel[_Slot],
+        connection_scope: trio.CancelScope,
+    ) -> None:
+        async with receive_slots:
+            async for slot in receive_slots:
+                await slot.done.wait()
+                reply = slot.reply
+                assert reply is not None
+                reply.latency_us = (time.perf_counter_ns() - slot.received_ns) // 1000
+                with trio.move_on_after(WRITE_TIMEOUT_S) as timeout:
+                    await stream.send_all(encode_reply(reply))
+                if timeout.cancelled_caught:
+                    log.warning(
+                        "IPC client did not read its replies for %.0f s; dropped", WRITE_TIMEOUT_S
+                    )
+                    connection_scope.cancel()
+                    return
+                self._observe(slot.message_type, reply)
+
+    def _observe(self, message_type: str | None, reply: Reply) -> None:
+        if self.observer is not None:
+            self.observer(message_type, reply)
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        raw = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", raw)
+        return f"pid {pid} uid {uid} gid {gid}"
+    except (OSError, AttributeError):
+        return "peer unknown"

@@ -1,0 +1,1 @@
+"""Execution: from signals to orders (the signal router and, later, execution styles)."""
