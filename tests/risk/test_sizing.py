@@ -91,9 +91,9 @@ def test_size_table(overrides, qty, capped_by) -> None:
     [
         # 1 USDT risk over 500: 0.002 BTC -> fine; 0.1 USDT: 0.0002 -> below 0.001.
         ({"risk_pct": D("0.001")}, Reason.SIZE_TOO_SMALL),
-        # Notional below 5 USDT on SOL: 0.1 SOL x 10 = 1 USDT.
+        # Notional below 5 USDT on SOL: 0.4 USDT risk over 1 = 0.4 SOL x 10 = 4 USDT.
         (
-            {"instrument": SOL, "entry": D("10"), "stop": D("9"), "risk_pct": D("0.01")},
+            {"instrument": SOL, "entry": D("10"), "stop": D("9"), "risk_pct": D("0.004")},
             Reason.SIZE_TOO_SMALL,
         ),
         ({"stop": D("95000")}, Reason.SIZE_TOO_SMALL),
