@@ -109,6 +109,7 @@ class Order:
     stop_loss: Decimal | None = None
     take_profits: tuple[Decimal, ...] = ()
     trap_type: str | None = None
+    close_reason: str | None = None  # why a reduce-only order closes (CLOSE reason, flatten)
     history: list[OrderStatus] = field(default_factory=list)
 
     @property

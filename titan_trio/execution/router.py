@@ -561,6 +561,7 @@ class SignalRouter:
             signal_id=msg.signal_id,
             created_ms=now,
             updated_ms=now,
+            close_reason=f"CLOSE: {msg.reason}" if msg.reason else "CLOSE",
         )
         self.shadow.track(order)
         return await self._place(msg, order, started, msg.signal_id)

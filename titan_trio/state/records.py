@@ -161,6 +161,7 @@ def save_order(e: Entities, o: Order) -> None:
         "stop_loss": _str(o.stop_loss),
         "take_profits": json.dumps([str(tp) for tp in o.take_profits]),
         "trap_type": o.trap_type,
+        "close_reason": o.close_reason,
     }
     row = e.Order.get(client_order_id=o.client_order_id)
     if row is None:
@@ -191,6 +192,7 @@ def _order_from_row(r: Any) -> Order:
         stop_loss=_dec(r.stop_loss),
         take_profits=tuple(Decimal(x) for x in json.loads(r.take_profits)),
         trap_type=r.trap_type,
+        close_reason=r.close_reason,
     )
 
 

@@ -64,6 +64,7 @@ def define_entities(db: orm.Database) -> Entities:
         stop_loss = orm.Optional(str, nullable=True)
         take_profits = orm.Required(str, default="[]")  # JSON list of decimal strings
         trap_type = orm.Optional(str, nullable=True)
+        close_reason = orm.Optional(str, nullable=True)
 
     class Fill(db.Entity):
         _table_ = "fills"

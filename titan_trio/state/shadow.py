@@ -133,6 +133,8 @@ class ShadowState:
             return None
         self.seen_exec_ids.add(fill.exec_id)
         order = self.orders.get(fill.client_order_id) or self.finished.get(fill.client_order_id)
+        if close_reason is None and order is not None:
+            close_reason = order.close_reason
         rec = self.positions.get(fill.symbol)
         if rec is None:
             rec = PositionRecord(Position(fill.symbol))
