@@ -103,6 +103,7 @@ class IpcListener:
         self.pending = 0
         self.listening = False
         self._inode: int | None = None
+        self._jobs: trio.Nursery | None = None
 
     # ----- socket file -----------------------------------------------------------------
 
@@ -159,6 +160,7 @@ class IpcListener:
         listener = trio.SocketListener(sock)
         try:
             async with trio.open_nursery() as nursery:
+                self._jobs = nursery
                 self.listening = True
                 task_status.started()
                 while True:
@@ -181,6 +183,7 @@ class IpcListener:
             Reason.MAX_CONNECTIONS,
             f"at most {self.max_connections} connections; try again later",
         )
+        reply.latency_us = 0
         with trio.move_on_after(1.0):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(encode_reply(reply))
@@ -194,19 +197,17 @@ class IpcListener:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_replies, stream, receive_slots, nursery.cancel_scope)
-                await self._read_requests(stream, send_slots, nursery)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the peer went away; nothing to answer
+                await self._read_requests(stream, send_slots)
+        except Exception as exc:  # contained: one connection never takes the others down
+            if not _only_disconnects(exc):
+                log.error("IPC connection %s failed: %r", peer, exc, exc_info=exc)
         finally:
             self.connections -= 1
             await trio.aclose_forcefully(stream)
             log.info("IPC connection closed: %s (%d open)", peer, self.connections)
 
     async def _read_requests(
-        self,
-        stream: trio.SocketStream,
-        send_slots: trio.MemorySendChannel[_Slot],
-        nursery: trio.Nursery,
+        self, stream: trio.SocketStream, send_slots: trio.MemorySendChannel[_Slot]
     ) -> None:
         decoder = LineDecoder(self.max_frame_bytes)
         async with send_slots:
@@ -215,10 +216,10 @@ class IpcListener:
                 if not data:
                     return  # EOF: the writer finishes what was asked, then the connection ends
                 for frame in decoder.feed(data):
-                    slot = self._admit(frame, nursery)
+                    slot = self._admit(frame)
                     await send_slots.send(slot)
 
-    def _admit(self, frame: bytes | None, nursery: trio.Nursery) -> _Slot:
+    def _admit(self, frame: bytes | None) -> _Slot:
         slot = _Slot(time.perf_counter_ns())
         if frame is TOO_LONG:
             slot.finish(
@@ -248,7 +249,10 @@ class IpcListener:
             return slot
         job = self.handler.admit(decoded)
         self.pending += 1
-        nursery.start_soon(self._run_job, job, slot, decoded)
+        # Jobs run in the listener's nursery: a client that hangs up mid-request does not
+        # cancel an order on its way to the exchange; only the reply is lost.
+        assert self._jobs is not None
+        self._jobs.start_soon(self._run_job, job, slot, decoded)
         return slot
 
     async def _run_job(self, job: Job, slot: _Slot, message: Message) -> None:
@@ -280,7 +284,11 @@ class IpcListener:
                 assert reply is not None
                 reply.latency_us = (time.perf_counter_ns() - slot.received_ns) // 1000
                 with trio.move_on_after(WRITE_TIMEOUT_S) as timeout:
-                    await stream.send_all(encode_reply(reply))
+                    try:
+                        await stream.send_all(encode_reply(reply))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        connection_scope.cancel()  # the peer went away: stop reading too
+                        return
                 if timeout.cancelled_caught:
                     log.warning(
                         "IPC client did not read its replies for %.0f s; dropped", WRITE_TIMEOUT_S
@@ -292,6 +300,12 @@ class IpcListener:
     def _observe(self, message_type: str | None, reply: Reply) -> None:
         if self.observer is not None:
             self.observer(message_type, reply)
+
+
+def _only_disconnects(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_disconnects(e) for e in exc.exceptions)
+    return isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError))
 
 
 def _peer(stream: trio.SocketStream) -> str:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -117,7 +119,8 @@ class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class Reply(msgspec.Struct, omit_defaults=True):
     """Every reply. ``reason`` and ``message`` explain a rejection; the other optional
-    fields carry the details of success (see PROTOCOL.md)."""
+    fields carry the details of success (see PROTOCOL.md). ``latency_us`` is set by the
+    listener when the reply is written (-1 only on a reply that was never measured)."""
 
     id: str | int | None
     status: Status
@@ -144,7 +147,7 @@ class Reply(msgspec.Struct, omit_defaults=True):
     # PING
     trading_state: str | None = None
     server_time: int | None = None
-    latency_us: int = 0
+    latency_us: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +162,6 @@ class FrameProblem:
 
 _message_decoder = msgspec.json.Decoder(Message)
 _envelope_decoder = msgspec.json.Decoder(Envelope)
-_any_decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
 
@@ -205,9 +207,19 @@ def _validation_message(exc: msgspec.ValidationError, raw: Any) -> str:
         return f"unknown message type {kind!r}; expected one of {', '.join(MESSAGE_TYPES)}"
     if text == "Object missing required field type":
         return f"missing field 'type'; expected one of {', '.join(MESSAGE_TYPES)}"
+    where = ""
     if " - at $." in text:
-        what, where = text.split(" - at $.", 1)
-        return f"{where}: {what[0].lower()}{what[1:]}"
+        text, where = text.split(" - at $.", 1)
+        where += "."
+    for pattern, wording in (
+        (r"^Object missing required field (\S+)$", "missing required field"),
+        (r"^Object contains unknown field (\S+)$", "unknown field"),
+    ):
+        found = re.match(pattern, text)
+        if found:
+            return f"{where}{found.group(1)}: {wording}"
+    if where:
+        return f"{where[:-1]}: {text[0].lower()}{text[1:]}"
     return text[0].lower() + text[1:]
 
 
@@ -250,17 +262,32 @@ def _semantic_problem(msg: Message) -> str | None:
 
 
 def decode_frame(frame: bytes, secret: str | None = None) -> Message | FrameProblem:
-    """Turn one line (without its newline) into a message, or say what is wrong."""
+    """Turn one line (without its newline) into a message, or say what is wrong.
+    Never raises, whatever the bytes."""
+    try:
+        return _decode(frame, secret)
+    except UnicodeError:  # msgspec checks UTF-8 lazily inside strings
+        return FrameProblem(Reason.INVALID_FRAME, "frame is not valid UTF-8")
+
+
+def _loose(frame: bytes) -> Any:
+    """The frame as plain JSON, or None: only to echo ids in a rejection (the stdlib
+    parser, which also reads numbers too large for a float, as infinity)."""
+    try:
+        return json.loads(frame)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _decode(frame: bytes, secret: str | None) -> Message | FrameProblem:
+    # msgspec.ValidationError is a DecodeError: it must be caught first.
     if secret is not None:
         try:
             envelope = _envelope_decoder.decode(frame)
-        except msgspec.DecodeError:
-            return _undecodable(frame)
         except msgspec.ValidationError:
-            try:
-                raw = _any_decoder.decode(frame)
-            except msgspec.DecodeError:
-                raw = None
+            raw = _loose(frame)
+            if raw is None:
+                return _undecodable(frame)
             rid, sid = _ids(raw)
             return FrameProblem(
                 Reason.UNAUTHENTICATED,
@@ -268,22 +295,27 @@ def decode_frame(frame: bytes, secret: str | None = None) -> Message | FrameProb
                 rid,
                 sid,
             )
+        except msgspec.DecodeError:
+            return _undecodable(frame)
+        payload = envelope.payload.encode("utf-8")
         expected = sign(envelope.payload, secret)
         if not hmac.compare_digest(expected, envelope.sig):
-            return FrameProblem(Reason.UNAUTHENTICATED, "signature does not match the payload")
-        frame = envelope.payload.encode("utf-8")
+            rid, sid = _ids(_loose(payload))
+            return FrameProblem(
+                Reason.UNAUTHENTICATED, "signature does not match the payload", rid, sid
+            )
+        frame = payload
     try:
         msg = _message_decoder.decode(frame)
-    except msgspec.DecodeError:
-        return _undecodable(frame)
     except msgspec.ValidationError as exc:
-        raw = _any_decoder.decode(frame)  # it decoded once: it is JSON
+        raw = _loose(frame)
         if not isinstance(raw, dict):
-            return FrameProblem(
-                Reason.INVALID_FRAME, f"a frame must be a JSON object, got {type(raw).__name__}"
-            )
+            kind = "an unreadable value" if raw is None else type(raw).__name__
+            return FrameProblem(Reason.INVALID_FRAME, f"a frame must be a JSON object, got {kind}")
         rid, sid = _ids(raw)
         return FrameProblem(Reason.INVALID_SIGNAL, _validation_message(exc, raw), rid, sid)
+    except msgspec.DecodeError:
+        return _undecodable(frame)
     problem = _semantic_problem(msg)
     if problem is not None:
         return FrameProblem(Reason.INVALID_SIGNAL, problem, msg.id, getattr(msg, "signal_id", None))

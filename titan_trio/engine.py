@@ -3,8 +3,8 @@
 Start-up order (each with ``nursery.start``, so a service that fails to start stops the
 whole service with a clear error): instance lock → store → market feeds → broker →
 shadow state restore and sync → equity monitor → signal router → IPC listener → ops API.
-SIGINT and SIGTERM cancel the root scope; every service's cleanup is shielded and bounded, so shutdown takes well under
-two seconds and leaves the database closed.
+SIGINT and SIGTERM cancel the root scope; every service's cleanup is shielded and bounded,
+so shutdown takes well under two seconds and leaves the database closed.
 
 This module wires; it holds no trading logic.
 """

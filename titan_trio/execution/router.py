@@ -152,12 +152,10 @@ class SignalRouter:
                 sides[symbol] = side
                 mark = book.mark(symbol) or rec.position.entry_price
                 notional += rec.position.notional(mark)
-        for order in self.shadow.orders.values():
-            if order.reduce_only or not order.status.is_open:
-                continue
+        for order, pending in self.shadow.entry_exposure():
             sides.setdefault(order.symbol, order.side)
             price = order.price or book.mark(order.symbol) or Decimal(0)
-            notional += order.remaining_qty * price
+            notional += pending * price
         return Exposure(sides, notional)
 
     # ----- PREPARE ---------------------------------------------------------------------
@@ -397,9 +395,14 @@ class SignalRouter:
     ) -> Reply:
         """Journal the order, send it, answer with the broker's view."""
         status_word = "CONFIRMED" if isinstance(msg, Confirm) else "CLOSED"
-        await self.store.call(
-            records.set_signal_status, signal_id, status_word, None, order.created_ms, order
-        )
+        try:
+            await self.store.call(
+                records.set_signal_status, signal_id, status_word, None, order.created_ms, order
+            )
+        except BaseException:
+            # Never sent and not on disk: it must not hold exposure.
+            self.shadow.orders.pop(order.client_order_id, None)
+            raise
         order.transition(OrderStatus.SUBMITTED, now_ms())
         request = OrderRequest(
             client_order_id=order.client_order_id,

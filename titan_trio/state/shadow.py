@@ -18,7 +18,6 @@ from titan_trio.domain.positions import Position
 from titan_trio.domain.quotes import PriceBook
 
 ZERO = Decimal(0)
-FINISHED_KEPT = 1024
 
 
 @dataclass(slots=True)
@@ -77,9 +76,10 @@ class ShadowState:
         self.balance = balance
         self.positions: dict[str, PositionRecord] = {}
         self.orders: dict[str, Order] = {}  # open orders only
-        # Orders that just finished, until their fills are applied (a fill event follows
-        # the order event that completed it).
-        self.finished: dict[str, Order] = {}
+        # Our orders that finished before all their fills were applied (the fill events
+        # follow the order event): they still count as exposure until then.
+        self.unsettled: dict[str, Order] = {}
+        self.applied_qty: dict[str, Decimal] = {}  # fill quantity applied, per tracked order
         self.seen_exec_ids: set[str] = set()
 
     # ----- reads -----------------------------------------------------------------------
@@ -104,27 +104,45 @@ class ShadowState:
         marks = self.marks(book)
         return sum((rec.position.notional(marks[s]) for s, rec in self.positions.items()), ZERO)
 
+    def entry_exposure(self) -> list[tuple[Order, Decimal]]:
+        """Entry orders and the quantity of each not yet in a position: what is still to
+        fill, plus what filled but has not reached the position yet."""
+        out = []
+        for order in (*self.orders.values(), *self.unsettled.values()):
+            if order.reduce_only:
+                continue
+            unapplied = order.filled_qty - self.applied_qty.get(order.client_order_id, ZERO)
+            pending = (order.remaining_qty if order.status.is_open else ZERO) + unapplied
+            if pending > 0:
+                out.append((order, pending))
+        return out
+
     # ----- changes ---------------------------------------------------------------------
 
     def track(self, order: Order) -> None:
         """Start tracking an order we are about to send (it counts as exposure now)."""
         self.orders[order.client_order_id] = order
+        self.applied_qty.setdefault(order.client_order_id, ZERO)
 
     def apply_order(self, order: Order) -> Order:
         """Merge the broker's view of an order into ours and return the merged order;
         open orders are kept, finished ones drop out of the open set."""
-        ours = self.orders.get(order.client_order_id)
+        coid = order.client_order_id
+        ours = self.orders.get(coid) or self.unsettled.get(coid)
         if ours is None:
             ours = order  # adopted: an order we did not send, or sent before a restart
         else:
             ours.update_from(order)
         if ours.status.is_open:
-            self.orders[ours.client_order_id] = ours
+            self.orders[coid] = ours
+            return ours
+        self.orders.pop(coid, None)
+        applied = self.applied_qty.get(coid)
+        if applied is not None and applied < ours.filled_qty:
+            self.unsettled[coid] = ours
         else:
-            self.orders.pop(ours.client_order_id, None)
-            self.finished[ours.client_order_id] = ours
-            if len(self.finished) > FINISHED_KEPT:
-                del self.finished[next(iter(self.finished))]  # the oldest
+            self.unsettled.pop(coid, None)
+            self.applied_qty.pop(coid, None)
         return ours
 
     def apply_fill(self, fill: Fill, close_reason: str | None = None) -> FillChanges | None:
@@ -132,7 +150,14 @@ class ShadowState:
         if fill.exec_id in self.seen_exec_ids:
             return None
         self.seen_exec_ids.add(fill.exec_id)
-        order = self.orders.get(fill.client_order_id) or self.finished.get(fill.client_order_id)
+        coid = fill.client_order_id
+        order = self.orders.get(coid) or self.unsettled.get(coid)
+        if coid in self.applied_qty:
+            self.applied_qty[coid] += fill.qty
+            done = self.unsettled.get(coid)
+            if done is not None and self.applied_qty[coid] >= done.filled_qty:
+                del self.unsettled[coid]
+                del self.applied_qty[coid]
         if close_reason is None and order is not None:
             close_reason = order.close_reason
         rec = self.positions.get(fill.symbol)

@@ -1,0 +1,352 @@
+"""The IPC listener on a real Unix socket (SPEC §5), with small handlers instead of the
+service: the socket file's life (mode, stale file, live owner, not-a-socket, removal),
+per-connection framing and ordering, BUSY under load, and garbage that must never crash
+it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ipc.listener import IpcError, IpcListener, Job
+from ipc.protocol import Message, Ping, Reply, Status
+from tests.ipc.wire import Wire, frame
+
+LIMIT_S = 5.0
+
+
+class Echo:
+    """PING answers pong; anything else is 'aborted' with its id. Jobs may be delayed."""
+
+    def __init__(self, delay: Callable[[Message], float] = lambda m: 0.0) -> None:
+        self.delay = delay
+        self.admitted: list[Message] = []
+
+    def admit(self, message: Message) -> Job:
+        self.admitted.append(message)
+
+        async def job() -> Reply:
+            await trio.sleep(self.delay(message))
+            status = Status.PONG if isinstance(message, Ping) else Status.ABORTED
+            return Reply(message.id, status)
+
+        return job
+
+
+class Blocking:
+    """Every job waits for ``release``."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+
+    def admit(self, message: Message) -> Job:
+        async def job() -> Reply:
+            await self.release.wait()
+            return Reply(message.id, Status.PONG)
+
+        return job
+
+
+class Failing:
+    """A job that fails inside the service for ids starting with 'boom'."""
+
+    def admit(self, message: Message) -> Job:
+        async def job() -> Reply:
+            if str(message.id).startswith("boom"):
+                raise RuntimeError("handler bug")
+            return Reply(message.id, Status.PONG)
+
+        return job
+
+
+@asynccontextmanager
+async def serving(
+    path: Path, handler: Any = None, mode: int = 0o600, **options: Any
+) -> AsyncIterator[IpcListener]:
+    listener = IpcListener(str(path), mode, handler or Echo(), **options)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(listener.run)
+        yield listener
+        nursery.cancel_scope.cancel()
+
+
+def ping(rid: str | int) -> dict[str, Any]:
+    return {"type": "PING", "id": rid}
+
+
+async def assert_pong(path: Path, rid: str = "alive") -> None:
+    async with await Wire.connect(str(path)) as wire:
+        reply = await wire.request(ping(rid))
+    assert (reply["id"], reply["status"]) == (rid, "pong")
+
+
+# ----- the socket file ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o660])
+async def test_socket_is_created_with_the_requested_mode(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "titan.sock"
+    old_umask = os.umask(0o002)  # a permissive umask must not widen the socket
+    try:
+        async with serving(path, mode=mode):
+            st_mode = os.stat(path).st_mode
+            assert stat.S_ISSOCK(st_mode)
+            assert stat.S_IMODE(st_mode) == mode
+            await assert_pong(path)
+    finally:
+        os.umask(old_umask)
+
+
+async def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "titan.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(path))
+    dead.close()  # the file stays behind, as after kill -9
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    async with serving(path):
+        await assert_pong(path)
+
+
+async def test_socket_of_a_live_listener_is_not_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "titan.sock"
+    async with serving(path):
+        second = IpcListener(str(path), 0o600, Echo())
+        with trio.fail_after(LIMIT_S), pytest.raises(IpcError, match="another process"):
+            await second.run()
+        # The first instance still owns its socket and answers.
+        await assert_pong(path)
+
+
+async def test_regular_file_at_the_path_is_kept_and_refused(tmp_path: Path) -> None:
+    path = tmp_path / "titan.sock"
+    path.write_text("precious data")
+    listener = IpcListener(str(path), 0o600, Echo())
+    with trio.fail_after(LIMIT_S), pytest.raises(IpcError, match="not a socket"):
+        await listener.run()
+    assert path.read_text() == "precious data"
+
+
+async def test_socket_file_is_removed_on_shutdown(tmp_path: Path) -> None:
+    path = tmp_path / "titan.sock"
+    async with serving(path) as listener:
+        assert path.exists()
+        assert listener.listening
+    assert not path.exists()
+    assert not listener.listening
+
+
+async def test_old_instance_stopping_does_not_remove_the_new_socket(tmp_path: Path) -> None:
+    path = tmp_path / "titan.sock"
+    async with trio.open_nursery() as outer:
+        old = IpcListener(str(path), 0o600, Echo())
+        old_scope = trio.CancelScope()
+
+        async def run_old(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with old_scope:
+                await old.run(task_status=task_status)
+
+        await outer.start(run_old)
+        os.unlink(path)
+        new = IpcListener(str(path), 0o600, Echo())
+        await outer.start(new.run)
+        old_scope.cancel()
+        with trio.fail_after(LIMIT_S):
+            while old.listening:  # noqa: ASYNC110 - waiting for another task's cleanup
+                await trio.sleep(0.001)
+        assert path.exists(), "the old instance removed the new instance's socket"
+        await assert_pong(path, "new")
+        outer.cancel_scope.cancel()
+
+
+# ----- framing and ordering on one connection -------------------------------------------
+
+
+async def test_over_long_frame_in_pieces_gets_one_reply_and_the_connection_survives(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "titan.sock"
+    async with serving(path, max_frame_bytes=256), await Wire.connect(str(path)) as wire:
+        for _ in range(10):  # 1000 bytes, arriving in separate reads
+            await wire.send_raw(b'{"type":"PING","id":"' + b"x" * 100)
+            await trio.sleep(0.002)
+        await wire.send_raw(b'"}\n' + frame(ping("after")))
+        first = await wire.reply()
+        assert first["status"] == "rejected"
+        assert first["reason"] == "INVALID_FRAME"
+        assert "256" in first["message"]
+        second = await wire.reply()
+        assert (second["id"], second["status"]) == ("after", "pong")
+        # nothing else was queued for the long frame
+        assert (await wire.request(ping("again")))["id"] == "again"
+
+
+async def test_crlf_frames_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "titan.sock"
+    async with serving(path), await Wire.connect(str(path)) as wire:
+        await wire.send_raw(b'{"type":"PING","id":"crlf"}\r\n')
+        assert (await wire.reply())["id"] == "crlf"
+
+
+async def test_replies_come_in_request_order_even_when_work_finishes_out_of_order(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "titan.sock"
+    handler = Echo(delay=lambda m: 0.03 if int(m.id) % 2 == 0 else 0.0)
+    async with serving(path, handler), await Wire.connect(str(path)) as wire:
+        await wire.send(*[ping(i) for i in range(10)])
+        replies = await wire.replies(10)
+    assert [r["id"] for r in replies] == list(range(10))
+    # They ran concurrently: ten 30 ms jobs would take 150 ms one after another.
+    assert max(r["latency_us"] for r in replies) < 140_000
+
+
+async def test_half_closed_client_still_gets_its_replies(tmp_path: Path) -> None:
+    path = tmp_path / "titan.sock"
+    async with serving(path), await Wire.connect(str(path)) as wire:
+        await wire.send(ping("a"), ping("b"))
+        await wire.stream.send_eof()
+        assert [r["id"] for r in await wire.replies(2)] == ["a", "b"]
+        assert await wire.at_eof()
+
+
+async def test_failing_handler_gets_a_rejection_and_the_connection_goes_on(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "titan.sock"
+    async with serving(path, Failing()), await Wire.connect(str(path)) as wire:
+        await wire.send(ping("boom-1"), ping("fine"))
+        failed, fine = await wire.replies(2)
+    assert (failed["id"], failed["status"]) == ("boom-1", "rejected")
+    assert failed["reason"] and failed["message"]
+    assert (fine["id"], fine["status"]) == ("fine", "pong")
+
+
+# ----- load -----------------------------------------------------------------------------
+
+
+async def test_busy_when_max_pending_requests_are_in_progress(tmp_path: Path) -> None:
+    path = tmp_path / "titan.sock"
+    handler = Blocking()
+    async with (
+        serving(path, handler, max_pending=1) as listener,
+        await Wire.connect(str(path)) as first,
+        await Wire.connect(str(path)) as second,
+    ):
+        await first.send(ping("slow"))
+        with trio.fail_after(LIMIT_S):
+            while listener.pending < 1:  # noqa: ASYNC110 - the request crosses a socket
+                await trio.sleep(0.001)
+        busy = await second.request(ping("refused"))
+        assert busy["status"] == "rejected"
+        assert busy["reason"] == "BUSY"
+        assert busy["id"] == "refused"
+        assert busy["message"]
+        handler.release.set()
+        assert (await first.reply())["id"] == "slow"
+        # with the slot free again, the second connection is served
+        assert (await second.request(ping("later")))["status"] == "pong"
+
+
+# ----- bugs -----------------------------------------------------------------------------
+
+
+async def test_client_that_disconnects_without_reading_does_not_stop_the_listener(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "titan.sock"
+    async with serving(path):
+        rude = await Wire.connect(str(path))
+        await rude.send(ping("never-read"))
+        await rude.aclose()
+        await trio.sleep(0.05)
+        await assert_pong(path)
+
+
+async def test_invalid_utf8_inside_a_string_is_rejected_not_fatal(tmp_path: Path) -> None:
+    path = tmp_path / "titan.sock"
+    async with serving(path), await Wire.connect(str(path)) as wire:
+        reply = await wire.request(b'{"type":"\xff"}')
+        assert (reply["status"], reply["reason"]) == ("rejected", "INVALID_FRAME")
+        await assert_pong(path)
+
+
+# ----- garbage never crashes it ---------------------------------------------------------
+
+fragments = st.one_of(
+    st.binary(max_size=40),
+    st.sampled_from(
+        [
+            b"\n",
+            b"\r\n",
+            b"\r",
+            b"\xff\xfe",
+            b"{",
+            b"}",
+            b"[1,2]",
+            b'"',
+            b"x" * 300,  # longer than the frame limit on its own
+            b'{"type":"PING","id":"inner"}',
+            b'{"type":"NOPE","id":1}',
+            b'{"type":"CONFIRM","id":3,"signal_id":"s"}',
+        ]
+    ),
+)
+
+
+async def test_arbitrary_bytes_in_arbitrary_pieces_never_break_the_listener(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "titan.sock"
+    examples = 0
+
+    async def one_example(pieces: list[bytes]) -> None:
+        nonlocal examples
+        examples += 1
+        garbage = b"".join(pieces) + b"\n"  # end the last line, whatever it was
+        lines = garbage.count(b"\n")
+        final = f"final-{examples}"
+        async with await Wire.connect(str(path)) as wire:
+            for piece in pieces:
+                await wire.send_raw(piece)
+                await trio.lowlevel.checkpoint()
+            await wire.send_raw(b"\n" + frame(ping(final)))
+            replies = []
+            with trio.fail_after(LIMIT_S):
+                while not replies or replies[-1].get("id") != final:
+                    replies.append(await wire.reply())
+        *for_garbage, last = replies
+        assert last["status"] == "pong"
+        assert len(for_garbage) == lines, "every complete line gets exactly one reply"
+        for reply in for_garbage:
+            assert reply["status"] in ("rejected", "pong", "aborted")
+            assert isinstance(reply["latency_us"], int)
+            if reply["status"] == "rejected":
+                assert reply["reason"] and reply["message"]
+
+    @settings(
+        max_examples=50,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(pieces=st.lists(fragments, max_size=12))
+    def check(pieces: list[bytes]) -> None:
+        trio.from_thread.run(one_example, pieces)
+
+    async with serving(path, max_frame_bytes=128) as listener:
+        await trio.to_thread.run_sync(check)
+        assert examples >= 50
+        await assert_pong(path)
+        with trio.fail_after(LIMIT_S):
+            while listener.connections:  # noqa: ASYNC110 - closing crosses a socket
+                await trio.sleep(0.001)
