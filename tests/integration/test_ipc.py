@@ -569,19 +569,22 @@ async def test_price_outside_the_entry_zone_at_confirm_is_slippage_too_high(
 async def test_order_the_exchange_refuses_is_broker_rejected(
     config: Callable[..., Config],
 ) -> None:
-    # The paper exchange allows at most 1x on BTCUSDT; the signal asks for 5x.
-    btc = {"tickSize": "0.10", "qtyStep": "0.001", "minQty": "0.001", "maxLeverage": 1}
+    # At 1x per position, one entry sized to the cap uses the whole balance as margin;
+    # the gates (50x total) let a second one through and the paper exchange refuses it.
     async with (
-        service(config(instruments={"BTCUSDT": btc})) as engine,
+        service(config(risk={"phase3MaxLeverage": 1, "phase3RiskPct": 2})) as engine,
         await connect(engine) as wire,
     ):
-        request = prepare(engine, "refused-1", leverage=5)
+        ok(await wire.request(p := prepare(engine, "margin-1", stop_pct=1.5)), "prepared", p)
+        ok(await wire.request(c := confirm("margin-1")), "accepted", c)
+        request = prepare(engine, "refused-1", "ETHUSDT", stop_pct=1.5)
         ok(await wire.request(request), "prepared", request)
         reply = rejected(await wire.request(c := confirm("refused-1")), "BROKER_REJECTED", c)
-        assert "LEVERAGE" in reply["message"]
-        # nothing is left holding exposure: another entry goes through
-        assert not engine.shadow.orders and not engine.shadow.positions
-        await open_position(wire, engine, "after-refusal", "ETHUSDT")
+        assert "INSUFFICIENT_BALANCE" in reply["message"]
+        # the refused entry holds no exposure and left no position
+        await eventually(lambda: "BTCUSDT" in engine.shadow.positions)
+        assert "ETHUSDT" not in engine.shadow.positions
+        assert not [o for o in engine.shadow.orders.values() if o.symbol == "ETHUSDT"]
 
 
 # ----- connections ----------------------------------------------------------------------

@@ -207,7 +207,9 @@ class SignalRouter:
                 entry=entry,
                 stop=Decimal(repr(msg.stop_loss)),
                 instrument=instrument,
-                leverage_cap=min(Decimal(repr(msg.leverage)), rules.max_leverage),
+                leverage_cap=min(
+                    Decimal(repr(msg.leverage)), rules.max_leverage, instrument.max_leverage
+                ),
                 open_notional=self.exposure().notional,
                 max_total_leverage=self.limits.max_total_leverage,
             )
@@ -372,7 +374,11 @@ class SignalRouter:
                 f"{self.limits.max_total_leverage}x total leverage ({room:.2f})",
             )
         rules = phase_rules(equity, self.limits)
-        leverage = min(Decimal(repr(prepare.leverage)), rules.max_leverage)
+        leverage = min(
+            Decimal(repr(prepare.leverage)),
+            rules.max_leverage,
+            self.instruments[prepare.symbol].max_leverage,
+        )
         return Order(
             client_order_id=client_order_id("e", prepare.signal_id),
             symbol=prepare.symbol,
