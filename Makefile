@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/default.json
 
-.PHONY: run test bench lint format clean
+.PHONY: run demo test bench lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,33 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed
 	$(BIN)/titan run --config $(CONFIG)
+
+# `make run` plus the example strategy (ipc/examples/demo_strategy.py) in the foreground.
+# The service is stopped with SIGINT when the strategy ends or on Ctrl-C; SIGTERM follows
+# 5 s later only if it is still starting (sh starts background jobs with SIGINT ignored,
+# so a Ctrl-C before the service installs its handler would be lost).
+# DEMO_ARGS go to the strategy, e.g. `make demo DEMO_ARGS="--duration 60 --seed 1"`.
+DEMO_API ?= http://127.0.0.1:8080
+DEMO_SOCKET ?= titan-ipc.sock
+DEMO_ARGS ?=
+DEMO_START_LIMIT_S ?= 30
+
+demo: $(VENV)/.installed
+	@$(BIN)/titan run --config $(CONFIG) & pid=$$!; \
+	stop() { trap - EXIT INT TERM; kill -INT $$pid 2>/dev/null; \
+		( sleep 5; kill -TERM $$pid ) >/dev/null 2>&1 & dog=$$!; \
+		wait $$pid; kill $$dog 2>/dev/null; }; \
+	trap stop EXIT; trap 'exit 130' INT TERM; \
+	echo "demo: waiting for $(DEMO_API)/api/health (at most $(DEMO_START_LIMIT_S) s)"; \
+	tries=$$(( $(DEMO_START_LIMIT_S) * 5 )); \
+	until $(BIN)/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
+			$(DEMO_API)/api/health 2>/dev/null; do \
+		kill -0 $$pid 2>/dev/null || { echo "demo: the service stopped during start-up" >&2; exit 1; }; \
+		tries=$$((tries - 1)); \
+		[ $$tries -gt 0 ] || { echo "demo: no healthy answer from $(DEMO_API) within $(DEMO_START_LIMIT_S) s" >&2; exit 1; }; \
+		sleep 0.2; \
+	done; \
+	$(BIN)/python -m ipc.examples.demo_strategy --socket $(DEMO_SOCKET) --api $(DEMO_API) $(DEMO_ARGS)
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .

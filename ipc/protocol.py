@@ -82,7 +82,7 @@ class Prepare(_Message, tag="PREPARE"):
     take_profits: Annotated[list[Price], msgspec.Meta(max_length=10)]
     confidence: Annotated[float, msgspec.Meta(ge=0, le=100)]
     leverage: Annotated[float, msgspec.Meta(gt=0, le=200)]
-    timestamp: Annotated[int, msgspec.Meta(ge=0)]
+    timestamp: Annotated[int, msgspec.Meta(ge=0)] | None = None  # ms, the strategy's clock
     velocity: Annotated[float, msgspec.Meta(ge=0)] | None = None
     trap_type: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 

@@ -1,8 +1,9 @@
 """The ``titan`` command.
 
 ``titan run`` starts the service; the read commands (health, equity, positions, trades,
-market) ask the running service's API and print its JSON; ``titan config validate``
-checks a file without starting anything. Errors are one clear line on stderr and a
+market) ask the running service's API and print its JSON; ``titan signal send`` sends one
+IPC message (PREPARE, CONFIRM, ABORT, CLOSE, PING) and prints the reply; ``titan config
+validate`` checks a file without starting anything. Errors are one clear line on stderr and a
 non-zero exit code, never a traceback: 2 for bad configuration or arguments, 1 for
 everything else.
 """
@@ -12,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import secrets
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -135,6 +138,131 @@ def cmd_trades(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ----- signals over IPC ---------------------------------------------------------------
+
+SIGNAL_TYPES = ("PREPARE", "CONFIRM", "ABORT", "CLOSE", "PING")
+# argparse dest -> the flag, for messages that name it
+_SIGNAL_FLAGS = {
+    "signal_id": "--signal-id",
+    "symbol": "--symbol",
+    "direction": "--direction",
+    "entry_min": "--entry-min",
+    "entry_max": "--entry-max",
+    "stop_loss": "--stop-loss",
+    "take_profit": "--take-profit",
+    "confidence": "--confidence",
+    "leverage": "--leverage",
+    "source": "--source",
+    "velocity": "--velocity",
+    "trap_type": "--trap-type",
+    "reason": "--reason",
+}
+# per type: (required, optional) flags, by dest
+_SIGNAL_ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "PREPARE": (
+        (
+            "symbol",
+            "direction",
+            "entry_min",
+            "entry_max",
+            "stop_loss",
+            "take_profit",
+            "confidence",
+            "leverage",
+        ),
+        ("signal_id", "source", "velocity", "trap_type"),
+    ),
+    "CONFIRM": (("signal_id",), ()),
+    "ABORT": (("signal_id",), ()),
+    "CLOSE": (("symbol",), ("signal_id", "reason")),
+    "PING": ((), ()),
+}
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _signal_message(args: argparse.Namespace) -> dict[str, Any]:
+    """The message the flags describe; _UsageError names a missing or stray flag."""
+    given = [dest for dest in _SIGNAL_FLAGS if getattr(args, dest) is not None]
+    if args.json is not None:
+        if given:
+            raise _UsageError(f"{_SIGNAL_FLAGS[given[0]]} cannot be combined with --json")
+        try:
+            message = json.loads(args.json)
+        except ValueError as exc:
+            raise _UsageError(f"--json: not valid JSON ({exc})") from None
+        if not isinstance(message, dict):
+            raise _UsageError(f"--json: expected a JSON object, got {type(message).__name__}")
+        return message
+    kind = args.type
+    required, optional = _SIGNAL_ARGS[kind]
+    missing = [_SIGNAL_FLAGS[d] for d in required if getattr(args, d) is None]
+    if missing:
+        raise _UsageError(f"--type {kind} needs {', '.join(missing)}")
+    stray = [_SIGNAL_FLAGS[d] for d in given if d not in required and d not in optional]
+    if stray:
+        raise _UsageError(f"{', '.join(stray)} does not apply to --type {kind}")
+    if kind == "PING":
+        return {"type": "PING"}
+    if kind in ("CONFIRM", "ABORT"):
+        return {"type": kind, "signal_id": args.signal_id}
+
+    from ipc.client import close_message, prepare_message
+
+    signal_id = args.signal_id
+    if signal_id is None:
+        signal_id = f"cli-{int(time.time() * 1000)}-{secrets.token_hex(3)}"
+        print(f"signal_id: {signal_id}", file=sys.stderr)
+    if kind == "CLOSE":
+        return close_message(signal_id, args.symbol, args.reason)
+    return prepare_message(
+        signal_id,
+        args.symbol,
+        args.direction,
+        (args.entry_min, args.entry_max),
+        args.stop_loss,
+        args.take_profit,
+        args.confidence,
+        args.leverage,
+        source=args.source or "cli",
+        velocity=args.velocity,
+        trap_type=args.trap_type,
+    )
+
+
+def cmd_signal_send(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from ipc.client import IpcClientError, IpcConnectError, IpcTimeout, SignalClient
+
+    try:
+        message = _signal_message(args)
+    except _UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    cfg = load_config(args.config)
+    path = args.socket or cfg.ipc.socket_path
+    client = SignalClient(path, cfg.ipc.hmac_secret, timeout=args.timeout)
+    try:
+        reply = client.request(message)
+    except IpcConnectError as exc:
+        raise TitanError(
+            f"cannot reach the service at {path}: {exc.detail}; is it running?"
+        ) from None
+    except IpcTimeout:
+        raise TitanError(
+            f"no reply from the service at {path} within {args.timeout:g} s; the request may "
+            "have been carried out: check before sending it again with the same signal id"
+        ) from None
+    except IpcClientError as exc:
+        raise TitanError(f"{exc}; check before sending it again with the same signal id") from None
+    finally:
+        client.disconnect()
+    _print_json(msgspec.to_builtins(reply))
+    return EXIT_FAIL if reply.status == "rejected" else EXIT_OK
+
+
 # ----- parser -------------------------------------------------------------------------
 
 
@@ -189,6 +317,41 @@ def build_parser() -> _Parser:
     p.add_argument("--limit", type=int, default=100, help="at most this many (1-1000)")
     p.add_argument("--symbol", help="only this symbol")
     p.set_defaults(func=cmd_trades)
+
+    p = sub.add_parser("signal", help="send signals to the service over IPC")
+    signal_sub = p.add_subparsers(dest="signal_command", required=True, parser_class=_Parser)
+    s = signal_sub.add_parser(
+        "send",
+        help="send one message and print the reply (exit 1 when rejected)",
+        description="Send one IPC message and print the reply as JSON. Exit 0 unless the "
+        "reply is 'rejected' or the service cannot be reached (1); 2 for bad flags.",
+    )
+    with_config(s)
+    s.add_argument("--socket", help="the IPC socket (default: ipc.socketPath of the config)")
+    s.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the reply")
+    what = s.add_mutually_exclusive_group(required=True)
+    what.add_argument("--type", type=str.upper, choices=SIGNAL_TYPES, help="message type")
+    what.add_argument("--json", metavar="MESSAGE", help="send this JSON object as it is")
+    s.add_argument("--signal-id", help="signal id (PREPARE, CLOSE: generated when omitted)")
+    s.add_argument("--symbol", help="PREPARE, CLOSE: e.g. BTCUSDT")
+    s.add_argument("--direction", type=str.upper, choices=("LONG", "SHORT"), help="PREPARE")
+    s.add_argument("--entry-min", type=float, metavar="PRICE", help="PREPARE: entry zone low")
+    s.add_argument("--entry-max", type=float, metavar="PRICE", help="PREPARE: entry zone high")
+    s.add_argument("--stop-loss", type=float, metavar="PRICE", help="PREPARE")
+    s.add_argument(
+        "--take-profit",
+        type=float,
+        action="append",
+        metavar="PRICE",
+        help="PREPARE: a take-profit price (repeat for several)",
+    )
+    s.add_argument("--confidence", type=float, help="PREPARE: 0-100")
+    s.add_argument("--leverage", type=float, help="PREPARE: maximum leverage for the position")
+    s.add_argument("--source", help="PREPARE: the sender's name (default: cli)")
+    s.add_argument("--velocity", type=float, help="PREPARE (optional)")
+    s.add_argument("--trap-type", help="PREPARE (optional)")
+    s.add_argument("--reason", help="CLOSE: why (recorded on the trade)")
+    s.set_defaults(func=cmd_signal_send)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Example strategy processes that use the IPC client library (``ipc/client.py``)."""
