@@ -2,7 +2,8 @@
 
 Start-up order (each with ``nursery.start``, so a service that fails to start stops the
 whole service with a clear error): instance lock → store → market feeds → broker →
-shadow state restore and sync → equity monitor → signal router → IPC listener → ops API.
+risk controller → shadow state restore and sync → equity monitor → signal router → IPC
+listener → ops API.
 SIGINT and SIGTERM cancel the root scope; every service's cleanup is shielded and bounded,
 so shutdown takes well under two seconds and leaves the database closed.
 
@@ -31,10 +32,13 @@ from titan_trio.clock import now_ms
 from titan_trio.config import Config
 from titan_trio.domain.instruments import Instrument
 from titan_trio.errors import StartupError
+from titan_trio.execution.flatten import Flattener
+from titan_trio.execution.placement import OrderPlacer
 from titan_trio.execution.router import SignalRouter
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.feeds.simulated import SimulatedFeed
 from titan_trio.metrics import Metrics
+from titan_trio.risk.controller import RiskController
 from titan_trio.state import records
 from titan_trio.state.equity_monitor import EquityMonitor
 from titan_trio.state.shadow import ShadowState
@@ -108,6 +112,7 @@ class Engine:
         self.equity_monitor = EquityMonitor(
             self.shadow, self.hub, self.store, Decimal(repr(cfg.broker.initial_capital))
         )
+        self.risk = RiskController(cfg.risk, self.store, self.equity_monitor.tracker)
         self.router: SignalRouter | None = None
         self.ipc: IpcListener | None = None
         self.api_url: str | None = None
@@ -155,7 +160,14 @@ class Engine:
         await nursery.start(self.broker.run)
         restored = await restore_shadow(self.store, await self.broker.balance())
         self._adopt_shadow(restored)
-        await nursery.start(ShadowSync(self.shadow, self.store, self.broker.events).run)
+        sync = ShadowSync(self.shadow, self.store, self.broker.events)
+        placer = OrderPlacer(self.broker, self.shadow, self.store, self.metrics)
+        self.risk.flattener = Flattener(self.broker, self.shadow, placer)
+        await nursery.start(self.risk.run)
+        sync.on_trade = self.risk.on_trade
+        sync.on_order_finished = self.metrics.order_finished
+        await nursery.start(sync.run)
+        self.equity_monitor.listeners.append(self.risk.check)
         await nursery.start(self.equity_monitor.run)
         self.router = SignalRouter(
             cfg,
@@ -166,6 +178,7 @@ class Engine:
             self.store,
             self.metrics,
             self.equity_monitor.equity,
+            self.risk,
         )
         await nursery.start(self.router.run)
         self.ipc = IpcListener(

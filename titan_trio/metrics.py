@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import resource
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from titan_trio.engine import Engine
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+FILL_RATE_WINDOW = 100  # finished orders in the fill-rate window
 disable_created_metrics()  # *_created series only confuse rate() users and dashboards
 
 
@@ -90,6 +92,22 @@ class StateCollector(Collector):
             pnl.add_metric([symbol], float(rec.position.unrealized_pnl(marks[symbol])))
         yield pnl
         yield GaugeMetricFamily(
+            "titan_order_fill_rate",
+            f"Percent of the last {FILL_RATE_WINDOW} finished orders that filled",
+            value=engine.metrics.fill_rate_pct(),
+        )
+        yield GaugeMetricFamily(
+            "titan_circuit_breaker_tripped",
+            "1 while the circuit breaker is tripped",
+            value=1.0 if engine.risk.state.tripped else 0.0,
+        )
+        state = GaugeMetricFamily(
+            "titan_trading_state", "1 for the current trading state", labels=["state"]
+        )
+        for name in ("ACTIVE", "REDUCING", "HALTED"):
+            state.add_metric([name], 1.0 if engine.risk.trading_state.value == name else 0.0)
+        yield state
+        yield GaugeMetricFamily(
             "titan_ipc_connections",
             "Open IPC connections",
             value=0 if engine.ipc is None else engine.ipc.connections,
@@ -140,6 +158,7 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
+        self.recent_orders: deque[bool] = deque(maxlen=FILL_RATE_WINDOW)
         self.order_latency = Histogram(
             "titan_order_latency_seconds",
             "CONFIRM received to exchange acknowledged",
@@ -160,6 +179,18 @@ class Metrics:
             ),
             registry=self.registry,
         )
+
+    def order_finished(self, status: str, filled: bool) -> None:
+        """An order reached a final status: count it, and feed the fill-rate window."""
+        self.orders.labels(status=status).inc()
+        self.recent_orders.append(filled)
+
+    def fill_rate_pct(self) -> float:
+        """Percent of the last FILL_RATE_WINDOW finished orders that filled at least in
+        part; NaN before any order finished (no evidence either way, so no alert)."""
+        if not self.recent_orders:
+            return float("nan")
+        return 100.0 * sum(self.recent_orders) / len(self.recent_orders)
 
     def observe_reply(self, message_type: str | None, reply: Reply) -> None:
         """Count one IPC reply: outcome is the status, or the reason when rejected."""

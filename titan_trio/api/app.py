@@ -8,9 +8,9 @@ quantities are exact decimals written as JSON numbers. Every error is JSON
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import logging
 import re
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from titan_trio.api.openapi import OPENAPI
 from titan_trio.clock import now_ms
-from titan_trio.domain.equity import equity_phase
+from titan_trio.risk.sizing import RiskLimits, phase_rules
 from titan_trio.state import records
 from titan_trio.state.shadow import utc_day
 
@@ -99,6 +99,82 @@ def create_app(engine: Engine) -> QuartTrio:
         rows = await engine.store.call(records.list_trades, day, limit, symbol)
         return json_response(rows)
 
+    def operator() -> str:
+        """Who asked, for the logs: the CLI names the user; otherwise the peer address."""
+        named = request.headers.get("X-Titan-Operator", "")
+        named = "".join(ch for ch in named if ch.isprintable())[:64].strip()
+        return named or f"api {request.remote_addr}"
+
+    def authorized() -> Response | None:
+        token = engine.cfg.api.token
+        if token is None:
+            return None
+        given = request.headers.get("Authorization", "")
+        if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return None
+        log.warning(
+            "refused %s %s from %s: missing or wrong bearer token",
+            request.method,
+            request.path,
+            request.remote_addr,
+        )
+        return error_response(
+            401, "unauthorized", "this endpoint needs Authorization: Bearer <api.token>"
+        )
+
+    @app.get("/api/risk")
+    async def risk() -> Response:
+        return json_response(risk_view(engine))
+
+    @app.post("/api/trading/pause")
+    async def pause() -> Response:
+        if (refusal := authorized()) is not None:
+            return refusal
+        await engine.risk.pause(operator())
+        return json_response({"trading_state": engine.risk.trading_state.value})
+
+    @app.post("/api/trading/resume")
+    async def resume() -> Response:
+        if (refusal := authorized()) is not None:
+            return refusal
+        problem = await engine.risk.resume(operator())
+        if problem is not None:
+            return error_response(409, "conflict", problem)
+        return json_response({"trading_state": engine.risk.trading_state.value})
+
+    @app.post("/api/risk/breaker/reset")
+    async def breaker_reset() -> Response:
+        if (refusal := authorized()) is not None:
+            return refusal
+        was_tripped = await engine.risk.reset_breaker(operator())
+        return json_response(
+            {
+                "reset": was_tripped,
+                "message": "circuit breaker reset"
+                if was_tripped
+                else "the circuit breaker was not tripped; nothing to reset",
+                "trading_state": engine.risk.trading_state.value,
+            }
+        )
+
+    @app.post("/api/emergency/flatten-all")
+    async def flatten_all() -> Response:
+        if (refusal := authorized()) is not None:
+            return refusal
+        report = await engine.risk.flatten_all(operator())
+        return json_response(
+            {
+                "cancelled_orders": report.cancelled_orders,
+                "closed_positions": report.closed_positions,
+                "errors": report.errors,
+                "trading_state": engine.risk.trading_state.value,
+                "message": "nothing to do: no open orders or positions"
+                if report.nothing_to_do
+                else f"cancelled {len(report.cancelled_orders)} orders, closed "
+                f"{len(report.closed_positions)} positions",
+            }
+        )
+
     @app.get("/api/openapi.json")
     async def openapi() -> Response:
         return json_response(OPENAPI)
@@ -140,7 +216,6 @@ async def equity_view(engine: Engine) -> dict[str, Any]:
     book = engine.hub.book
     tracker = engine.equity_monitor.tracker
     equity = engine.equity_monitor.equity()
-    risk = engine.cfg.risk
     realized_today = await engine.store.call(records.realized_pnl_on, utc_day(now_ms()))
     return {
         "equity": equity,
@@ -150,12 +225,68 @@ async def equity_view(engine: Engine) -> dict[str, Any]:
         "peak_equity": tracker.peak_equity,
         "drawdown_pct": round(tracker.drawdown_pct, 4),
         "initial_capital": tracker.initial_capital,
-        "phase": equity_phase(
-            equity, Decimal(repr(risk.phase1_max_equity)), Decimal(repr(risk.phase2_max_equity))
-        ),
-        "trading_state": "ACTIVE",
-        "breaker": {"enabled": False, "tripped": False},
+        "phase": phase_rules(equity, RiskLimits.from_config(engine.cfg.risk)).phase,
+        "trading_state": engine.risk.trading_state.value,
+        "breaker": breaker_view(engine),
         "currency": "USDT",
+    }
+
+
+def breaker_view(engine: Engine) -> dict[str, Any]:
+    state = engine.risk.state
+    return {
+        "tripped": state.tripped,
+        "cause": None if state.trip is None else state.trip.cause,
+        "message": None if state.trip is None else state.trip.message,
+        "tripped_at": state.tripped_at_ms,
+        "consecutive_losses": state.consecutive_losses,
+    }
+
+
+def risk_view(engine: Engine) -> dict[str, Any]:
+    cfg = engine.cfg
+    r = cfg.risk
+    tracker = engine.equity_monitor.tracker
+    equity = engine.equity_monitor.equity()
+    rules = phase_rules(equity, RiskLimits.from_config(r))
+    book = engine.hub.book
+    notional = engine.shadow.total_notional(book)
+    return {
+        "trading_state": engine.risk.trading_state.value,
+        "breaker": {
+            **breaker_view(engine),
+            "figures": None if engine.risk.state.trip is None else engine.risk.state.trip.figures,
+        },
+        "phase": rules.phase,
+        "effective_risk_pct": rules.risk_pct,
+        "phase_max_leverage": rules.max_leverage,
+        "execution_style": rules.execution,
+        "equity": equity,
+        "peak_equity": tracker.peak_equity,
+        "drawdown_pct": round(tracker.drawdown_pct, 4),
+        "day_start_equity": tracker.day_start_equity,
+        "daily_pnl": tracker.daily_pnl,
+        "open_positions": len(engine.shadow.positions),
+        "total_notional": notional,
+        "total_leverage": round(notional / equity, 4) if equity > 0 else None,
+        "limits": {
+            "maxRiskPct": r.max_risk_pct,
+            "phaseRiskPct": [r.phase1_risk_pct, r.phase2_risk_pct, r.phase3_risk_pct],
+            "phaseMaxEquity": [r.phase1_max_equity, r.phase2_max_equity],
+            "phaseMaxLeverage": [
+                r.phase1_max_leverage,
+                r.phase2_max_leverage,
+                r.phase3_max_leverage,
+            ],
+            "maxPositions": r.max_positions,
+            "allowPyramiding": r.allow_pyramiding,
+            "maxTotalLeverage": r.max_total_leverage,
+            "maxDrawdownPct": r.max_drawdown_pct,
+            "maxDailyLossPct": r.max_daily_loss_pct,
+            "maxConsecutiveLosses": r.max_consecutive_losses,
+            "flattenOnBreaker": r.flatten_on_breaker,
+        },
+        "history": engine.risk.state.history,
     }
 
 

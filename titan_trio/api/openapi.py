@@ -27,9 +27,25 @@ _ERROR = _json(
     },
 )
 _ARRAY = {"type": "array", "items": {"type": "object"}}
+_UNAUTHORIZED = _json(
+    "Missing or wrong bearer token (only when api.token is set)",
+    _ERROR["content"]["application/json"]["schema"],
+)
+
+
+def _mutating(summary: str, ok: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "security": [{"bearer": []}],
+            "responses": {"200": _json(ok), "401": _UNAUTHORIZED, **extra},
+        }
+    }
+
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
+    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     "info": {"title": "Titan Execution Service ops API", "version": __version__},
     "paths": {
         "/api/health": {
@@ -87,6 +103,27 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _json("Trades", _ARRAY), "400": _ERROR},
             }
         },
+        "/api/risk": {
+            "get": {
+                "summary": "Limits, phase, trading state, breaker state and why it tripped",
+                "responses": {"200": _json("Risk")},
+            }
+        },
+        "/api/trading/pause": _mutating(
+            "Stop new entries (REDUCING: exits still pass)", "The new trading state"
+        ),
+        "/api/trading/resume": _mutating(
+            "Allow new entries again (ACTIVE)",
+            "The new trading state",
+            **{"409": _json("The circuit breaker is tripped: reset it first")},
+        ),
+        "/api/risk/breaker/reset": _mutating(
+            "Clear a tripped circuit breaker (operator only)", "Whether it was tripped"
+        ),
+        "/api/emergency/flatten-all": _mutating(
+            "Cancel every open order, close every position at market, HALT trading",
+            "What was cancelled and closed",
+        ),
         "/api/openapi.json": {
             "get": {
                 "summary": "This document",

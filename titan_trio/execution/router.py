@@ -32,10 +32,13 @@ from titan_trio.brokers.base import Broker
 from titan_trio.clock import now_ms
 from titan_trio.config import Config
 from titan_trio.domain.instruments import Instrument
-from titan_trio.domain.orders import Order, OrderRequest, OrderStatus, OrderType, Side, TimeInForce
+from titan_trio.domain.orders import Order, OrderType, Side, TimeInForce
 from titan_trio.errors import BrokerRejected
+from titan_trio.execution.placement import OrderPlacer
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.metrics import Metrics
+from titan_trio.risk.breaker import TradingState
+from titan_trio.risk.controller import RiskController
 from titan_trio.risk.gates import Exposure, L2Limits, check_book, check_positions
 from titan_trio.risk.sizing import EntryRejected, RiskLimits, Size, phase_rules, size_position
 from titan_trio.state import records
@@ -85,6 +88,7 @@ class SignalRouter:
         store: Store,
         metrics: Metrics,
         equity: Callable[[], Decimal],
+        risk: RiskController,
     ) -> None:
         self.cfg = cfg
         self.instruments = instruments
@@ -94,11 +98,12 @@ class SignalRouter:
         self.store = store
         self.metrics = metrics
         self.equity = equity
+        self.risk = risk
+        self.placer = OrderPlacer(broker, shadow, store, metrics)
         self.limits = RiskLimits.from_config(cfg.risk)
         self.l2 = L2Limits.from_config(cfg.execution.l2)
         self.ttl_ms = cfg.execution.prepare_ttl_ms
         self.intents: dict[str, PreparedIntent] = {}
-        self.trading_state = "ACTIVE"
 
     # ----- the service -----------------------------------------------------------------
 
@@ -135,7 +140,10 @@ class SignalRouter:
     def _ping(self, msg: Ping) -> Job:
         async def job() -> Reply:
             return Reply(
-                msg.id, Status.PONG, trading_state=self.trading_state, server_time=now_ms()
+                msg.id,
+                Status.PONG,
+                trading_state=self.risk.trading_state.value,
+                server_time=now_ms(),
             )
 
         return job
@@ -157,6 +165,17 @@ class SignalRouter:
             price = order.price or book.mark(order.symbol) or Decimal(0)
             notional += pending * price
         return Exposure(sides, notional)
+
+    def _check_trading_state(self) -> None:
+        state = self.risk.state
+        if state.trading_state.allows_entries:
+            return
+        why = f"trading is {state.trading_state.value}"
+        if state.tripped and state.trip is not None:
+            why += f": circuit breaker tripped ({state.trip.message})"
+        elif state.trading_state is TradingState.REDUCING:
+            why += ": paused by an operator; only exits are accepted"
+        raise EntryRejected(Reason.TRADING_HALTED, why)
 
     # ----- PREPARE ---------------------------------------------------------------------
 
@@ -183,6 +202,7 @@ class SignalRouter:
             )
             return
         try:
+            self._check_trading_state()
             check_positions(
                 msg.symbol,
                 intent.side,
@@ -347,6 +367,7 @@ class SignalRouter:
 
     def _entry_order(self, intent: PreparedIntent, size: Size, now: int) -> Order:
         prepare = intent.message
+        self._check_trading_state()
         check_positions(
             prepare.symbol,
             intent.side,
@@ -399,64 +420,13 @@ class SignalRouter:
     async def _place(
         self, msg: Confirm | Close, order: Order, started: float, signal_id: str
     ) -> Reply:
-        """Journal the order, send it, answer with the broker's view."""
+        """Journal the order with its signal, send it, answer with the broker's view."""
         status_word = "CONFIRMED" if isinstance(msg, Confirm) else "CLOSED"
         try:
-            await self.store.call(
-                records.set_signal_status, signal_id, status_word, None, order.created_ms, order
-            )
-        except BaseException:
-            # Never sent and not on disk: it must not hold exposure.
-            self.shadow.orders.pop(order.client_order_id, None)
-            raise
-        order.transition(OrderStatus.SUBMITTED, now_ms())
-        request = OrderRequest(
-            client_order_id=order.client_order_id,
-            symbol=order.symbol,
-            side=order.side,
-            order_type=order.order_type,
-            qty=order.qty,
-            price=order.price,
-            time_in_force=order.time_in_force,
-            reduce_only=order.reduce_only,
-            leverage=order.leverage,
-            signal_id=signal_id,
-        )
-        try:
-            ack = await self.broker.submit(request)
-        except BrokerRejected as exc:
-            order.reject_reason = f"{exc.reason}: {exc.message}"
-            order.transition(OrderStatus.REJECTED, now_ms())
-            self.shadow.apply_order(order)
-            self.metrics.orders.labels(status="REJECTED").inc()
-            await self.store.call(
-                records.set_signal_status,
-                signal_id,
-                "REJECTED",
-                Reason.BROKER_REJECTED.value,
-                now_ms(),
-                order,
-            )
-            log.warning(
-                "Order rejected: %s %s %s %s: %s",
-                order.client_order_id,
-                order.side,
-                order.qty,
-                order.symbol,
-                order.reject_reason,
-            )
-            return _rejected(msg, Reason.BROKER_REJECTED, order.reject_reason)
+            ack = await self.placer.place(order, signal_status=status_word)
+        except BrokerRejected:
+            return _rejected(msg, Reason.BROKER_REJECTED, order.reject_reason or "rejected")
         self.metrics.order_latency.observe(time.perf_counter() - started)
-        log.info(
-            "order %s placed: %s %s %s @ %s -> %s (filled %s)",
-            order.client_order_id,
-            order.side,
-            order.qty,
-            order.symbol,
-            order.price or "market",
-            ack.status,
-            ack.filled_qty,
-        )
         return Reply(
             msg.id,
             Status.ACCEPTED if isinstance(msg, Confirm) else Status.CLOSED,

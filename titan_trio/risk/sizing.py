@@ -13,6 +13,7 @@ from decimal import Decimal
 
 from ipc.protocol import Reason
 from titan_trio.config import RiskConfig
+from titan_trio.domain.equity import equity_phase
 from titan_trio.domain.instruments import Instrument
 
 ZERO = Decimal(0)
@@ -62,12 +63,7 @@ class PhaseRules:
 
 def phase_rules(equity: Decimal, limits: RiskLimits) -> PhaseRules:
     """Phase 1 below phase1MaxEquity, phase 2 below phase2MaxEquity, phase 3 above."""
-    if equity < limits.phase1_max_equity:
-        index = 0
-    elif equity < limits.phase2_max_equity:
-        index = 1
-    else:
-        index = 2
+    index = equity_phase(equity, limits.phase1_max_equity, limits.phase2_max_equity) - 1
     return PhaseRules(
         phase=index + 1,
         risk_pct=min(limits.phase_risk_pct[index], limits.max_risk_pct),

@@ -7,6 +7,7 @@ restart keeps the peak (drawdown survives restarts); a snapshot row is written e
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 import trio
@@ -36,6 +37,8 @@ class EquityMonitor:
         self.store = store
         self.tracker = EquityTracker(initial_capital, peak_equity=initial_capital)
         self.snapshot_interval_s = snapshot_interval_s
+        # Told after every mark (the circuit breaker): equity is judged on each price.
+        self.listeners: list[Callable[[], Awaitable[None]]] = []
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         saved = await self.store.call(records.kv_get, TRACKER_KEY)
@@ -63,16 +66,22 @@ class EquityMonitor:
         ts = now_ms()
         t.update(self.equity(), utc_day(ts))
         if (t.peak_equity, t.day) != before:
-            await self.store.call(
-                records.kv_set,
-                TRACKER_KEY,
-                {
-                    "peak_equity": str(t.peak_equity),
-                    "day": t.day,
-                    "day_start_equity": str(t.day_start_equity),
-                },
-                ts,
-            )
+            await self._save_tracker(ts)
+        for listener in self.listeners:
+            await listener()
+
+    async def _save_tracker(self, ts: int) -> None:
+        t = self.tracker
+        await self.store.call(
+            records.kv_set,
+            TRACKER_KEY,
+            {
+                "peak_equity": str(t.peak_equity),
+                "day": t.day,
+                "day_start_equity": str(t.day_start_equity),
+            },
+            ts,
+        )
 
     async def snapshot(self) -> None:
         t = self.tracker

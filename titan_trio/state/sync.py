@@ -8,6 +8,7 @@ A fill already recorded (same exchange execution id) is ignored, in memory and o
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 import trio
@@ -15,7 +16,7 @@ import trio
 from titan_trio.brokers.base import BalanceEvent, BrokerEvent, FillEvent, OrderEvent
 from titan_trio.clock import now_ms
 from titan_trio.state import records
-from titan_trio.state.shadow import ShadowState
+from titan_trio.state.shadow import ShadowState, TradeRecord
 from titan_trio.state.store import Store
 
 log = logging.getLogger("titan.state")
@@ -49,6 +50,10 @@ class ShadowSync:
         self.store = store
         self.events = events
         self.fills_applied = 0
+        # Told of every closed trade (the circuit breaker's losing streak).
+        self.on_trade: Callable[[TradeRecord], Awaitable[None]] | None = None
+        # Told of every tracked order that reaches a final status (metrics).
+        self.on_order_finished: Callable[[str, bool], None] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -57,8 +62,11 @@ class ShadowSync:
 
     async def apply(self, event: BrokerEvent) -> None:
         if isinstance(event, OrderEvent):
+            was_open = event.order.client_order_id in self.shadow.orders
             merged = self.shadow.apply_order(event.order)
             await self.store.call(records.save_order, merged)
+            if was_open and merged.status.is_terminal and self.on_order_finished is not None:
+                self.on_order_finished(merged.status.value, merged.filled_qty > 0)
         elif isinstance(event, FillEvent):
             changes = self.shadow.apply_fill(event.fill)
             if changes is None:
@@ -82,6 +90,8 @@ class ShadowSync:
                 )
                 if changes.trade is not None:
                     t = changes.trade
+                    if self.on_trade is not None:
+                        await self.on_trade(t)
                     log.info(
                         "trade closed: %s %s %s entry %s exit %s net P&L %s",
                         t.symbol,

@@ -1,0 +1,102 @@
+"""Placing an order the safe way, for every caller (signals, flatten, execution styles).
+
+The order is tracked as exposure, committed (PENDING_SUBMIT, with its signal's new
+status in the same transaction when given), then sent under its own deterministic id.
+A rejection the exchange proved is recorded before it is reported; anything else
+(timeout, dropped connection) propagates with the order left in flight for the
+private stream or reconciliation to settle, never re-sent under a new id.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from titan_trio.brokers.base import Broker
+from titan_trio.clock import now_ms
+from titan_trio.domain.orders import Order, OrderRequest, OrderStatus
+from titan_trio.errors import BrokerRejected
+from titan_trio.metrics import Metrics
+from titan_trio.state import records
+from titan_trio.state.shadow import ShadowState
+from titan_trio.state.store import Store
+
+log = logging.getLogger("titan.orders")
+
+
+class OrderPlacer:
+    def __init__(self, broker: Broker, shadow: ShadowState, store: Store, metrics: Metrics) -> None:
+        self.broker = broker
+        self.shadow = shadow
+        self.store = store
+        self.metrics = metrics
+
+    async def place(self, order: Order, *, signal_status: str | None = None) -> Order:
+        """Send ``order``; returns the broker's view. Raises BrokerRejected (recorded)."""
+        self.shadow.track(order)
+        try:
+            if signal_status is not None and order.signal_id is not None:
+                await self.store.call(
+                    records.set_signal_status,
+                    order.signal_id,
+                    signal_status,
+                    None,
+                    order.created_ms,
+                    order,
+                )
+            else:
+                await self.store.call(records.save_order, order)
+        except BaseException:
+            # Never sent and not on disk: it must not hold exposure.
+            self.shadow.orders.pop(order.client_order_id, None)
+            raise
+        order.transition(OrderStatus.SUBMITTED, now_ms())
+        request = OrderRequest(
+            client_order_id=order.client_order_id,
+            symbol=order.symbol,
+            side=order.side,
+            order_type=order.order_type,
+            qty=order.qty,
+            price=order.price,
+            time_in_force=order.time_in_force,
+            reduce_only=order.reduce_only,
+            leverage=order.leverage,
+            signal_id=order.signal_id,
+        )
+        try:
+            ack = await self.broker.submit(request)
+        except BrokerRejected as exc:
+            order.reject_reason = f"{exc.reason}: {exc.message}"
+            order.transition(OrderStatus.REJECTED, now_ms())
+            self.shadow.apply_order(order)
+            self.metrics.order_finished("REJECTED", False)
+            if order.signal_id is not None and signal_status is not None:
+                await self.store.call(
+                    records.set_signal_status,
+                    order.signal_id,
+                    "REJECTED",
+                    "BROKER_REJECTED",
+                    now_ms(),
+                    order,
+                )
+            else:
+                await self.store.call(records.save_order, order)
+            log.warning(
+                "Order rejected: %s %s %s %s: %s",
+                order.client_order_id,
+                order.side,
+                order.qty,
+                order.symbol,
+                order.reject_reason,
+            )
+            raise
+        log.info(
+            "order %s placed: %s %s %s @ %s -> %s (filled %s)",
+            order.client_order_id,
+            order.side,
+            order.qty,
+            order.symbol,
+            order.price or "market",
+            ack.status,
+            ack.filled_qty,
+        )
+        return ack
