@@ -1,7 +1,8 @@
 """The ``titan`` command.
 
-``titan run`` starts the service; the read commands (health, equity, positions, trades,
-market) ask the running service's API and print its JSON; ``titan signal send`` sends one
+``titan run`` starts the service; the API commands (health, equity, positions, orders,
+trades, market, risk, and the operator actions pause, resume, flatten, breaker reset) ask
+the running service's API and print its JSON; ``titan signal send`` sends one
 IPC message (PREPARE, CONFIRM, ABORT, CLOSE, PING) and prints the reply; ``titan config
 validate`` checks a file without starting anything. Errors are one clear line on stderr and a
 non-zero exit code, never a traceback: 2 for bad configuration or arguments, 1 for
@@ -20,8 +21,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from titan_trio import __version__
-from titan_trio.config import Config, default_config_path, load_config
+from titan_trio.config import default_config_path, load_config
 from titan_trio.errors import ConfigError, StartupError, TitanError
+from titan_trio.ops_client import (
+    cmd_breaker_reset,
+    cmd_flatten,
+    cmd_health,
+    cmd_pause,
+    cmd_resume,
+    cmd_trades,
+    simple_get,
+)
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -77,64 +87,6 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 def cmd_config_validate(args: argparse.Namespace) -> int:
     load_config(args.path)  # raises ConfigError listing every problem
     print("OK")
-    return EXIT_OK
-
-
-# ----- API clients --------------------------------------------------------------------
-
-
-def _base_url(args: argparse.Namespace) -> str:
-    if args.url:
-        return args.url.rstrip("/")
-    cfg: Config = load_config(args.config)
-    host = cfg.api.host
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{cfg.api.port}"
-
-
-def _get(args: argparse.Namespace, path: str, params: dict[str, Any] | None = None) -> Any:
-    import httpx
-
-    url = _base_url(args) + path
-    try:
-        response = httpx.get(url, params=params, timeout=args.timeout)
-    except httpx.HTTPError as exc:
-        raise TitanError(f"cannot reach the service at {url} ({exc}); is it running?") from None
-    try:
-        body = response.json()
-    except ValueError:
-        raise TitanError(f"{url} answered HTTP {response.status_code} without JSON") from None
-    if response.status_code >= 400 and isinstance(body, dict) and "error" in body:
-        raise TitanError(f"{body['error']}: {body.get('message', '')}")
-    return response.status_code, body
-
-
-def cmd_health(args: argparse.Namespace) -> int:
-    _status, body = _get(args, "/api/health")
-    _print_json(body)
-    return EXIT_OK if body.get("status") in ("healthy", "degraded") else EXIT_FAIL
-
-
-def _simple_get(path: str):
-    def command(args: argparse.Namespace) -> int:
-        _status, body = _get(args, path)
-        _print_json(body)
-        return EXIT_OK
-
-    return command
-
-
-def cmd_trades(args: argparse.Namespace) -> int:
-    params: dict[str, Any] = {"limit": args.limit}
-    if args.date:
-        params["date"] = args.date
-    if args.symbol:
-        params["symbol"] = args.symbol
-    _status, body = _get(args, "/api/trades", params)
-    _print_json(body)
     return EXIT_OK
 
 
@@ -287,7 +239,8 @@ def build_parser() -> _Parser:
     def api_client(p: argparse.ArgumentParser) -> None:
         with_config(p)
         p.add_argument("--url", help="the service's API base URL (default: from the config)")
-        p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
+        p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
+        p.add_argument("--token", help="API bearer token (default: $TITAN_API_TOKEN or api.token)")
 
     p = sub.add_parser("run", help="run the service in the foreground")
     with_config(p)
@@ -307,16 +260,31 @@ def build_parser() -> _Parser:
         ("positions", "/api/state/positions", "open positions"),
         ("orders", "/api/state/orders", "open orders"),
         ("market", "/api/market", "the price book"),
+        ("risk", "/api/risk", "limits, phase, trading state and the circuit breaker"),
     ):
         p = sub.add_parser(name, help=text)
         api_client(p)
-        p.set_defaults(func=_simple_get(path))
+        p.set_defaults(func=simple_get(path))
     p = sub.add_parser("trades", help="closed trades, newest first")
     api_client(p)
     p.add_argument("--date", help="UTC day the trades closed, YYYY-MM-DD")
     p.add_argument("--limit", type=int, default=100, help="at most this many (1-1000)")
     p.add_argument("--symbol", help="only this symbol")
     p.set_defaults(func=cmd_trades)
+
+    for name, func, text in (
+        ("pause", cmd_pause, "stop new entries (exits still pass)"),
+        ("resume", cmd_resume, "allow new entries again"),
+        ("flatten", cmd_flatten, "EMERGENCY: cancel all orders, close all positions, halt"),
+    ):
+        p = sub.add_parser(name, help=text)
+        api_client(p)
+        p.set_defaults(func=func)
+    p = sub.add_parser("breaker", help="the circuit breaker")
+    breaker_sub = p.add_subparsers(dest="breaker_command", required=True, parser_class=_Parser)
+    b = breaker_sub.add_parser("reset", help="clear a tripped circuit breaker")
+    api_client(b)
+    b.set_defaults(func=cmd_breaker_reset)
 
     p = sub.add_parser("signal", help="send signals to the service over IPC")
     signal_sub = p.add_subparsers(dest="signal_command", required=True, parser_class=_Parser)

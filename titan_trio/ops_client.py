@@ -1,0 +1,116 @@
+"""The ``titan`` commands that talk to a running service's ops API.
+
+The base URL comes from ``--url`` or the configuration (``api.host``/``api.port`` with the
+environment overrides). Operator actions send the bearer token (``--token``,
+``TITAN_API_TOKEN`` or ``api.token``) and name the operator (user@host) so the service
+logs who did what.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from titan_trio.config import load_config
+from titan_trio.errors import TitanError
+
+EXIT_OK, EXIT_FAIL = 0, 1
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def base_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return args.url.rstrip("/")
+    cfg = load_config(args.config)
+    host = cfg.api.host
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{cfg.api.port}"
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if getattr(args, "token", None):
+        return args.token
+    if os.environ.get("TITAN_API_TOKEN"):
+        return os.environ["TITAN_API_TOKEN"]
+    if args.url:
+        return None
+    return load_config(args.config).api.token
+
+
+def request(
+    args: argparse.Namespace, method: str, path: str, params: dict[str, Any] | None = None
+) -> tuple[int, Any]:
+    """One API call; TitanError (one line, no traceback) when it cannot be made or the
+    service answers with an error."""
+    import httpx
+
+    url = base_url(args) + path
+    headers = {}
+    if method != "GET":
+        token = _token(args)
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        headers["X-Titan-Operator"] = f"{getpass.getuser()}@{socket.gethostname()} (titan cli)"
+    try:
+        response = httpx.request(method, url, params=params, headers=headers, timeout=args.timeout)
+    except httpx.HTTPError as exc:
+        raise TitanError(f"cannot reach the service at {url} ({exc}); is it running?") from None
+    try:
+        body = response.json()
+    except ValueError:
+        raise TitanError(f"{url} answered HTTP {response.status_code} without JSON") from None
+    if response.status_code >= 400 and isinstance(body, dict) and "error" in body:
+        raise TitanError(f"{body['error']}: {body.get('message', '')}")
+    return response.status_code, body
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    _status, body = request(args, "GET", "/api/health")
+    _print_json(body)
+    return EXIT_OK if body.get("status") in ("healthy", "degraded") else EXIT_FAIL
+
+
+def simple_get(path: str) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        _status, body = request(args, "GET", path)
+        _print_json(body)
+        return EXIT_OK
+
+    return command
+
+
+def cmd_trades(args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.date:
+        params["date"] = args.date
+    if args.symbol:
+        params["symbol"] = args.symbol
+    _status, body = request(args, "GET", "/api/trades", params)
+    _print_json(body)
+    return EXIT_OK
+
+
+def _post(path: str) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        _status, body = request(args, "POST", path)
+        _print_json(body)
+        return EXIT_OK
+
+    return command
+
+
+cmd_pause = _post("/api/trading/pause")
+cmd_resume = _post("/api/trading/resume")
+cmd_flatten = _post("/api/emergency/flatten-all")
+cmd_breaker_reset = _post("/api/risk/breaker/reset")
