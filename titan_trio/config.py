@@ -57,6 +57,7 @@ class DatabaseConfig(_Section):
     backup_dir: NonEmptyStr = "backups"
     backup_retention_days: PositiveInt = 30
     backup_interval_min: PositiveInt | None = None
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     s3: S3Config = msgspec.field(default_factory=S3Config)
 
 

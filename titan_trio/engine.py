@@ -103,7 +103,7 @@ class Engine:
         self.cfg = cfg
         self.started_monotonic = time.monotonic()
         self.instruments = instruments_from_config(cfg)
-        self.store = Store(cfg.database.path)
+        self.store = Store(cfg.database.path, cfg.database.synchronous)
         self.hub = MarketHub()
         self.metrics = Metrics(lambda: self)
         self.feeds: list[Any] = []

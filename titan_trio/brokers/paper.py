@@ -89,7 +89,9 @@ class PaperBroker:
                 if fills or canceled:
                     await self._commit(fills, canceled)
 
-    async def _commit(self, fills: list[Fill], touched_orders: list[Order]) -> None:
+    async def _commit(
+        self, fills: list[Fill], touched_orders: list[Order], new_order_id: str | None = None
+    ) -> None:
         """Save the account and the orders touched in one transaction, then report what
         changed (orders, fills, balance). Finished orders then leave memory: the
         paper_orders table remembers them."""
@@ -102,6 +104,7 @@ class PaperBroker:
             self.exchange.snapshot(),
             [order_to_json(o) for o in touched.values()],
             now_ms(),
+            new_order_id,
         )
         for order in touched.values():
             if order.status.is_terminal:
@@ -115,13 +118,18 @@ class PaperBroker:
     async def submit(self, request: OrderRequest) -> Order:
         started = time.perf_counter()
         async with self._lock:
-            if await self.store.call(records.paper_order_exists, request.client_order_id):
-                raise BrokerRejected(
-                    "DUPLICATE_ORDER_ID", f"order id {request.client_order_id} was already used"
-                )
+            # Optimistic: place in memory, and let the commit refuse an id used before
+            # (it checks the paper_orders table in the same transaction); then undo.
+            before = self.exchange.snapshot()
             quote = self.hub.book.get(request.symbol)
             order, fills = self.exchange.place(request, quote, now_ms())  # may raise
-            await self._commit(fills, [order])
+            try:
+                await self._commit(fills, [order], new_order_id=request.client_order_id)
+            except records.DuplicateOrderId:
+                self.exchange.restore(before)
+                raise BrokerRejected(
+                    "DUPLICATE_ORDER_ID", f"order id {request.client_order_id} was already used"
+                ) from None
         self.last_latency_s = time.perf_counter() - started
         return copy.deepcopy(order)
 

@@ -8,6 +8,7 @@ here and nowhere else.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -15,6 +16,7 @@ from pony import orm
 
 from titan_trio.domain.orders import Order, OrderStatus, OrderType, Side, TimeInForce
 from titan_trio.domain.positions import Position
+from titan_trio.errors import TitanError
 from titan_trio.state.schema import Entities
 from titan_trio.state.shadow import FillChanges, PositionRecord, TradeRecord
 
@@ -25,6 +27,11 @@ def _dec(value: str | None) -> Decimal | None:
 
 def _str(value: Decimal | None) -> str | None:
     return None if value is None else str(value)
+
+
+def run_all(e: Entities, writes: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
+    """Several operations in one transaction, in order (all or nothing)."""
+    return [fn(e, *args) for fn, args in writes]
 
 
 # ----- key-value ------------------------------------------------------------------------
@@ -48,19 +55,27 @@ def kv_set(e: Entities, key: str, value: Any, now_ms: int) -> None:
 # ----- the paper exchange's own records -----------------------------------------------
 
 
-def paper_order_exists(e: Entities, client_order_id: str) -> bool:
-    return e.PaperOrder.get(client_order_id=client_order_id) is not None
-
-
 def paper_order(e: Entities, client_order_id: str) -> dict[str, Any] | None:
     row = e.PaperOrder.get(client_order_id=client_order_id)
     return None if row is None else json.loads(row.body)
 
 
+class DuplicateOrderId(TitanError):
+    """The paper exchange already took an order with this client order id."""
+
+
 def save_paper_account(
-    e: Entities, key: str, snapshot: dict[str, Any], orders: list[dict[str, Any]], now_ms: int
+    e: Entities,
+    key: str,
+    snapshot: dict[str, Any],
+    orders: list[dict[str, Any]],
+    now_ms: int,
+    new_order_id: str | None = None,
 ) -> None:
-    """The paper account snapshot and the orders it touched, in one transaction."""
+    """The paper account snapshot and the orders it touched, in one transaction; refused
+    (nothing written) when ``new_order_id`` was used before, even before a restart."""
+    if new_order_id is not None and e.PaperOrder.get(client_order_id=new_order_id) is not None:
+        raise DuplicateOrderId(new_order_id)
     kv_set(e, key, snapshot, now_ms)
     for body in orders:
         text = json.dumps(body, separators=(",", ":"))

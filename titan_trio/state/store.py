@@ -62,8 +62,9 @@ class StoreStats:
 
 
 class Store:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
         self.path = os.path.abspath(path)
+        self.synchronous = synchronous
         self.stats = StoreStats()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -117,7 +118,7 @@ class Store:
 
     def _thread_main(self, on_open: Callable[[BaseException | None], None]) -> None:
         try:
-            self.entities = open_database(self.path)
+            self.entities = open_database(self.path, self.synchronous)
         except BaseException as exc:  # reported to the trio side, which raises it
             self._to_trio(on_open, exc)
             self._to_trio(self._closed.set)

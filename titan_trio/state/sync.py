@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from typing import Any
 
 import trio
 
 from titan_trio.brokers.base import BalanceEvent, BrokerEvent, FillEvent, OrderEvent
 from titan_trio.clock import now_ms
+from titan_trio.domain.orders import Order
 from titan_trio.state import records
-from titan_trio.state.shadow import ShadowState, TradeRecord
+from titan_trio.state.shadow import FillChanges, ShadowState, TradeRecord
 from titan_trio.state.store import Store
 
 log = logging.getLogger("titan.state")
@@ -24,6 +26,7 @@ log = logging.getLogger("titan.state")
 # Execution ids remembered in memory after a restart; older replays are caught by the
 # database's primary key.
 EXEC_ID_MEMORY_MS = 7 * 24 * 3600 * 1000
+MAX_BATCH = 256  # broker events applied and committed together
 
 
 async def restore_shadow(store: Store, initial_balance: Decimal) -> ShadowState:
@@ -57,58 +60,71 @@ class ShadowSync:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        async for event in self.events:
-            await self.apply(event)
+        while True:
+            batch = [await self.events.receive()]
+            while len(batch) < MAX_BATCH:  # whatever else is already waiting
+                try:
+                    batch.append(self.events.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            await self.apply(batch)
 
-    async def apply(self, event: BrokerEvent) -> None:
-        if isinstance(event, OrderEvent):
-            was_open = event.order.client_order_id in self.shadow.orders
-            merged = self.shadow.apply_order(event.order)
-            await self.store.call(records.save_order, merged)
-            if was_open and merged.status.is_terminal and self.on_order_finished is not None:
-                self.on_order_finished(merged.status.value, merged.filled_qty > 0)
-        elif isinstance(event, FillEvent):
-            changes = self.shadow.apply_fill(event.fill)
-            if changes is None:
-                log.info("fill %s already applied; ignored", event.fill.exec_id)
-                return
-            stored = await self.store.call(
-                records.save_fill_changes, changes, self.shadow.balance, now_ms()
-            )
-            if stored:
-                self.fills_applied += 1
-                f = event.fill
-                log.info(
-                    "fill %s: %s %s %s @ %s fee %s (order %s)",
-                    f.exec_id,
-                    f.side,
-                    f.qty,
-                    f.symbol,
-                    f.price,
-                    f.fee,
-                    f.client_order_id,
-                )
-                if changes.trade is not None:
-                    t = changes.trade
-                    if self.on_trade is not None:
-                        await self.on_trade(t)
-                    log.info(
-                        "trade closed: %s %s %s entry %s exit %s net P&L %s",
-                        t.symbol,
-                        t.side,
-                        t.qty,
-                        t.entry_price,
-                        t.exit_price,
-                        t.net_pnl,
-                    )
-        elif isinstance(event, BalanceEvent):
-            if event.balance != self.shadow.balance:
+    async def apply(self, events: list[BrokerEvent]) -> None:
+        """Apply events in order in memory, commit everything they changed in one
+        transaction, then tell the listeners (metrics, the circuit breaker)."""
+        writes: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        finished: list[Order] = []
+        fills: list[FillChanges] = []
+        for event in events:
+            if isinstance(event, OrderEvent):
+                was_open = event.order.client_order_id in self.shadow.orders
+                merged = self.shadow.apply_order(event.order)
+                writes.append((records.save_order, (merged,)))
+                if was_open and merged.status.is_terminal:
+                    finished.append(merged)
+            elif isinstance(event, FillEvent):
+                changes = self.shadow.apply_fill(event.fill)
+                if changes is None:
+                    log.info("fill %s already applied; ignored", event.fill.exec_id)
+                    continue
+                writes.append((records.save_fill_changes, (changes, self.shadow.balance, now_ms())))
+                fills.append(changes)
+            elif isinstance(event, BalanceEvent) and event.balance != self.shadow.balance:
                 log.warning(
                     "balance drift: shadow %s, broker %s; taking the broker's",
                     self.shadow.balance,
                     event.balance,
                 )
                 self.shadow.balance = event.balance
-                await self.store.call(
-                    records.kv_set, "shadow.balance", str(event.balance), now_ms()
+                writes.append((records.kv_set, ("shadow.balance", str(event.balance), now_ms())))
+        if writes:
+            await self.store.call(records.run_all, writes)
+        for order in finished:
+            if self.on_order_finished is not None:
+                self.on_order_finished(order.status.value, order.filled_qty > 0)
+        for changes in fills:
+            self.fills_applied += 1
+            f = changes.fill
+            log.info(
+                "fill %s: %s %s %s @ %s fee %s (order %s)",
+                f.exec_id,
+                f.side,
+                f.qty,
+                f.symbol,
+                f.price,
+                f.fee,
+                f.client_order_id,
+            )
+            t = changes.trade
+            if t is not None:
+                log.info(
+                    "trade closed: %s %s %s entry %s exit %s net P&L %s",
+                    t.symbol,
+                    t.side,
+                    t.qty,
+                    t.entry_price,
+                    t.exit_price,
+                    t.net_pnl,
                 )
+                if self.on_trade is not None:
+                    await self.on_trade(t)
