@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from titan_trio import __version__
-from titan_trio.config import default_config_path, load_config
+from titan_trio.config import Config, default_config_path, load_config
 from titan_trio.errors import ConfigError, StartupError, TitanError
 from titan_trio.ops_client import (
     cmd_breaker_reset,
@@ -49,15 +49,23 @@ def _fail(message: str, code: int = EXIT_FAIL) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import trio
-
-    from titan_trio.engine import run_service
     from titan_trio.logs import setup_logging
 
     cfg = load_config(args.config)
-    setup_logging(cfg.logging.level, cfg.logging.dir)
+    logs = setup_logging(cfg.logging.level, cfg.logging.dir)
+    try:
+        return _run(cfg, args.config)
+    finally:
+        logs.stop()
+
+
+def _run(cfg: Config, config_path: str) -> int:
+    import trio
+
+    from titan_trio.engine import run_service
+
     log = logging.getLogger("titan")
-    log.info("starting titan-execution %s with %s", __version__, args.config)
+    log.info("starting titan-execution %s with %s", __version__, config_path)
     try:
         trio.run(run_service, cfg)
     except BaseException as exc:  # report every leaf once; a traceback only for a bug

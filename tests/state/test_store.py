@@ -24,9 +24,9 @@ from titan_trio.state.store import Store
 
 
 @asynccontextmanager
-async def open_store(path: Path) -> AsyncIterator[Store]:
+async def open_store(path: Path, *, inline: bool = True) -> AsyncIterator[Store]:
     async with trio.open_nursery() as nursery:
-        store = await nursery.start(Store(str(path)).run)
+        store = await nursery.start(Store(str(path), inline=inline).run)
         yield store
         nursery.cancel_scope.cancel()
 
@@ -198,7 +198,7 @@ async def test_failing_job_rolls_back_alone(
         except Exception as exc:
             errors.append(exc)
 
-    async with open_store(tmp_path / "t.db") as store:
+    async with open_store(tmp_path / "t.db", inline=False) as store:
         async with trio.open_nursery() as nursery:
             # Hold the store thread so that every job below lands in one batch.
             nursery.start_soon(store.call, hold_the_store_thread)
@@ -390,3 +390,22 @@ def test_missing_migration_step_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no migration to schema version 2"):
         migrate(str(path), migrations={}, target=2)
     assert schema_version(path) == 1
+
+
+async def test_inline_commits_are_bounded_and_bursts_go_to_the_store_thread(
+    tmp_path: Path,
+) -> None:
+    """An idle store commits small jobs on the calling thread; a burst beyond the inline
+    budget is queued for the store thread and group-committed there."""
+    async with open_store(tmp_path / "t.db") as store:
+        await store.call(records.kv_set, "first", 1, 0)
+        assert store.stats.commits == 1  # inline: committed before call returned
+        async with trio.open_nursery() as nursery:
+            for i in range(300):
+                nursery.start_soon(store.call, records.kv_set, f"burst-{i}", i, 0)
+        stored = await store.call(all_kv)
+        assert len(stored) == 301
+        assert store.stats.commits < 150  # most of the burst shared commits
+        with pytest.raises(StoreError):
+            await store.call(write_then_raise, Boom("inline failure"))
+        assert "bad" not in await store.call(all_kv)

@@ -90,7 +90,12 @@ class PaperBroker:
                     await self._commit(fills, canceled)
 
     async def _commit(
-        self, fills: list[Fill], touched_orders: list[Order], new_order_id: str | None = None
+        self,
+        fills: list[Fill],
+        touched_orders: list[Order],
+        new_order_id: str | None = None,
+        *,
+        urgent: bool = False,
     ) -> None:
         """Save the account and the orders touched in one transaction, then report what
         changed (orders, fills, balance). Finished orders then leave memory: the
@@ -105,50 +110,58 @@ class PaperBroker:
             [order_to_json(o) for o in touched.values()],
             now_ms(),
             new_order_id,
+            urgent=urgent,
         )
+        events: list[BrokerEvent] = []
         for order in touched.values():
             if order.status.is_terminal:
                 self.exchange.orders.pop(order.client_order_id, None)
-            await self._send.send(OrderEvent(copy.deepcopy(order)))
-        for fill in fills:
-            await self._send.send(FillEvent(fill))
+            events.append(OrderEvent(_copy(order)))
+        events += [FillEvent(fill) for fill in fills]
         if fills:
-            await self._send.send(BalanceEvent(self.exchange.balance))
+            events.append(BalanceEvent(self.exchange.balance))
+        for event in events:
+            try:  # no checkpoint while there is room: the caller gets its answer sooner
+                self._send.send_nowait(event)
+            except trio.WouldBlock:
+                await self._send.send(event)
 
     async def submit(self, request: OrderRequest) -> Order:
         started = time.perf_counter()
         async with self._lock:
             # Optimistic: place in memory, and let the commit refuse an id used before
-            # (it checks the paper_orders table in the same transaction); then undo.
-            before = self.exchange.snapshot()
+            # (it checks the paper_orders table in the same transaction); then undo by
+            # reloading the account as last saved, which is the state before this order.
             quote = self.hub.book.get(request.symbol)
             order, fills = self.exchange.place(request, quote, now_ms())  # may raise
             try:
-                await self._commit(fills, [order], new_order_id=request.client_order_id)
+                await self._commit(
+                    fills, [order], new_order_id=request.client_order_id, urgent=True
+                )
             except records.DuplicateOrderId:
-                self.exchange.restore(before)
+                self.exchange.restore(await self.store.call(records.kv_get, ACCOUNT_KEY))
                 raise BrokerRejected(
                     "DUPLICATE_ORDER_ID", f"order id {request.client_order_id} was already used"
                 ) from None
         self.last_latency_s = time.perf_counter() - started
-        return copy.deepcopy(order)
+        return _copy(order)
 
     async def cancel(self, symbol: str, client_order_id: str) -> Order:
         async with self._lock:
             order = self.exchange.cancel(client_order_id, now_ms())
             await self._commit([], [order])
-        return copy.deepcopy(order)
+        return _copy(order)
 
     async def order_status(self, symbol: str, client_order_id: str) -> Order | None:
         """The exchange's view of one order, open or finished; None if it never saw it."""
         order = self.exchange.orders.get(client_order_id)
         if order is not None:
-            return copy.deepcopy(order)
+            return _copy(order)
         body = await self.store.call(records.paper_order, client_order_id)
         return None if body is None else order_from_json(body)
 
     async def open_orders(self) -> list[Order]:
-        return [copy.deepcopy(o) for o in self.exchange.open_orders()]
+        return [_copy(o) for o in self.exchange.open_orders()]
 
     async def positions(self) -> list[Position]:
         return [copy.deepcopy(p) for p in self.exchange.positions.values()]
@@ -166,6 +179,13 @@ class PaperBroker:
             else round(self.last_latency_s * 1000, 3),
             "rate_limit_headroom": None,
         }
+
+
+def _copy(order: Order) -> Order:
+    """A copy the caller may keep: the fields are immutable values but the history list."""
+    duplicate = copy.copy(order)
+    duplicate.history = list(order.history)
+    return duplicate
 
 
 __all__ = ["BrokerRejected", "PaperBroker"]

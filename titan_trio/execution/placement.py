@@ -42,9 +42,10 @@ class OrderPlacer:
                     None,
                     order.created_ms,
                     order,
+                    urgent=True,
                 )
             else:
-                await self.store.call(records.save_order, order)
+                await self.store.call(records.save_order, order, urgent=True)
         except BaseException:
             # Never sent and not on disk: it must not hold exposure.
             self.shadow.orders.pop(order.client_order_id, None)

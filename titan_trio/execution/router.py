@@ -257,6 +257,7 @@ class SignalRouter:
                 reason,
                 _encoder.encode(msg).decode(),
                 now_ms(),
+                urgent=True,
             )
             if not fresh:
                 intent.rejection = (

@@ -21,6 +21,20 @@ from titan_trio.state.schema import Entities
 from titan_trio.state.shadow import FillChanges, PositionRecord, TradeRecord
 
 
+def _upsert(e: Entities, table: str, key: str, values: dict[str, Any]) -> None:
+    """INSERT or UPDATE one row by its primary key, in one statement. Hot paths use this
+    instead of pony's entity cache: a write costs half as much (tests/bench)."""
+    columns = [key, *(c for c in values if c != key)]
+    params = {f"p{i}": values[c] for i, c in enumerate(columns)}
+    placeholders = ", ".join(f"${name}" for name in params)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+    e.db.execute(
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders}) "
+        f"ON CONFLICT({key}) DO UPDATE SET {updates}",
+        params,
+    )
+
+
 def _dec(value: str | None) -> Decimal | None:
     return None if value is None else Decimal(value)
 
@@ -44,12 +58,7 @@ def kv_get(e: Entities, key: str) -> Any:
 
 def kv_set(e: Entities, key: str, value: Any, now_ms: int) -> None:
     text = json.dumps(value, separators=(",", ":"))
-    row = e.KeyValue.get(key=key)
-    if row is None:
-        e.KeyValue(key=key, value=text, updated_ms=now_ms)
-    else:
-        row.value = text
-        row.updated_ms = now_ms
+    _upsert(e, "kv", "key", {"key": key, "value": text, "updated_ms": now_ms})
 
 
 # ----- the paper exchange's own records -----------------------------------------------
@@ -74,21 +83,24 @@ def save_paper_account(
 ) -> None:
     """The paper account snapshot and the orders it touched, in one transaction; refused
     (nothing written) when ``new_order_id`` was used before, even before a restart."""
-    if new_order_id is not None and e.PaperOrder.get(client_order_id=new_order_id) is not None:
+    if new_order_id is not None and e.db.exists(
+        "client_order_id FROM paper_orders WHERE client_order_id = $new_order_id",
+        {"new_order_id": new_order_id},
+    ):
         raise DuplicateOrderId(new_order_id)
     kv_set(e, key, snapshot, now_ms)
     for body in orders:
-        text = json.dumps(body, separators=(",", ":"))
-        row = e.PaperOrder.get(client_order_id=body["client_order_id"])
-        if row is None:
-            e.PaperOrder(
-                client_order_id=body["client_order_id"],
-                status=body["status"],
-                body=text,
-                updated_ms=now_ms,
-            )
-        else:
-            row.set(status=body["status"], body=text, updated_ms=now_ms)
+        _upsert(
+            e,
+            "paper_orders",
+            "client_order_id",
+            {
+                "client_order_id": body["client_order_id"],
+                "status": body["status"],
+                "body": json.dumps(body, separators=(",", ":")),
+                "updated_ms": now_ms,
+            },
+        )
 
 
 # ----- the signals journal: every signal id is accepted once, across restarts ----------
@@ -106,20 +118,22 @@ def journal_signal(
     now_ms: int,
 ) -> bool:
     """Record a new signal id; False (and nothing written) when it was seen before."""
-    if e.Signal.get(signal_id=signal_id) is not None:
-        return False
-    e.Signal(
-        signal_id=signal_id,
-        type=kind,
-        source=source,
-        symbol=symbol,
-        status=status,
-        reason=reason,
-        received_ms=now_ms,
-        updated_ms=now_ms,
-        payload=payload,
+    cursor = e.db.execute(
+        "INSERT OR IGNORE INTO signals (signal_id, type, source, symbol, status, reason, "
+        "received_ms, updated_ms, payload) VALUES ($signal_id, $kind, $source, $symbol, "
+        "$status, $reason, $now_ms, $now_ms, $payload)",
+        {
+            "signal_id": signal_id,
+            "kind": kind,
+            "source": source,
+            "symbol": symbol,
+            "status": status,
+            "reason": reason,
+            "now_ms": now_ms,
+            "payload": payload,
+        },
     )
-    return True
+    return cursor.rowcount == 1
 
 
 def signal_status(e: Entities, signal_id: str) -> tuple[str, str | None] | None:
@@ -136,11 +150,17 @@ def set_signal_status(
     order: Order | None = None,
 ) -> None:
     """Move a signal to ``status``, and save the order it placed in the same commit."""
-    row = e.Signal.get(signal_id=signal_id)
-    if row is not None:
-        row.set(status=status, reason=reason, updated_ms=now_ms)
-        if order is not None:
-            row.client_order_id = order.client_order_id
+    e.db.execute(
+        "UPDATE signals SET status = $status, reason = $reason, updated_ms = $now_ms, "
+        "client_order_id = coalesce($coid, client_order_id) WHERE signal_id = $signal_id",
+        {
+            "status": status,
+            "reason": reason,
+            "now_ms": now_ms,
+            "signal_id": signal_id,
+            "coid": None if order is None else order.client_order_id,
+        },
+    )
     if order is not None:
         save_order(e, order)
 
@@ -178,11 +198,12 @@ def save_order(e: Entities, o: Order) -> None:
         "trap_type": o.trap_type,
         "close_reason": o.close_reason,
     }
-    row = e.Order.get(client_order_id=o.client_order_id)
-    if row is None:
-        e.Order(client_order_id=o.client_order_id, **values)
-    else:
-        row.set(**values)
+    _upsert(
+        e,
+        "orders",
+        "client_order_id",
+        {"client_order_id": o.client_order_id, **values, "reduce_only": int(o.reduce_only)},
+    )
 
 
 def _order_from_row(r: Any) -> Order:
@@ -236,11 +257,7 @@ def _save_position(e: Entities, rec: PositionRecord) -> None:
         "exit_notional": str(rec.exit_notional),
         "closed_entry_notional": str(rec.closed_entry_notional),
     }
-    row = e.Position.get(symbol=p.symbol)
-    if row is None:
-        e.Position(symbol=p.symbol, **values)
-    else:
-        row.set(**values)
+    _upsert(e, "positions", "symbol", {"symbol": p.symbol, **values})
 
 
 def load_positions(e: Entities) -> list[PositionRecord]:
@@ -292,26 +309,29 @@ def save_fill_changes(e: Entities, changes: FillChanges, balance: Decimal, now_m
     """Persist one fill and everything it changed, atomically. False when the fill was
     already recorded (a replay after a restart), in which case nothing changes."""
     f = changes.fill
-    if e.Fill.get(exec_id=f.exec_id) is not None:
-        return False
-    e.Fill(
-        exec_id=f.exec_id,
-        client_order_id=f.client_order_id,
-        symbol=f.symbol,
-        side=f.side.value,
-        qty=str(f.qty),
-        price=str(f.price),
-        fee=str(f.fee),
-        is_maker=f.is_maker,
-        realized_pnl=str(f.realized_pnl),
-        ts_ms=f.ts_ms,
+    cursor = e.db.execute(
+        "INSERT OR IGNORE INTO fills (exec_id, client_order_id, symbol, side, qty, price, fee, "
+        "is_maker, realized_pnl, ts_ms) VALUES ($exec_id, $coid, $symbol, $side, $qty, $price, "
+        "$fee, $is_maker, $realized_pnl, $ts_ms)",
+        {
+            "exec_id": f.exec_id,
+            "coid": f.client_order_id,
+            "symbol": f.symbol,
+            "side": f.side.value,
+            "qty": str(f.qty),
+            "price": str(f.price),
+            "fee": str(f.fee),
+            "is_maker": int(f.is_maker),
+            "realized_pnl": str(f.realized_pnl),
+            "ts_ms": f.ts_ms,
+        },
     )
+    if cursor.rowcount != 1:
+        return False
     if changes.order is not None:
         save_order(e, changes.order)
     if changes.position is None:
-        row = e.Position.get(symbol=changes.symbol)
-        if row is not None:
-            row.delete()
+        e.db.execute("DELETE FROM positions WHERE symbol = $symbol", {"symbol": changes.symbol})
     else:
         _save_position(e, changes.position)
     if changes.trade is not None:

@@ -184,6 +184,8 @@ def _pragmas(synchronous: str) -> Callable[[Any, sqlite3.Connection], None]:
         # fsync per commit and survives power loss too, at about twice the latency.
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA busy_timeout=5000")
+        # Checkpoints run on the store thread only, never inside an inline commit.
+        cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.execute("PRAGMA foreign_keys=ON")
 
     return set_pragmas

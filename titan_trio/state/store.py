@@ -16,9 +16,11 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -45,9 +47,14 @@ class _Job:
     args: tuple[Any, ...]
     done: trio.Event = field(default_factory=trio.Event)
     result: outcome.Outcome | None = None
+    abandoned: bool = False  # the caller stopped waiting
 
 
 _STOP = object()
+_CHECKPOINT = object()
+INLINE_SHARE = 0.2  # of the trio thread's time, at most, for inline commits
+INLINE_BURST_S = 0.001
+CHECKPOINT_EVERY = 500  # commits between WAL checkpoints (run on the store thread)
 
 
 @dataclass
@@ -62,7 +69,7 @@ class StoreStats:
 
 
 class Store:
-    def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: str, synchronous: str = "NORMAL", *, inline: bool = True) -> None:
         self.path = os.path.abspath(path)
         self.synchronous = synchronous
         self.stats = StoreStats()
@@ -72,6 +79,11 @@ class Store:
         self.entities: Entities | None = None
         self._closed = trio.Event()
         self._closing = False
+        self._outstanding = 0  # jobs queued or running on the store thread
+        self._since_checkpoint = 0
+        self.inline = inline
+        self._inline_budget = INLINE_BURST_S
+        self._inline_refilled = time.perf_counter()
 
     # ----- lifecycle -------------------------------------------------------------------
 
@@ -99,6 +111,9 @@ class Store:
                 raise failure[0]
             yield self
         finally:
+            self._closing = True
+            if self.entities is not None:
+                self.entities.db.disconnect()  # this thread's connection (inline calls)
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self._stop()
 
@@ -148,7 +163,7 @@ class Store:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is not _STOP:
+                if item is not _STOP and item is not _CHECKPOINT:
                     self._deliver(item, outcome.Error(StoreError("the database is closing")))
 
     def _serve(self) -> None:
@@ -156,6 +171,9 @@ class Store:
             first = self._queue.get()
             if first is _STOP:
                 return
+            if first is _CHECKPOINT:
+                self._checkpoint()
+                continue
             batch = [first]
             stop = False
             while len(batch) < MAX_BATCH:
@@ -166,10 +184,21 @@ class Store:
                 if item is _STOP:
                     stop = True
                     break
+                if item is _CHECKPOINT:
+                    continue  # the batch commit below is as good a moment; next time
                 batch.append(item)
             self._run_batch(batch)
             if stop:
                 return
+
+    def _checkpoint(self) -> None:
+        """Move the WAL into the database without blocking writers (PASSIVE)."""
+        try:
+            # Its own connection: pony's may hold a read transaction, which pins the WAL.
+            with contextlib.closing(sqlite3.connect(self.path, timeout=1.0)) as conn:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:  # retried after the next CHECKPOINT_EVERY commits
+            log.warning("WAL checkpoint failed: %s", exc)
 
     def _run_batch(self, batch: list[_Job]) -> None:
         started = time.perf_counter()
@@ -188,37 +217,88 @@ class Store:
             self._deliver(batch[0], outcome.Error(_as_store_error(exc)))
             return
         elapsed = time.perf_counter() - started
-        self.stats.commits += 1
-        self.stats.jobs += len(batch)
-        self.stats.last_commit_monotonic = time.monotonic()
-        self.stats.last_batch_seconds = elapsed
-        self.stats.max_batch_seconds = max(self.stats.max_batch_seconds, elapsed)
+        self._to_trio(self._committed, elapsed, len(batch))
         for job, result in zip(batch, results, strict=True):
             self._deliver(job, outcome.Value(result))
 
     def _deliver(self, job: _Job, result: outcome.Outcome) -> None:
         def finish() -> None:
             job.result = result
+            if job.abandoned:
+                self._outstanding -= 1
             job.done.set()
 
         self._to_trio(finish)
 
     # ----- use -------------------------------------------------------------------------
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def call(self, fn: Callable[..., T], *args: Any, urgent: bool = False) -> T:
         """Run ``fn(entities, *args)`` in a committed transaction on the store thread; return its
         result or raise its error (as StoreError unless it is a TitanError).
 
         Cancelling the caller does not cancel the job: it still commits (or not) as a
         whole; the caller only stops waiting.
+
+        ``urgent``: a small transaction on a request's path (a signal's journal entry, an
+        order's commit before it is sent). When the store thread is idle it runs right
+        here, which saves two thread wake-ups (a few hundred microseconds on an idle
+        machine); background writers leave it False and are group-committed.
         """
         if self.entities is None or self._closing:
             raise StoreError("the database is not open")
+        if urgent and self._outstanding == 0 and self.inline and self._inline_allowed():
+            return self._run_inline(fn, args)
         job = _Job(fn, args)
+        self._outstanding += 1
         self._queue.put(job)
-        await job.done.wait()
+        try:
+            await job.done.wait()
+        finally:
+            if job.result is None:  # cancelled while waiting: count it when it lands
+                job.abandoned = True
+            else:
+                self._outstanding -= 1
         assert job.result is not None
         return job.result.unwrap()
+
+    def _inline_allowed(self) -> bool:
+        """A token bucket of trio-thread time: at most INLINE_SHARE of it goes to inline
+        commits, with bursts up to INLINE_BURST_S; a burst beyond that queues for the
+        store thread, where it is group-committed."""
+        now = time.perf_counter()
+        self._inline_budget = min(
+            INLINE_BURST_S, self._inline_budget + (now - self._inline_refilled) * INLINE_SHARE
+        )
+        self._inline_refilled = now
+        return self._inline_budget > 0
+
+    def _run_inline(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """The store thread is idle (nothing queued, nothing running, no transaction
+        open), so this small transaction runs here: no thread hop, no waking another core.
+        It cannot be long: the connection never checkpoints inline (the store thread
+        does) and with synchronous=NORMAL a commit does not fsync."""
+        started = time.perf_counter()
+        try:
+            with orm.db_session(strict=True):
+                result = fn(self.entities, *args)
+        except Exception as exc:
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            raise _as_store_error(exc) from exc
+        elapsed = time.perf_counter() - started
+        self._inline_budget -= elapsed
+        self._committed(elapsed, 1)
+        return result
+
+    def _committed(self, elapsed: float, jobs: int) -> None:
+        self.stats.commits += 1
+        self.stats.jobs += jobs
+        self.stats.last_commit_monotonic = time.monotonic()
+        self.stats.last_batch_seconds = elapsed
+        self.stats.max_batch_seconds = max(self.stats.max_batch_seconds, elapsed)
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= CHECKPOINT_EVERY and not self._closing:
+            self._since_checkpoint = 0
+            self._queue.put(_CHECKPOINT)
 
     @property
     def last_commit_age_s(self) -> float | None:
