@@ -133,6 +133,8 @@ class ExecutionConfig(_Section):
     chase_interval_ms: PositiveInt = 200
     chase_max_ms: PositiveInt = 1000
     chase_max_ticks: PositiveInt = 5
+    # Signals at least this fast (their velocity field) execute taker in any phase.
+    taker_velocity: Annotated[float, msgspec.Meta(ge=0)] | None = 1.0
     l2: L2Config = msgspec.field(default_factory=L2Config)
 
 

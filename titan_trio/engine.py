@@ -32,6 +32,7 @@ from titan_trio.clock import now_ms
 from titan_trio.config import Config
 from titan_trio.domain.instruments import Instrument
 from titan_trio.errors import StartupError
+from titan_trio.execution.executor import Executor
 from titan_trio.execution.flatten import Flattener
 from titan_trio.execution.placement import OrderPlacer
 from titan_trio.execution.router import SignalRouter
@@ -169,6 +170,8 @@ class Engine:
         await nursery.start(sync.run)
         self.equity_monitor.listeners.append(self.risk.check)
         await nursery.start(self.equity_monitor.run)
+        self.executor = Executor(cfg.execution, self.broker, placer, self.hub)
+        await nursery.start(self.executor.run)
         self.router = SignalRouter(
             cfg,
             self.instruments,
@@ -179,6 +182,7 @@ class Engine:
             self.metrics,
             self.equity_monitor.equity,
             self.risk,
+            self.executor,
         )
         await nursery.start(self.router.run)
         self.ipc = IpcListener(

@@ -149,7 +149,14 @@ class PaperBroker:
     async def cancel(self, symbol: str, client_order_id: str) -> Order:
         async with self._lock:
             order = self.exchange.cancel(client_order_id, now_ms())
-            await self._commit([], [order])
+            await self._commit([], [order], urgent=True)
+        return _copy(order)
+
+    async def amend(self, symbol: str, client_order_id: str, price: Decimal) -> Order:
+        async with self._lock:
+            quote = self.hub.book.get(symbol)
+            order, fills = self.exchange.amend(client_order_id, price, quote, now_ms())
+            await self._commit(fills, [order], urgent=True)
         return _copy(order)
 
     async def order_status(self, symbol: str, client_order_id: str) -> Order | None:

@@ -181,6 +181,38 @@ class PaperExchange:
         order.transition(OrderStatus.CANCELED, now_ms)
         return order
 
+    def amend(
+        self, client_order_id: str, price: Decimal, quote: Quote | None, now_ms: int
+    ) -> tuple[Order, list[Fill]]:
+        """Re-price a resting limit order (as Bybit's order/amend). A post-only order that
+        would cross is refused; any other order that now crosses fills at once as taker."""
+        order = self.orders.get(client_order_id)
+        if order is None:
+            raise BrokerRejected("ORDER_NOT_FOUND", f"no order {client_order_id}")
+        if not order.status.is_open:
+            raise BrokerRejected(
+                "ORDER_NOT_OPEN", f"order {client_order_id} is already {order.status}"
+            )
+        if order.order_type is not OrderType.LIMIT:
+            raise BrokerRejected("INVALID_PRICE", "only limit orders can be re-priced")
+        inst = self.instruments[order.symbol]
+        if price <= 0 or not inst.is_on_tick(price):
+            raise BrokerRejected(
+                "INVALID_PRICE", f"price {price} is not a positive multiple of {inst.tick_size}"
+            )
+        if quote is None:
+            raise BrokerRejected("NO_MARKET", f"no price for {order.symbol} yet")
+        crosses = self._crosses(order.side, price, quote)
+        if order.time_in_force is TimeInForce.POST_ONLY and crosses:
+            raise BrokerRejected(
+                "POST_ONLY_WOULD_CROSS",
+                f"post-only {order.side} at {price} would cross the book ({quote.bid}/{quote.ask})",
+            )
+        order.price = price
+        order.updated_ms = now_ms
+        fills = [self._fill_taker(order, quote, now_ms)] if crosses else []
+        return order, fills
+
     def on_quote(self, quote: Quote, now_ms: int) -> tuple[list[Fill], list[Order]]:
         """Fill resting orders that this quote crosses, at most the touch size. Returns
         the fills and the orders cancelled because, reduce-only, they can no longer

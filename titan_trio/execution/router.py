@@ -34,7 +34,8 @@ from titan_trio.config import Config
 from titan_trio.domain.instruments import Instrument
 from titan_trio.domain.orders import Order, OrderType, Side, TimeInForce
 from titan_trio.errors import BrokerRejected
-from titan_trio.execution.placement import OrderPlacer
+from titan_trio.execution.executor import Executor
+from titan_trio.execution.styles import EntryPlan, Style, choose_style, entry_price
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.metrics import Metrics
 from titan_trio.risk.breaker import TradingState
@@ -89,6 +90,7 @@ class SignalRouter:
         metrics: Metrics,
         equity: Callable[[], Decimal],
         risk: RiskController,
+        executor: Executor,
     ) -> None:
         self.cfg = cfg
         self.instruments = instruments
@@ -99,7 +101,8 @@ class SignalRouter:
         self.metrics = metrics
         self.equity = equity
         self.risk = risk
-        self.placer = OrderPlacer(broker, shadow, store, metrics)
+        self.executor = executor
+        self.placer = executor.placer
         self.limits = RiskLimits.from_config(cfg.risk)
         self.l2 = L2Limits.from_config(cfg.execution.l2)
         self.ttl_ms = cfg.execution.prepare_ttl_ms
@@ -357,16 +360,16 @@ class SignalRouter:
         assert size is not None
         # From here to shadow.track there is no await: check and reservation are atomic.
         try:
-            order = self._entry_order(intent, size, now)
+            order, plan = self._entry_order(intent, size, now)
         except EntryRejected as exc:
             await self.store.call(
                 records.set_signal_status, msg.signal_id, "REJECTED", exc.reason.value, now
             )
             return _rejected(msg, exc.reason, exc.message)
         self.shadow.track(order)
-        return await self._place(msg, order, started, prepare.signal_id)
+        return await self._place(msg, order, started, prepare.signal_id, plan)
 
-    def _entry_order(self, intent: PreparedIntent, size: Size, now: int) -> Order:
+    def _entry_order(self, intent: PreparedIntent, size: Size, now: int) -> tuple[Order, EntryPlan]:
         prepare = intent.message
         self._check_trading_state()
         check_positions(
@@ -379,36 +382,47 @@ class SignalRouter:
         quote = self.hub.book.get(prepare.symbol)
         check_book(quote, now, intent.side, size.qty, self.l2)
         assert quote is not None
-        touch = quote.ask if intent.side is Side.BUY else quote.bid
         zone_min = Decimal(repr(prepare.entry_zone.min))
         zone_max = Decimal(repr(prepare.entry_zone.max))
-        if not zone_min <= touch <= zone_max:
+        equity = self.equity()
+        rules = phase_rules(equity, self.limits)
+        style = choose_style(rules.execution, prepare.velocity, self.cfg.execution.taker_velocity)
+        price = entry_price(style, intent.side, quote, zone_min, zone_max)
+        if price is None:
             raise EntryRejected(
                 Reason.SLIPPAGE_TOO_HIGH,
-                f"price {touch} has left the entry zone {zone_min}-{zone_max}",
+                f"the book ({quote.bid}/{quote.ask}) has left the entry zone {zone_min}-{zone_max}",
             )
-        equity = self.equity()
         room = equity * self.limits.max_total_leverage - self.exposure().notional
-        if size.qty * touch > room:
+        if size.qty * price > room:
             raise EntryRejected(
                 Reason.LEVERAGE_CAP,
-                f"notional {size.qty * touch:.2f} exceeds the room left under "
+                f"notional {size.qty * price:.2f} exceeds the room left under "
                 f"{self.limits.max_total_leverage}x total leverage ({room:.2f})",
             )
-        rules = phase_rules(equity, self.limits)
         leverage = min(
             Decimal(repr(prepare.leverage)),
             rules.max_leverage,
             self.instruments[prepare.symbol].max_leverage,
         )
-        return Order(
+        instrument = self.instruments[prepare.symbol]
+        plan = EntryPlan(
+            style,
+            intent.side,
+            zone_min,
+            zone_max,
+            instrument.tick_size,
+            price,
+            self.cfg.execution.chase_max_ticks,
+        )
+        order = Order(
             client_order_id=client_order_id("e", prepare.signal_id),
             symbol=prepare.symbol,
             side=intent.side,
             order_type=OrderType.LIMIT,
             qty=size.qty,
-            price=touch,
-            time_in_force=TimeInForce.IOC,
+            price=price,
+            time_in_force=TimeInForce.POST_ONLY if style is Style.MAKER else TimeInForce.GTC,
             leverage=leverage,
             signal_id=prepare.signal_id,
             created_ms=now,
@@ -417,14 +431,23 @@ class SignalRouter:
             take_profits=tuple(Decimal(repr(tp)) for tp in prepare.take_profits),
             trap_type=prepare.trap_type,
         )
+        return order, plan
 
     async def _place(
-        self, msg: Confirm | Close, order: Order, started: float, signal_id: str
+        self,
+        msg: Confirm | Close,
+        order: Order,
+        started: float,
+        signal_id: str,
+        plan: EntryPlan | None = None,
     ) -> Reply:
         """Journal the order with its signal, send it, answer with the broker's view."""
         status_word = "CONFIRMED" if isinstance(msg, Confirm) else "CLOSED"
         try:
-            ack = await self.placer.place(order, signal_status=status_word)
+            if plan is not None:
+                ack = await self.executor.place_entry(order, plan, signal_status=status_word)
+            else:
+                ack = await self.placer.place(order, signal_status=status_word)
         except BrokerRejected:
             return _rejected(msg, Reason.BROKER_REJECTED, order.reject_reason or "rejected")
         self.metrics.order_latency.observe(time.perf_counter() - started)
@@ -438,6 +461,7 @@ class SignalRouter:
             filled_qty=str(ack.filled_qty),
             avg_price=None if ack.avg_fill_price is None else str(ack.avg_fill_price),
             size=str(ack.qty),
+            execution=None if plan is None else plan.style.value,
         )
 
     # ----- ABORT -----------------------------------------------------------------------

@@ -1,0 +1,122 @@
+"""The executor: places an entry in its style and looks after it until it is done.
+
+``place_entry`` answers as soon as the exchange acknowledged the first order (that is
+what CONFIRM replies with); if the order rests, a task in the executor's nursery follows
+it: a maker order is cancelled after ``makerTimeoutMs``, a taker order is re-priced every
+``chaseIntervalMs`` (amended in place, same order id) until ``chaseMaxMs``, then what is
+left is cancelled. Partial fills are kept. Shutdown cancels the followers; the resting
+orders they leave are for reconciliation at the next start, like any order in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+import trio
+
+from titan_trio.brokers.base import Broker
+from titan_trio.config import ExecutionConfig
+from titan_trio.domain.orders import Order
+from titan_trio.errors import BrokerRejected
+from titan_trio.execution.placement import OrderPlacer
+from titan_trio.execution.styles import EntryPlan, Style
+from titan_trio.feeds.hub import MarketHub
+
+log = logging.getLogger("titan.executor")
+
+
+class Executor:
+    def __init__(
+        self, cfg: ExecutionConfig, broker: Broker, placer: OrderPlacer, hub: MarketHub
+    ) -> None:
+        self.cfg = cfg
+        self.broker = broker
+        self.placer = placer
+        self.hub = hub
+        self._nursery: trio.Nursery | None = None
+        self.following: dict[str, EntryPlan] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def place_entry(
+        self, order: Order, plan: EntryPlan, *, signal_status: str | None = None
+    ) -> Order:
+        """Send the entry; returns the exchange's acknowledgement (BrokerRejected when
+        refused). A resting order is followed in the background."""
+        ack = await self.placer.place(order, signal_status=signal_status)
+        if ack.status.is_open and self._nursery is not None:
+            self.following[order.client_order_id] = plan
+            self._nursery.start_soon(self._follow, order, plan)
+        return ack
+
+    async def _follow(self, order: Order, plan: EntryPlan) -> None:
+        try:
+            if plan.style is Style.MAKER:
+                await self._wait_done(order, self.cfg.maker_timeout_ms / 1000)
+            else:
+                await self._chase(order, plan)
+            if order.status.is_open:
+                await self._cancel_rest(order, plan)
+        finally:
+            self.following.pop(order.client_order_id, None)
+
+    async def _wait_done(self, order: Order, timeout_s: float) -> None:
+        """Until the order is finished (the shadow state updates it) or the time is up."""
+        step = self.cfg.chase_interval_ms / 1000
+        with trio.move_on_after(timeout_s):
+            while order.status.is_open:  # noqa: ASYNC110 - updated by the shadow sync
+                await trio.sleep(step)
+
+    async def _chase(self, order: Order, plan: EntryPlan) -> None:
+        step = self.cfg.chase_interval_ms / 1000
+        with trio.move_on_after(self.cfg.chase_max_ms / 1000):
+            while True:
+                await trio.sleep(step)
+                if not order.status.is_open:
+                    return
+                quote = self.hub.book.get(order.symbol)
+                if quote is None:
+                    continue
+                price = plan.chase_price(quote)
+                if price == order.price:
+                    continue
+                try:
+                    ack = await self.broker.amend(order.symbol, order.client_order_id, price)
+                except BrokerRejected as exc:
+                    if exc.reason in ("ORDER_NOT_OPEN", "ORDER_NOT_FOUND"):
+                        return  # it finished meanwhile
+                    log.warning("chase of %s stopped: %s", order.client_order_id, exc)
+                    return
+                order.price = price
+                log.info(
+                    "chased %s to %s (%s, filled %s)",
+                    order.client_order_id,
+                    price,
+                    ack.status,
+                    ack.filled_qty,
+                )
+                if not ack.status.is_open:
+                    return
+
+    async def _cancel_rest(self, order: Order, plan: EntryPlan) -> None:
+        try:
+            ack = await self.broker.cancel(order.symbol, order.client_order_id)
+        except BrokerRejected as exc:
+            if exc.reason not in ("ORDER_NOT_OPEN", "ORDER_NOT_FOUND"):
+                log.warning("cancel of %s failed: %s", order.client_order_id, exc)
+            return
+        filled = ack.filled_qty
+        log.info(
+            "%s entry %s: %s of %s filled, rest cancelled",
+            plan.style.value,
+            order.client_order_id,
+            filled,
+            ack.qty,
+        )
+        if filled == Decimal(0):
+            log.info("%s entry %s: nothing filled", plan.style.value, order.client_order_id)
