@@ -35,6 +35,7 @@ from titan_trio.errors import StartupError
 from titan_trio.execution.executor import Executor
 from titan_trio.execution.flatten import Flattener
 from titan_trio.execution.placement import OrderPlacer
+from titan_trio.execution.protection import Protector
 from titan_trio.execution.router import SignalRouter
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.feeds.simulated import SimulatedFeed
@@ -166,7 +167,11 @@ class Engine:
         self.risk.flattener = Flattener(self.broker, self.shadow, placer)
         await nursery.start(self.risk.run)
         sync.on_trade = self.risk.on_trade
-        sync.on_order_finished = self.metrics.order_finished
+        sync.order_finished_listeners.append(self.metrics.order_finished)
+        protector = Protector(self.broker, placer, self.instruments)
+        await nursery.start(protector.run)
+        sync.fill_listeners.append(protector.notice_fill)
+        sync.order_finished_listeners.append(protector.notice_order_finished)
         await nursery.start(sync.run)
         self.equity_monitor.listeners.append(self.risk.check)
         await nursery.start(self.equity_monitor.run)

@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 from ipc.protocol import Reply
 
 if TYPE_CHECKING:
+    from titan_trio.domain.orders import Order
     from titan_trio.engine import Engine
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -180,10 +181,10 @@ class Metrics:
             registry=self.registry,
         )
 
-    def order_finished(self, status: str, filled: bool) -> None:
+    def order_finished(self, order: Order) -> None:
         """An order reached a final status: count it, and feed the fill-rate window."""
-        self.orders.labels(status=status).inc()
-        self.recent_orders.append(filled)
+        self.orders.labels(status=order.status.value).inc()
+        self.recent_orders.append(order.filled_qty > 0)
 
     def fill_rate_pct(self) -> float:
         """Percent of the last FILL_RATE_WINDOW finished orders that filled at least in

@@ -399,21 +399,21 @@ def test_reduce_only_larger_than_position_is_clipped() -> None:
     assert ex.balance == D("10004.60224835")
 
 
-def test_resting_reduce_only_is_clipped_and_canceled_when_nothing_is_left() -> None:
+def test_resting_reduce_only_is_clipped_and_canceled_when_the_position_closes() -> None:
     ex = make_exchange()
     ex.place(req("open", BUY, "0.010"), BOOK, now_ms=1)
     ro, fills = ex.place(req("ro", SELL, "1.000", "31000.0", reduce_only=True), BOOK, now_ms=2)
     assert fills == []
     assert ro.qty == D("0.010")
     assert ro.status is S.ACCEPTED
-    # the position is closed by another order
+    # the position is closed by another order: the exchange cancels the reduce-only one
     ex.place(req("close", SELL, "0.010"), BOOK, now_ms=3)
     assert ex.positions == {}
+    assert ro.status is S.CANCELED
+    assert ex.auto_canceled == [ro]
     balance = ex.balance
     fills, canceled = ex.on_quote(quote("31000.0", "31000.1"), 4)
-    assert fills == []
-    assert canceled == [ro]
-    assert ro.status is S.CANCELED
+    assert fills == [] and canceled == []
     assert ex.balance == balance
     assert ex.positions == {}
 
@@ -666,6 +666,7 @@ def test_snapshot_of_a_fresh_account() -> None:
         "order_seq": 0,
         "positions": [],
         "orders": [],
+        "stop_losses": {},
     }
     other = make_exchange()
     other.balance = D(1)

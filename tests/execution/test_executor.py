@@ -171,3 +171,12 @@ async def test_taker_chase_fills_when_it_catches_the_market(
         assert order.status is OrderStatus.FILLED
         assert order.avg_fill_price == D("95000.2")
         assert r.shadow.positions["BTCUSDT"].position.size == D("0.100")
+
+
+def test_take_profit_split() -> None:
+    from titan_trio.execution.protection import split_targets
+
+    assert split_targets(D("0.100"), 2, BTC) == [D("0.050"), D("0.050")]
+    assert split_targets(D("0.100"), 3, BTC) == [D("0.033"), D("0.033"), D("0.034")]
+    assert split_targets(D("0.001"), 3, BTC) == [D("0.001")]  # too small to split
+    assert split_targets(D("0.100"), 0, BTC) == []

@@ -86,6 +86,18 @@ class PaperBroker:
                     new_fills, new_canceled = self.exchange.on_quote(quote, now_ms())
                     fills += new_fills
                     canceled += new_canceled
+                for symbol in sorted(self.exchange.stop_losses):
+                    quote = self.hub.book.get(symbol)
+                    if quote is None:
+                        continue
+                    stopped = self.exchange.check_stops(quote, now_ms())
+                    if stopped is not None:
+                        order, fill = stopped
+                        log.warning(
+                            "stop loss hit: %s %s closed at %s", symbol, fill.qty, fill.price
+                        )
+                        canceled.append(order)
+                        fills.append(fill)
                 if fills or canceled:
                     await self._commit(fills, canceled)
 
@@ -103,6 +115,9 @@ class PaperBroker:
         touched = {o.client_order_id: o for o in touched_orders}
         for f in fills:
             touched[f.client_order_id] = self.exchange.orders[f.client_order_id]
+        for auto in self.exchange.auto_canceled:
+            touched[auto.client_order_id] = auto
+        self.exchange.auto_canceled = []
         await self.store.call(
             records.save_paper_account,
             ACCOUNT_KEY,
@@ -158,6 +173,14 @@ class PaperBroker:
             order, fills = self.exchange.amend(client_order_id, price, quote, now_ms())
             await self._commit(fills, [order], urgent=True)
         return _copy(order)
+
+    async def set_stop_loss(self, symbol: str, stop_loss: Decimal | None) -> None:
+        async with self._lock:
+            self.exchange.set_stop_loss(symbol, stop_loss, self.hub.book.get(symbol))
+            await self._commit([], [], urgent=True)
+
+    async def stop_loss(self, symbol: str) -> Decimal | None:
+        return self.exchange.stop_losses.get(symbol)
 
     async def order_status(self, symbol: str, client_order_id: str) -> Order | None:
         """The exchange's view of one order, open or finished; None if it never saw it."""

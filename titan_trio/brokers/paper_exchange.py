@@ -57,6 +57,12 @@ class PaperExchange:
         self.positions: dict[str, Position] = {}
         self.exec_seq = 0
         self.order_seq = 0
+        # Position-level stop losses (Bybit's trading-stop): triggered on the mid price,
+        # they close the whole position at market. Cleared when the position is flat.
+        self.stop_losses: dict[str, Decimal] = {}
+        # Orders the exchange cancelled on its own (reduce-only orders left with nothing
+        # to reduce when a position went flat), for the adapter to report.
+        self.auto_canceled: list[Order] = []
 
     # ----- account -------------------------------------------------------------------
 
@@ -284,6 +290,7 @@ class PaperExchange:
         self.balance += effect.realized_pnl - fee
         if pos.is_flat:
             del self.positions[order.symbol]
+            self._position_closed(order.symbol, order, now_ms)
         self.exec_seq += 1
         return Fill(
             exec_id=f"paper-exec-{self.exec_seq}",
@@ -297,6 +304,66 @@ class PaperExchange:
             ts_ms=now_ms,
             realized_pnl=effect.realized_pnl,
         )
+
+    def _position_closed(self, symbol: str, closing: Order, now_ms: int) -> None:
+        """A flat position keeps no stop and no reduce-only orders (as on Bybit)."""
+        self.stop_losses.pop(symbol, None)
+        for other in self.open_orders():
+            if other.symbol == symbol and other.reduce_only and other is not closing:
+                other.transition(OrderStatus.CANCELED, now_ms)
+                self.auto_canceled.append(other)
+
+    def set_stop_loss(self, symbol: str, stop_loss: Decimal | None, quote: Quote | None) -> None:
+        """Set (or clear, with None) the position's stop loss."""
+        pos = self.positions.get(symbol)
+        if pos is None or pos.is_flat:
+            raise BrokerRejected("NO_POSITION", f"no {symbol} position to protect")
+        if stop_loss is None:
+            self.stop_losses.pop(symbol, None)
+            return
+        inst = self.instruments[symbol]
+        if stop_loss <= 0 or not inst.is_on_tick(stop_loss):
+            raise BrokerRejected(
+                "INVALID_PRICE", f"stop {stop_loss} is not a positive multiple of {inst.tick_size}"
+            )
+        if quote is not None:
+            wrong = stop_loss >= quote.mid if pos.size > 0 else stop_loss <= quote.mid
+            if wrong:
+                raise BrokerRejected(
+                    "INVALID_PRICE",
+                    f"stop {stop_loss} is on the wrong side of the market ({quote.mid})",
+                )
+        self.stop_losses[symbol] = stop_loss
+
+    def check_stops(self, quote: Quote, now_ms: int) -> tuple[Order, Fill] | None:
+        """Close the position at market if its stop loss is touched by the mid price."""
+        stop = self.stop_losses.get(quote.symbol)
+        pos = self.positions.get(quote.symbol)
+        if stop is None or pos is None or pos.is_flat:
+            return None
+        side = pos.side
+        assert side is not None
+        if (quote.mid > stop) if side is Side.BUY else (quote.mid < stop):
+            return None
+        self.order_seq += 1
+        order = Order(
+            client_order_id=f"paper-sl-{self.order_seq}",
+            symbol=quote.symbol,
+            side=side.opposite,
+            order_type=OrderType.MARKET,
+            qty=pos.abs_size,
+            time_in_force=TimeInForce.IOC,
+            reduce_only=True,
+            leverage=pos.leverage,
+            exchange_order_id=f"paper-{self.order_seq}",
+            created_ms=now_ms,
+            updated_ms=now_ms,
+            close_reason=f"stop loss {stop}",
+        )
+        order.transition(OrderStatus.SUBMITTED, now_ms)
+        order.transition(OrderStatus.ACCEPTED, now_ms)
+        self.orders[order.client_order_id] = order
+        return order, self._fill_taker(order, quote, now_ms)
 
     # ----- persistence ---------------------------------------------------------------
 
@@ -320,6 +387,7 @@ class PaperExchange:
                 for p in self.positions.values()
             ],
             "orders": [order_to_json(o) for o in self.open_orders()],
+            "stop_losses": {k: str(v) for k, v in self.stop_losses.items()},
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -339,6 +407,7 @@ class PaperExchange:
             for p in snap["positions"]
         }
         self.orders = {o["client_order_id"]: order_from_json(o) for o in snap["orders"]}
+        self.stop_losses = {k: Decimal(v) for k, v in snap.get("stop_losses", {}).items()}
 
 
 def order_to_json(o: Order) -> dict[str, Any]:
@@ -359,6 +428,7 @@ def order_to_json(o: Order) -> dict[str, Any]:
         "avg_fill_price": None if o.avg_fill_price is None else str(o.avg_fill_price),
         "created_ms": o.created_ms,
         "updated_ms": o.updated_ms,
+        "close_reason": o.close_reason,
     }
 
 
@@ -380,4 +450,5 @@ def order_from_json(d: dict[str, Any]) -> Order:
         avg_fill_price=None if d["avg_fill_price"] is None else Decimal(d["avg_fill_price"]),
         created_ms=int(d["created_ms"]),
         updated_ms=int(d["updated_ms"]),
+        close_reason=d.get("close_reason"),
     )

@@ -69,7 +69,7 @@ class OrderPlacer:
             order.reject_reason = f"{exc.reason}: {exc.message}"
             order.transition(OrderStatus.REJECTED, now_ms())
             self.shadow.apply_order(order)
-            self.metrics.order_finished("REJECTED", False)
+            self.metrics.order_finished(order)
             if order.signal_id is not None and signal_status is not None:
                 await self.store.call(
                     records.set_signal_status,

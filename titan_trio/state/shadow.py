@@ -130,7 +130,10 @@ class ShadowState:
         coid = order.client_order_id
         ours = self.orders.get(coid) or self.unsettled.get(coid)
         if ours is None:
-            ours = order  # adopted: an order we did not send, or sent before a restart
+            # Adopted: an order the exchange made (a triggered stop) or one sent before a
+            # restart; its fills follow, so follow it like our own.
+            ours = order
+            self.applied_qty.setdefault(coid, ZERO)
         else:
             ours.update_from(order)
         if ours.status.is_open:

@@ -55,8 +55,10 @@ class ShadowSync:
         self.fills_applied = 0
         # Told of every closed trade (the circuit breaker's losing streak).
         self.on_trade: Callable[[TradeRecord], Awaitable[None]] | None = None
-        # Told of every tracked order that reaches a final status (metrics).
-        self.on_order_finished: Callable[[str, bool], None] | None = None
+        # Told of every tracked order that reaches a final status (metrics, protection),
+        # and of every fill applied (protection), after the commit.
+        self.order_finished_listeners: list[Callable[[Order], None]] = []
+        self.fill_listeners: list[Callable[[FillChanges], None]] = []
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -99,9 +101,12 @@ class ShadowSync:
                 writes.append((records.kv_set, ("shadow.balance", str(event.balance), now_ms())))
         if writes:
             await self.store.call(records.run_all, writes)
+        for changes in fills:
+            for fill_listener in self.fill_listeners:
+                fill_listener(changes)
         for order in finished:
-            if self.on_order_finished is not None:
-                self.on_order_finished(order.status.value, order.filled_qty > 0)
+            for listener in self.order_finished_listeners:
+                listener(order)
         for changes in fills:
             self.fills_applied += 1
             f = changes.fill

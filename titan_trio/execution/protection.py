@@ -1,0 +1,124 @@
+"""Protection: every position carries the stop loss and take profits its signal asked for.
+
+- The stop loss is set on the position at the exchange (Bybit's trading-stop; the paper
+  exchange models it) as soon as the entry's first fill makes the position exist, so a
+  crash of this service never leaves a position without its stop.
+- The take profits are reduce-only limit orders, placed when the entry order is finished,
+  splitting the filled quantity evenly (rounded down to the step; the last one takes the
+  remainder). Their ids derive from the entry's id, so they can never be placed twice.
+- When the position closes (stop, targets, CLOSE or flatten) the exchange drops the stop
+  and cancels the reduce-only orders left: nothing stays behind.
+With pyramiding, the latest entry's stop replaces the position's stop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from decimal import Decimal
+
+import trio
+
+from titan_trio.brokers.base import Broker
+from titan_trio.clock import now_ms
+from titan_trio.domain.instruments import Instrument
+from titan_trio.domain.orders import Order, OrderType, TimeInForce
+from titan_trio.errors import BrokerRejected
+from titan_trio.execution.placement import OrderPlacer
+from titan_trio.state.shadow import FillChanges
+
+log = logging.getLogger("titan.protection")
+
+
+def split_targets(qty: Decimal, targets: int, instrument: Instrument) -> list[Decimal]:
+    """``qty`` over ``targets`` orders: equal parts on the step, the remainder on the last;
+    parts below the minimum are folded into the last."""
+    if targets <= 0 or qty <= 0:
+        return []
+    part = instrument.floor_qty(qty / targets)
+    if part < instrument.min_qty:
+        return [qty]
+    parts = [part] * (targets - 1)
+    parts.append(qty - part * (targets - 1))
+    return parts
+
+
+class Protector:
+    def __init__(
+        self, broker: Broker, placer: OrderPlacer, instruments: dict[str, Instrument]
+    ) -> None:
+        self.broker = broker
+        self.placer = placer
+        self.instruments = instruments
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # Called by the shadow sync after each commit; the work runs in our own nursery so the
+    # sync (which the broker's events feed) never waits on the broker.
+
+    def notice_fill(self, changes: FillChanges) -> None:
+        order = changes.order
+        if (
+            order is None
+            or order.reduce_only
+            or order.stop_loss is None
+            or changes.position is None
+            or self._nursery is None
+        ):
+            return
+        self._nursery.start_soon(self._set_stop, order.symbol, order.stop_loss)
+
+    def notice_order_finished(self, order: Order) -> None:
+        if (
+            order.reduce_only
+            or not order.take_profits
+            or order.filled_qty <= 0
+            or self._nursery is None
+        ):
+            return
+        self._nursery.start_soon(self._place_targets, order)
+
+    async def _set_stop(self, symbol: str, stop: Decimal) -> None:
+        if await self.broker.stop_loss(symbol) == stop:
+            return
+        try:
+            await self.broker.set_stop_loss(symbol, stop)
+            log.info("stop loss %s set on %s", stop, symbol)
+        except BrokerRejected as exc:
+            log.error("position %s is NOT protected: stop loss %s refused: %s", symbol, stop, exc)
+
+    async def _place_targets(self, entry: Order) -> None:
+        instrument = self.instruments[entry.symbol]
+        parts = split_targets(entry.filled_qty, len(entry.take_profits), instrument)
+        targets = list(entry.take_profits)[: len(parts)]
+        if len(parts) < len(entry.take_profits):
+            targets = [entry.take_profits[-1]]  # too small to split: all at the last target
+        for n, (price, qty) in enumerate(zip(targets, parts, strict=True), start=1):
+            digest = hashlib.sha256(f"{entry.client_order_id}|tp|{n}".encode()).hexdigest()
+            now = now_ms()
+            order = Order(
+                client_order_id=f"ttt{digest[:32]}",
+                symbol=entry.symbol,
+                side=entry.side.opposite,
+                order_type=OrderType.LIMIT,
+                qty=qty,
+                price=instrument.floor_price(price)
+                if entry.side.sign > 0
+                else instrument.ceil_price(price),
+                time_in_force=TimeInForce.GTC,
+                reduce_only=True,
+                leverage=entry.leverage,
+                signal_id=entry.signal_id,
+                created_ms=now,
+                updated_ms=now,
+                close_reason=f"take profit {n}",
+            )
+            try:
+                await self.placer.place(order)
+            except BrokerRejected as exc:
+                log.error("take profit %d of %s refused: %s", n, entry.symbol, exc)
