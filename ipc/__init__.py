@@ -1,5 +1,7 @@
 """The IPC wire protocol between strategy processes and the service (SPEC §5).
 
-Shared by the service (listener) and by strategy processes (client library). This
-package is filled in by the IPC issue; the service reports IPC as disabled until then.
+``protocol`` (messages, replies, reason codes, signing), ``framing`` (NDJSON lines with a
+size limit), ``listener`` (the service's Unix-socket server) and ``client`` (the library
+strategy processes import, blocking or trio). PROTOCOL.md documents the wire format.
+Nothing here imports the service.
 """

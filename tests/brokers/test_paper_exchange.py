@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from titan_trio.brokers.paper_exchange import PaperExchange
+from titan_trio.brokers.paper_exchange import PaperExchange, order_to_json
 from titan_trio.domain.instruments import Instrument
 from titan_trio.domain.orders import (
     Fill,
@@ -614,8 +614,10 @@ def test_snapshot_restore_round_trip() -> None:
     assert ex.balance == D("9998.050824")  # 10000 - 1.650176 - 0.299
 
     snap = json.loads(json.dumps(ex.snapshot()))  # must be JSON-able
+    # the resting orders are saved one by one beside the snapshot (paper_orders)
+    resting = json.loads(json.dumps([order_to_json(o) for o in ex.open_orders()]))
     fresh = make_exchange()
-    fresh.restore(snap)
+    fresh.restore(snap, resting)
 
     assert fresh.balance == ex.balance == D("9998.050824")
     assert fresh.positions == ex.positions
@@ -665,12 +667,11 @@ def test_snapshot_of_a_fresh_account() -> None:
         "exec_seq": 0,
         "order_seq": 0,
         "positions": [],
-        "orders": [],
         "stop_losses": {},
     }
     other = make_exchange()
     other.balance = D(1)
-    other.restore(snap)
+    other.restore(snap, [])
     assert other.balance == INITIAL
 
 

@@ -60,7 +60,7 @@ class PaperBroker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         snap = await self.store.call(records.kv_get, ACCOUNT_KEY)
         if snap is not None:
-            self.exchange.restore(snap)
+            await self._reload(snap)
             self.resumed = True
             log.info(
                 "paper account resumed: balance %s, %d positions, %d open orders",
@@ -100,6 +100,10 @@ class PaperBroker:
                         fills.append(fill)
                 if fills or canceled:
                     await self._commit(fills, canceled)
+
+    async def _reload(self, snap: dict[str, Any]) -> None:
+        """The account as last saved: the snapshot and the resting orders."""
+        self.exchange.restore(snap, await self.store.call(records.paper_open_orders))
 
     async def _commit(
         self,
@@ -154,7 +158,7 @@ class PaperBroker:
                     fills, [order], new_order_id=request.client_order_id, urgent=True
                 )
             except records.DuplicateOrderId:
-                self.exchange.restore(await self.store.call(records.kv_get, ACCOUNT_KEY))
+                await self._reload(await self.store.call(records.kv_get, ACCOUNT_KEY))
                 raise BrokerRejected(
                     "DUPLICATE_ORDER_ID", f"order id {request.client_order_id} was already used"
                 ) from None

@@ -368,8 +368,9 @@ class PaperExchange:
     # ----- persistence ---------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """A JSON-able snapshot of the account: balance, positions, open orders, sequences.
-        Terminal orders are not kept (the shadow state records history)."""
+        """A JSON-able snapshot of the account: balance, positions, stops, sequences.
+        Orders are not in it: each is saved on its own (the adapter's paper_orders table),
+        so a save costs the same with one resting order or ten thousand."""
         return {
             "balance": str(self.balance),
             "exec_seq": self.exec_seq,
@@ -386,11 +387,10 @@ class PaperExchange:
                 }
                 for p in self.positions.values()
             ],
-            "orders": [order_to_json(o) for o in self.open_orders()],
             "stop_losses": {k: str(v) for k, v in self.stop_losses.items()},
         }
 
-    def restore(self, snap: dict[str, Any]) -> None:
+    def restore(self, snap: dict[str, Any], open_orders: list[dict[str, Any]]) -> None:
         self.balance = Decimal(snap["balance"])
         self.exec_seq = int(snap["exec_seq"])
         self.order_seq = int(snap["order_seq"])
@@ -406,7 +406,7 @@ class PaperExchange:
             )
             for p in snap["positions"]
         }
-        self.orders = {o["client_order_id"]: order_from_json(o) for o in snap["orders"]}
+        self.orders = {o["client_order_id"]: order_from_json(o) for o in open_orders}
         self.stop_losses = {k: Decimal(v) for k, v in snap.get("stop_losses", {}).items()}
 
 

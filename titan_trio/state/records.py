@@ -64,6 +64,15 @@ def kv_set(e: Entities, key: str, value: Any, now_ms: int) -> None:
 # ----- the paper exchange's own records -----------------------------------------------
 
 
+def paper_open_orders(e: Entities) -> list[dict[str, Any]]:
+    """The paper exchange's resting orders, oldest first."""
+    open_states = ", ".join(f"'{st.value}'" for st in OrderStatus if st.is_open)  # constants
+    rows = e.db.select(
+        f"body FROM paper_orders WHERE status IN ({open_states}) ORDER BY updated_ms", {}
+    )
+    return [json.loads(body) for body in rows]
+
+
 def paper_order(e: Entities, client_order_id: str) -> dict[str, Any] | None:
     row = e.PaperOrder.get(client_order_id=client_order_id)
     return None if row is None else json.loads(row.body)
