@@ -628,7 +628,7 @@ class Signals:
         k = self.seq
         self.seq += 1
         sid = f"{self.run}-{k}"
-        lo, hi, stop, tps = self.zone
+        lo, hi, stop, _targets = self.zone
         prepare = {
             "type": "PREPARE",
             "id": 2 * k,
@@ -638,7 +638,10 @@ class Signals:
             "direction": "LONG",
             "entry_zone": {"min": lo, "max": hi},
             "stop_loss": stop,
-            "take_profits": tps,
+            # No take profits: each would leave resting reduce-only orders behind, and
+            # 50,000 pyramided entries would measure an account of 100,000 resting orders
+            # rather than the signal path. Protection runs after the reply either way.
+            "take_profits": [],
             "confidence": 80,
             "leverage": 200,
             "timestamp": int(time.time() * 1000),
