@@ -67,3 +67,24 @@ def test_positions_gate() -> None:
         check_positions("BTCUSDT", Side.SELL, held, 5, True)
     assert info.value.reason is Reason.INVALID_SIGNAL
     assert "CLOSE it first" in info.value.message
+
+
+def test_slippage_walks_the_depth() -> None:
+    deep = Quote(
+        "BTCUSDT",
+        D("99.9"),
+        D("100.1"),
+        D("5"),
+        D("5"),
+        D("100"),
+        0,
+        "t",
+        bid_levels=((D("99.8"), D("5")),),
+        ask_levels=((D("100.2"), D("5")), (D("100.3"), D("10"))),
+    )
+    assert estimated_slippage_pct(deep, Side.BUY, D("10")) == D("0.15")  # avg 100.15
+    assert estimated_slippage_pct(deep, Side.BUY, D("20")) == D("0.225")  # avg 100.225
+    # past the last level: one spread beyond it (100.3 + 0.2 = 100.5 for the last 10)
+    expected = D("3009.5") / D(30) - D(100)  # mid is 100, so this is the percent
+    assert estimated_slippage_pct(deep, Side.BUY, D("30")) == expected
+    assert estimated_slippage_pct(deep, Side.SELL, D("10")) == D("0.15")  # avg 99.85

@@ -16,6 +16,16 @@ class Quote:
     last: Decimal
     ts_ms: int  # when the quote was received (service clock, ms)
     source: str  # the feed that produced it
+    # Depth beyond the touch, best first, as (price, size); empty when the feed sends
+    # only the top of book.
+    bid_levels: tuple[tuple[Decimal, Decimal], ...] = ()
+    ask_levels: tuple[tuple[Decimal, Decimal], ...] = ()
+
+    def levels(self, buying: bool) -> list[tuple[Decimal, Decimal]]:
+        """The side an order of that direction takes from: the touch, then the depth."""
+        if buying:
+            return [(self.ask, self.ask_size), *self.ask_levels]
+        return [(self.bid, self.bid_size), *self.bid_levels]
 
     @property
     def mid(self) -> Decimal:

@@ -1,8 +1,9 @@
 """The simulated market (the embedded default feed).
 
 A seeded random walk per symbol: each step multiplies the mid by exp(N(0, volatility)),
-quotes a bid and ask ``spreadTicks`` apart on the instrument's tick grid, and a top-of-
-book size worth about ``topSizeNotional`` USDT (varying 50-150 %). Same seed, same prices:
+quotes a bid and ask ``spreadTicks`` apart on the instrument's tick grid, a top-of-book
+size worth about ``topSizeNotional`` USDT (varying 50-150 %), and four more levels a side,
+one spread apart and thicker further out. Same seed, same prices:
 tests and demos are repeatable. It reports health like a real feed.
 """
 
@@ -22,6 +23,7 @@ from titan_trio.domain.quotes import Quote
 from titan_trio.feeds.hub import MarketHub
 
 FEED_NAME = "simulated"
+DEPTH_LEVELS = 5  # price levels a side, the touch included
 
 
 class RandomWalk:
@@ -56,7 +58,25 @@ class RandomWalk:
             raw = Decimal(repr(self.top_size_notional * self.rng.uniform(0.5, 1.5) / self.mid))
             size.append(max(inst.min_qty, inst.floor_qty(raw)))
         last = bid if self.rng.random() < 0.5 else ask
-        return Quote(inst.symbol, bid, ask, size[0], size[1], last, ts_ms, FEED_NAME)
+        # Four more levels a side, one spread apart, thicker further out.
+        bids, asks = [], []
+        for level in range(1, DEPTH_LEVELS):
+            step = spread * level
+            thicker = Decimal(1) + Decimal(level) / 2
+            bids.append((max(bid - step, tick), inst.floor_qty(size[0] * thicker)))
+            asks.append((ask + step, inst.floor_qty(size[1] * thicker)))
+        return Quote(
+            inst.symbol,
+            bid,
+            ask,
+            size[0],
+            size[1],
+            last,
+            ts_ms,
+            FEED_NAME,
+            tuple(bids),
+            tuple(asks),
+        )
 
 
 class SimulatedFeed:

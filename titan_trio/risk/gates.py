@@ -40,22 +40,28 @@ class Exposure:
 
 
 def estimated_slippage_pct(quote: Quote, side: Side, qty: Decimal) -> Decimal:
-    """Expected average fill price against the mid, in percent, for ``qty``.
-
-    The book carries the touch only: the part within the touch size fills at the touch;
-    beyond it each further touch-size of quantity is assumed to cost one more spread.
-    """
-    touch = quote.ask if side is Side.BUY else quote.bid
-    size = quote.ask_size if side is Side.BUY else quote.bid_size
+    """Expected average fill price against the mid, in percent, for ``qty``, walking the
+    book's depth level by level. What the book cannot absorb is assumed to fill one
+    spread beyond its last level (a feed that sends only the touch gets that treatment
+    past the touch size)."""
     mid = quote.mid
-    half = abs(touch - mid)
     spread = quote.ask - quote.bid
-    if size <= 0 or qty <= size:
-        impact = half
-    else:
-        excess = (qty - size) / size  # touch sizes beyond the touch
-        impact = half + spread * excess * (qty - size) / qty
-    return impact / mid * HUNDRED
+    buying = side is Side.BUY
+    left = qty
+    cost = Decimal(0)
+    last_price = quote.ask if buying else quote.bid
+    for price, size in quote.levels(buying):
+        take = min(left, size)
+        cost += take * price
+        left -= take
+        last_price = price
+        if left <= 0:
+            break
+    if left > 0:
+        beyond = last_price + spread if buying else last_price - spread
+        cost += left * beyond
+    average = cost / qty if qty > 0 else last_price
+    return abs(average - mid) / mid * HUNDRED
 
 
 def check_book(
