@@ -843,3 +843,17 @@ def test_random_sessions_keep_the_books_consistent(script: list[tuple[str, Any]]
         for order in ex.open_orders():
             assert order.order_type is OrderType.LIMIT
             assert order.time_in_force is not TimeInForce.IOC
+
+
+def test_take_profits_that_all_cross_at_once_close_the_position_once() -> None:
+    """Two reduce-only targets larger together than the position, both crossed by one
+    quote: the first closes the position, the exchange cancels the second, no error."""
+    ex = make_exchange()
+    ex.place(req("open", BUY, "0.010"), BOOK, now_ms=1)
+    ex.place(req("tp1", SELL, "0.010", "30100.0", reduce_only=True), BOOK, now_ms=2)
+    ex.place(req("tp2", SELL, "0.010", "30200.0", reduce_only=True), BOOK, now_ms=3)
+    fills, _canceled = ex.on_quote(quote("30300.0", "30300.1", bid_size="1"), 4)
+    assert [f.client_order_id for f in fills] == ["tp1"]  # the lowest offer first
+    assert ex.positions == {}
+    assert ex.orders["tp2"].status is S.CANCELED
+    assert ex.auto_canceled == [ex.orders["tp2"]]

@@ -230,6 +230,8 @@ class PaperExchange:
         # Best-priced first, then oldest: price-time priority within our own orders.
         resting.sort(key=lambda o: (-(o.price or ZERO) * o.side.sign, o.created_ms))
         for order in resting:
+            if not order.status.is_open:
+                continue  # cancelled by an earlier fill in this loop (position went flat)
             if order.price is None or not self._crosses(order.side, order.price, quote):
                 continue
             left = ask_left if order.side is Side.BUY else bid_left
