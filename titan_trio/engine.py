@@ -163,12 +163,14 @@ class Engine:
         restored = await restore_shadow(self.store, await self.broker.balance())
         self._adopt_shadow(restored)
         sync = ShadowSync(self.shadow, self.store, self.broker.events)
-        placer = OrderPlacer(self.broker, self.shadow, self.store, self.metrics)
+        placer = OrderPlacer(
+            self.broker, self.shadow, self.store, self.metrics, self.risk.entry_refusal
+        )
         self.risk.flattener = Flattener(self.broker, self.shadow, placer)
         await nursery.start(self.risk.run)
         sync.on_trade = self.risk.on_trade
         sync.order_finished_listeners.append(self.metrics.order_finished)
-        protector = Protector(self.broker, placer, self.instruments)
+        protector = Protector(self.broker, placer, self.instruments, self.hub)
         await nursery.start(protector.run)
         sync.fill_listeners.append(protector.notice_fill)
         sync.order_finished_listeners.append(protector.notice_order_finished)

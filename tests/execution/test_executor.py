@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from titan_trio.brokers.paper import PaperBroker
@@ -19,11 +20,14 @@ from titan_trio.config import BrokerConfig, ExecutionConfig
 from titan_trio.domain.instruments import Instrument
 from titan_trio.domain.orders import Order, OrderStatus, OrderType, Side, TimeInForce
 from titan_trio.domain.quotes import Quote
+from titan_trio.errors import BrokerRejected
 from titan_trio.execution.executor import Executor
 from titan_trio.execution.placement import OrderPlacer
+from titan_trio.execution.protection import Protector
 from titan_trio.execution.styles import EntryPlan, Style, choose_style, entry_price
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.metrics import Metrics
+from titan_trio.risk.sizing import EntryRejected
 from titan_trio.state.shadow import ShadowState
 from titan_trio.state.store import Store
 from titan_trio.state.sync import ShadowSync
@@ -180,3 +184,94 @@ def test_take_profit_split() -> None:
     assert split_targets(D("0.100"), 3, BTC) == [D("0.033"), D("0.033"), D("0.034")]
     assert split_targets(D("0.001"), 3, BTC) == [D("0.001")]  # too small to split
     assert split_targets(D("0.100"), 0, BTC) == []
+
+
+async def test_a_cancelled_broker_call_still_reports_its_fills(tmp_path: Path) -> None:
+    """The exchange changed in memory; the caller is cancelled while the change is being
+    saved: the shadow state must still hear of the fill (no silent drift)."""
+    hub = MarketHub()
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(Store(str(tmp_path / "t.db"), inline=False).run)
+        broker = PaperBroker(BrokerConfig(), {"BTCUSDT": BTC}, hub, store)
+        await nursery.start(broker.run)
+        shadow = ShadowState(await broker.balance())
+        await nursery.start(ShadowSync(shadow, store, broker.events).run)
+        hub.publish(
+            Quote("BTCUSDT", D("95000.0"), D("95000.1"), D(10), D(10), D(95000), now_ms(), "test")
+        )
+        placer = OrderPlacer(broker, shadow, store, Metrics(lambda: None))  # type: ignore[arg-type,return-value]
+        order, _plan = entry(Style.TAKER, "94999.9")
+        await placer.place(order)  # resting below the ask
+        with trio.CancelScope() as scope:
+
+            async def cancel_once_filled() -> None:
+                while broker.exchange.orders[order.client_order_id].status.is_open:
+                    await trio.lowlevel.checkpoint()
+                scope.cancel()  # the fill happened in memory; its save is under way
+
+            nursery.start_soon(cancel_once_filled)
+            await broker.amend("BTCUSDT", order.client_order_id, D("95000.1"))
+        with trio.fail_after(5):
+            while shadow.balance != await broker.balance():  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        assert shadow.positions["BTCUSDT"].position.size == D("0.100")
+        assert order.status is OrderStatus.FILLED
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_entry_is_sent_once_trading_stopped(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        placer = OrderPlacer(
+            r.broker,
+            r.shadow,
+            r.executor.placer.store,
+            r.executor.placer.metrics,
+            lambda: "trading is HALTED",
+        )
+        order, _plan = entry(Style.TAKER, "95000.1")
+        with pytest.raises(EntryRejected) as info:
+            await placer.place(order)
+        assert info.value.reason.value == "TRADING_HALTED"
+        assert order.status is OrderStatus.REJECTED
+        assert order.client_order_id not in r.broker.exchange.orders  # never sent
+        assert not r.shadow.orders
+        # exits still go out
+        close = Order(
+            "exit-1",
+            "BTCUSDT",
+            Side.SELL,
+            OrderType.MARKET,
+            D("0.001"),
+            time_in_force=TimeInForce.IOC,
+            reduce_only=True,
+            leverage=D(5),
+        )
+        with pytest.raises(BrokerRejected) as refused:  # nothing to reduce, but it was sent
+            await placer.place(close)
+        assert refused.value.reason == "REDUCE_ONLY_WOULD_NOT_REDUCE"
+
+
+async def test_a_stop_the_market_already_passed_closes_the_position(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    async with rig(tmp_path) as r:
+        market = Order(
+            "buy-1",
+            "BTCUSDT",
+            Side.BUY,
+            OrderType.MARKET,
+            D("0.010"),
+            time_in_force=TimeInForce.IOC,
+            leverage=D(5),
+        )
+        await r.executor.placer.place(market)
+        with trio.fail_after(1):
+            while "BTCUSDT" not in r.shadow.positions:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        r.quote("94000.0", "94000.1")  # already below the stop the signal asked for
+        protector = Protector(r.broker, r.executor.placer, {"BTCUSDT": BTC}, r.hub)
+        await protector._set_stop("BTCUSDT", D("94500.0"))
+        with trio.fail_after(1):
+            while "BTCUSDT" in r.shadow.positions:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        assert await r.broker.positions() == []

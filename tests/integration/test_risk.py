@@ -67,7 +67,9 @@ async def signal(engine: Engine, message: dict[str, Any]) -> Reply:
         return Reply(**await Wire(stream).request(message))
 
 
-def prepare_msg(engine: Engine, signal_id: str, symbol: str = "BTCUSDT") -> dict[str, Any]:
+def prepare_msg(
+    engine: Engine, signal_id: str, symbol: str = "BTCUSDT", stop: float = 0.998
+) -> dict[str, Any]:
     mid = float(engine.hub.book.get(symbol).mid)
     return {
         "type": "PREPARE",
@@ -77,7 +79,7 @@ def prepare_msg(engine: Engine, signal_id: str, symbol: str = "BTCUSDT") -> dict
         "symbol": symbol,
         "direction": "LONG",
         "entry_zone": {"min": round(mid * 0.999, 2), "max": round(mid * 1.001, 2)},
-        "stop_loss": round(mid * 0.998, 2),
+        "stop_loss": round(mid * stop, 2),
         "take_profits": [round(mid * 1.05, 2)],
         "confidence": 90,
         "leverage": 20,
@@ -85,8 +87,10 @@ def prepare_msg(engine: Engine, signal_id: str, symbol: str = "BTCUSDT") -> dict
     }
 
 
-async def open_long(engine: Engine, signal_id: str, symbol: str = "BTCUSDT") -> None:
-    prepared = await signal(engine, prepare_msg(engine, signal_id, symbol))
+async def open_long(
+    engine: Engine, signal_id: str, symbol: str = "BTCUSDT", stop: float = 0.998
+) -> None:
+    prepared = await signal(engine, prepare_msg(engine, signal_id, symbol, stop))
     assert prepared.status == "prepared", prepared
     accepted = await signal(engine, {"type": "CONFIRM", "id": 2, "signal_id": signal_id})
     assert accepted.status == "accepted", accepted
@@ -96,10 +100,12 @@ async def open_long(engine: Engine, signal_id: str, symbol: str = "BTCUSDT") -> 
 async def test_drawdown_trips_the_breaker_flattens_and_survives_restart(
     risk_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
 ) -> None:
-    cfg = risk_config()
+    # A stop 3 % away, so the 1.6 % fall below reaches the breaker, not the stop; 20 %
+    # risk over 3 % still sizes the entry at the 5x cap.
+    cfg = risk_config(risk={"maxRiskPct": 20, "phase3RiskPct": 20})
     async with service(cfg) as engine, api(engine) as client:
         start = engine.hub.book.get("BTCUSDT").mid
-        await open_long(engine, "dd-1")
+        await open_long(engine, "dd-1", stop=0.97)
         notional = engine.shadow.total_notional(engine.hub.book)
         assert notional > Decimal(45000)  # about 5x of 10,000
         # 1 % down: about 5 % drawdown at 5x, below the 7 % limit.
@@ -149,9 +155,10 @@ async def test_drawdown_trips_the_breaker_flattens_and_survives_restart(
 
 
 async def test_daily_loss_trips_with_its_own_cause(risk_config: Callable[..., Config]) -> None:
-    async with service(risk_config(risk={"maxDailyLossPct": 3})) as engine:
+    cfg = risk_config(risk={"maxDailyLossPct": 3, "maxRiskPct": 20, "phase3RiskPct": 20})
+    async with service(cfg) as engine:
         start = engine.hub.book.get("BTCUSDT").mid
-        await open_long(engine, "day-1")
+        await open_long(engine, "day-1", stop=0.97)
         publish(engine, "BTCUSDT", start * Decimal("0.99"))  # about 5 % on the day
         await eventually(lambda: engine.risk.state.tripped)
         assert engine.risk.state.trip is not None

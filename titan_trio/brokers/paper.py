@@ -105,7 +105,14 @@ class PaperBroker:
         """The account as last saved: the snapshot and the resting orders."""
         self.exchange.restore(snap, await self.store.call(records.paper_open_orders))
 
-    async def _commit(
+    async def _commit(self, *args: Any, **kwargs: Any) -> None:
+        """Save and report a change the exchange already made in memory. Shielded: once
+        the exchange has changed, being cancelled half-way would save it without telling
+        the shadow state (a fill it never hears of). The save either lands or raises."""
+        with trio.CancelScope(shield=True):
+            await self._save_and_report(*args, **kwargs)
+
+    async def _save_and_report(
         self,
         fills: list[Fill],
         touched_orders: list[Order],

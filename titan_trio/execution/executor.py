@@ -18,7 +18,7 @@ import trio
 from titan_trio.brokers.base import Broker
 from titan_trio.config import ExecutionConfig
 from titan_trio.domain.orders import Order
-from titan_trio.errors import BrokerRejected
+from titan_trio.errors import BrokerRejected, TitanError
 from titan_trio.execution.placement import OrderPlacer
 from titan_trio.execution.styles import EntryPlan, Style
 from titan_trio.feeds.hub import MarketHub
@@ -62,6 +62,12 @@ class Executor:
                 await self._chase(order, plan)
             if order.status.is_open:
                 await self._cancel_rest(order, plan)
+        except TitanError as exc:  # one order's trouble must not stop the service
+            log.error(
+                "following %s stopped: %s; it may still rest at the exchange",
+                order.client_order_id,
+                exc,
+            )
         finally:
             self.following.pop(order.client_order_id, None)
 
@@ -74,34 +80,36 @@ class Executor:
 
     async def _chase(self, order: Order, plan: EntryPlan) -> None:
         step = self.cfg.chase_interval_ms / 1000
-        with trio.move_on_after(self.cfg.chase_max_ms / 1000):
-            while True:
-                await trio.sleep(step)
-                if not order.status.is_open:
-                    return
-                quote = self.hub.book.get(order.symbol)
-                if quote is None:
-                    continue
-                price = plan.chase_price(quote)
-                if price == order.price:
-                    continue
-                try:
-                    ack = await self.broker.amend(order.symbol, order.client_order_id, price)
-                except BrokerRejected as exc:
-                    if exc.reason in ("ORDER_NOT_OPEN", "ORDER_NOT_FOUND"):
-                        return  # it finished meanwhile
-                    log.warning("chase of %s stopped: %s", order.client_order_id, exc)
-                    return
-                order.price = price
-                log.info(
-                    "chased %s to %s (%s, filled %s)",
-                    order.client_order_id,
-                    price,
-                    ack.status,
-                    ack.filled_qty,
-                )
-                if not ack.status.is_open:
-                    return
+        deadline = trio.current_time() + self.cfg.chase_max_ms / 1000
+        while True:
+            # Sleep to the next step, but never call the exchange past the deadline, and
+            # never cancel a call half-way: the deadline is checked between calls.
+            await trio.sleep(min(step, max(0.0, deadline - trio.current_time())))
+            if trio.current_time() >= deadline or not order.status.is_open:
+                return
+            quote = self.hub.book.get(order.symbol)
+            if quote is None:
+                continue
+            price = plan.chase_price(quote)
+            if price == order.price:
+                continue
+            try:
+                ack = await self.broker.amend(order.symbol, order.client_order_id, price)
+            except BrokerRejected as exc:
+                if exc.reason in ("ORDER_NOT_OPEN", "ORDER_NOT_FOUND"):
+                    return  # it finished meanwhile
+                log.warning("chase of %s stopped: %s", order.client_order_id, exc)
+                return
+            order.price = price
+            log.info(
+                "chased %s to %s (%s, filled %s)",
+                order.client_order_id,
+                price,
+                ack.status,
+                ack.filled_qty,
+            )
+            if not ack.status.is_open:
+                return
 
     async def _cancel_rest(self, order: Order, plan: EntryPlan) -> None:
         try:

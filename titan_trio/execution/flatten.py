@@ -56,17 +56,17 @@ class Flattener:
                 except BrokerRejected as exc:
                     if exc.reason not in ("ORDER_NOT_OPEN", "ORDER_NOT_FOUND"):
                         report.errors.append(f"cancel {order.client_order_id}: {exc}")
-            for symbol, rec in sorted(self.shadow.positions.items()):
-                side = rec.position.side
-                if side is None:
-                    continue
+            # Sizes from the exchange (the shadow may lag its latest fills), plus anything
+            # only the shadow knows of, so nothing is left open either way.
+            held = {p.symbol: p for p in await self.broker.positions() if not p.is_flat}
+            for symbol, rec in self.shadow.positions.items():
+                if symbol not in held and not rec.position.is_flat:
+                    held[symbol] = rec.position
+            for symbol, position in sorted(held.items()):
+                side = position.side
+                assert side is not None
                 await self._close(
-                    symbol,
-                    rec.position.abs_size,
-                    side.opposite,
-                    reason,
-                    report,
-                    rec.position.leverage,
+                    symbol, position.abs_size, side.opposite, reason, report, position.leverage
                 )
             if report.nothing_to_do:
                 log.info("flatten (%s): nothing to do", reason)

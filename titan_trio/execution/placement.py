@@ -10,12 +10,15 @@ private stream or reconciliation to settle, never re-sent under a new id.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+from ipc.protocol import Reason
 from titan_trio.brokers.base import Broker
 from titan_trio.clock import now_ms
 from titan_trio.domain.orders import Order, OrderRequest, OrderStatus
 from titan_trio.errors import BrokerRejected
 from titan_trio.metrics import Metrics
+from titan_trio.risk.sizing import EntryRejected
 from titan_trio.state import records
 from titan_trio.state.shadow import ShadowState
 from titan_trio.state.store import Store
@@ -24,11 +27,21 @@ log = logging.getLogger("titan.orders")
 
 
 class OrderPlacer:
-    def __init__(self, broker: Broker, shadow: ShadowState, store: Store, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        shadow: ShadowState,
+        store: Store,
+        metrics: Metrics,
+        entry_refusal: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.broker = broker
         self.shadow = shadow
         self.store = store
         self.metrics = metrics
+        # Asked again right before an entry is sent: the trading state may have changed
+        # (flatten, the breaker) while the order was being journaled.
+        self.entry_refusal = entry_refusal
 
     async def place(self, order: Order, *, signal_status: str | None = None) -> Order:
         """Send ``order``; returns the broker's view. Raises BrokerRejected (recorded)."""
@@ -50,6 +63,21 @@ class OrderPlacer:
             # Never sent and not on disk: it must not hold exposure.
             self.shadow.orders.pop(order.client_order_id, None)
             raise
+        refusal = None if order.reduce_only else self.entry_refusal()
+        if refusal is not None:  # no await between this check and the submit below
+            order.reject_reason = f"TRADING_HALTED: {refusal}"
+            order.transition(OrderStatus.REJECTED, now_ms())
+            self.shadow.apply_order(order)
+            await self.store.call(records.save_order, order)
+            if order.signal_id is not None and signal_status is not None:
+                await self.store.call(
+                    records.set_signal_status,
+                    order.signal_id,
+                    "REJECTED",
+                    "TRADING_HALTED",
+                    now_ms(),
+                )
+            raise EntryRejected(Reason.TRADING_HALTED, refusal)
         order.transition(OrderStatus.SUBMITTED, now_ms())
         request = OrderRequest(
             client_order_id=order.client_order_id,

@@ -23,8 +23,9 @@ from titan_trio.brokers.base import Broker
 from titan_trio.clock import now_ms
 from titan_trio.domain.instruments import Instrument
 from titan_trio.domain.orders import Order, OrderType, TimeInForce
-from titan_trio.errors import BrokerRejected
+from titan_trio.errors import TitanError
 from titan_trio.execution.placement import OrderPlacer
+from titan_trio.feeds.hub import MarketHub
 from titan_trio.state.shadow import FillChanges
 
 log = logging.getLogger("titan.protection")
@@ -45,8 +46,13 @@ def split_targets(qty: Decimal, targets: int, instrument: Instrument) -> list[De
 
 class Protector:
     def __init__(
-        self, broker: Broker, placer: OrderPlacer, instruments: dict[str, Instrument]
+        self,
+        broker: Broker,
+        placer: OrderPlacer,
+        instruments: dict[str, Instrument],
+        hub: MarketHub,
     ) -> None:
+        self.hub = hub
         self.broker = broker
         self.placer = placer
         self.instruments = instruments
@@ -84,13 +90,59 @@ class Protector:
         self._nursery.start_soon(self._place_targets, order)
 
     async def _set_stop(self, symbol: str, stop: Decimal) -> None:
-        if await self.broker.stop_loss(symbol) == stop:
-            return
         try:
+            held = {p.symbol: p for p in await self.broker.positions() if not p.is_flat}
+            position = held.get(symbol)
+            if position is None or position.side is None:
+                return  # already closed again
+            long = position.side.sign > 0
+            instrument = self.instruments[symbol]
+            # On the tick grid, rounded toward the position (never a wider stop).
+            stop = instrument.ceil_price(stop) if long else instrument.floor_price(stop)
+            quote = self.hub.book.get(symbol)
+            if quote is not None and (quote.mid <= stop if long else quote.mid >= stop):
+                log.error(
+                    "stop loss %s on %s is already breached (market %s): closing the "
+                    "position at market",
+                    stop,
+                    symbol,
+                    quote.mid,
+                )
+                await self._close_now(symbol, f"stop loss {stop} (already breached)")
+                return
+            if await self.broker.stop_loss(symbol) == stop:
+                return
             await self.broker.set_stop_loss(symbol, stop)
             log.info("stop loss %s set on %s", stop, symbol)
-        except BrokerRejected as exc:
-            log.error("position %s is NOT protected: stop loss %s refused: %s", symbol, stop, exc)
+        except TitanError as exc:
+            log.error(
+                "position %s is NOT protected: setting stop loss %s failed: %s", symbol, stop, exc
+            )
+
+    async def _close_now(self, symbol: str, reason: str) -> None:
+        held = {p.symbol: p for p in await self.broker.positions() if not p.is_flat}
+        position = held.get(symbol)
+        if position is None or position.side is None:
+            return
+        now = now_ms()
+        digest = hashlib.sha256(f"{symbol}|{reason}|{now}".encode()).hexdigest()
+        order = Order(
+            client_order_id=f"tts{digest[:32]}",
+            symbol=symbol,
+            side=position.side.opposite,
+            order_type=OrderType.MARKET,
+            qty=position.abs_size,
+            time_in_force=TimeInForce.IOC,
+            reduce_only=True,
+            leverage=position.leverage,
+            created_ms=now,
+            updated_ms=now,
+            close_reason=reason,
+        )
+        try:
+            await self.placer.place(order)
+        except TitanError as exc:
+            log.error("position %s is NOT protected and could not be closed: %s", symbol, exc)
 
     async def _place_targets(self, entry: Order) -> None:
         instrument = self.instruments[entry.symbol]
@@ -120,5 +172,5 @@ class Protector:
             )
             try:
                 await self.placer.place(order)
-            except BrokerRejected as exc:
+            except TitanError as exc:
                 log.error("take profit %d of %s refused: %s", n, entry.symbol, exc)

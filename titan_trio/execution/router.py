@@ -38,7 +38,6 @@ from titan_trio.execution.executor import Executor
 from titan_trio.execution.styles import EntryPlan, Style, choose_style, entry_price
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.metrics import Metrics
-from titan_trio.risk.breaker import TradingState
 from titan_trio.risk.controller import RiskController
 from titan_trio.risk.gates import Exposure, L2Limits, check_book, check_positions
 from titan_trio.risk.sizing import EntryRejected, RiskLimits, Size, phase_rules, size_position
@@ -170,15 +169,9 @@ class SignalRouter:
         return Exposure(sides, notional)
 
     def _check_trading_state(self) -> None:
-        state = self.risk.state
-        if state.trading_state.allows_entries:
-            return
-        why = f"trading is {state.trading_state.value}"
-        if state.tripped and state.trip is not None:
-            why += f": circuit breaker tripped ({state.trip.message})"
-        elif state.trading_state is TradingState.REDUCING:
-            why += ": paused by an operator; only exits are accepted"
-        raise EntryRejected(Reason.TRADING_HALTED, why)
+        refusal = self.risk.entry_refusal()
+        if refusal is not None:
+            raise EntryRejected(Reason.TRADING_HALTED, refusal)
 
     # ----- PREPARE ---------------------------------------------------------------------
 
@@ -448,6 +441,8 @@ class SignalRouter:
                 ack = await self.executor.place_entry(order, plan, signal_status=status_word)
             else:
                 ack = await self.placer.place(order, signal_status=status_word)
+        except EntryRejected as exc:  # the trading state changed while it was journaled
+            return _rejected(msg, exc.reason, exc.message)
         except BrokerRejected:
             return _rejected(msg, Reason.BROKER_REJECTED, order.reject_reason or "rejected")
         self.metrics.order_latency.observe(time.perf_counter() - started)
@@ -550,7 +545,10 @@ class SignalRouter:
                 now_ms(),
             )
             return _rejected(msg, Reason.INVALID_SIGNAL, f"no open position on {msg.symbol}")
-        side = rec.position.side
+        # Size from the exchange: the shadow may not have applied the latest fills yet.
+        held = {p.symbol: p for p in await self.broker.positions()}.get(msg.symbol)
+        position = held if held is not None and not held.is_flat else rec.position
+        side = position.side
         assert side is not None
         now = now_ms()
         order = Order(
@@ -558,7 +556,7 @@ class SignalRouter:
             symbol=msg.symbol,
             side=side.opposite,
             order_type=OrderType.MARKET,
-            qty=rec.position.abs_size,
+            qty=position.abs_size,
             time_in_force=TimeInForce.IOC,
             reduce_only=True,
             leverage=rec.position.leverage,

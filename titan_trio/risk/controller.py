@@ -48,6 +48,18 @@ class RiskController:
     def trading_state(self) -> TradingState:
         return self.state.trading_state
 
+    def entry_refusal(self) -> str | None:
+        """Why a new entry may not be sent now, or None when it may."""
+        state = self.state
+        if state.trading_state.allows_entries:
+            return None
+        why = f"trading is {state.trading_state.value}"
+        if state.tripped and state.trip is not None:
+            why += f": circuit breaker tripped ({state.trip.message})"
+        elif state.trading_state is TradingState.REDUCING:
+            why += ": paused by an operator; only exits are accepted"
+        return why
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         saved = await self.store.call(records.kv_get, STATE_KEY)
         if saved is not None:
@@ -109,7 +121,8 @@ class RiskController:
 
     async def _flatten_after_trip(self) -> None:
         assert self.flattener is not None
-        self.last_flatten = await self.flattener.flatten("circuit breaker")
+        with trio.CancelScope(shield=True):
+            self.last_flatten = await self.flattener.flatten("circuit breaker")
 
     # ----- operator actions ------------------------------------------------------------
 
@@ -141,11 +154,13 @@ class RiskController:
         return True
 
     async def flatten_all(self, who: str) -> FlattenReport:
+        """HALT and flatten. Shielded: a client that hangs up must not abandon it."""
         assert self.flattener is not None
-        self.state.halt(who, now_ms())
-        await self._save()
-        log.warning("emergency flatten requested by %s: trading HALTED", who)
-        report = await self.flattener.flatten(f"operator {who}")
+        with trio.CancelScope(shield=True):
+            self.state.halt(who, now_ms())
+            await self._save()
+            log.warning("emergency flatten requested by %s: trading HALTED", who)
+            report = await self.flattener.flatten(f"operator {who}")
         self.last_flatten = report
         return report
 

@@ -223,7 +223,7 @@ class Store:
                 for job in batch:  # rolled back together; now find the culprit
                     self._run_batch([job])
                 return
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            self._to_trio(self._failed, exc)
             self._deliver(batch[0], outcome.Error(_as_store_error(exc)))
             return
         elapsed = time.perf_counter() - started
@@ -294,14 +294,21 @@ class Store:
             with orm.db_session(strict=True):
                 result = fn(self.entities, *args)
         except Exception as exc:
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            self._failed(exc)
             raise _as_store_error(exc) from exc
         elapsed = time.perf_counter() - started
         self._inline_budget -= elapsed
         self._committed(elapsed, 1)
         return result
 
+    def _failed(self, exc: BaseException) -> None:
+        """A refusal the caller asked for (a TitanError) says nothing about the database;
+        anything else is its health until the next commit succeeds."""
+        if not isinstance(exc, TitanError):
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+
     def _committed(self, elapsed: float, jobs: int) -> None:
+        self.stats.last_error = None
         self.stats.commits += 1
         self.stats.jobs += jobs
         self.stats.last_commit_monotonic = time.monotonic()

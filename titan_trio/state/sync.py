@@ -17,6 +17,7 @@ import trio
 from titan_trio.brokers.base import BalanceEvent, BrokerEvent, FillEvent, OrderEvent
 from titan_trio.clock import now_ms
 from titan_trio.domain.orders import Order
+from titan_trio.errors import StoreError
 from titan_trio.state import records
 from titan_trio.state.shadow import FillChanges, ShadowState, TradeRecord
 from titan_trio.state.store import Store
@@ -27,6 +28,7 @@ log = logging.getLogger("titan.state")
 # database's primary key.
 EXEC_ID_MEMORY_MS = 7 * 24 * 3600 * 1000
 MAX_BATCH = 256  # broker events applied and committed together
+SAVE_ATTEMPTS = 3
 
 
 async def restore_shadow(store: Store, initial_balance: Decimal) -> ShadowState:
@@ -37,6 +39,8 @@ async def restore_shadow(store: Store, initial_balance: Decimal) -> ShadowState:
         shadow.positions[rec.position.symbol] = rec
     for order in await store.call(records.load_open_orders):
         shadow.orders[order.client_order_id] = order
+        # what it filled before the restart is already in the position
+        shadow.applied_qty[order.client_order_id] = order.filled_qty
     shadow.seen_exec_ids.update(
         await store.call(records.recent_exec_ids, now_ms() - EXEC_ID_MEMORY_MS)
     )
@@ -71,6 +75,26 @@ class ShadowSync:
                     break
             await self.apply(batch)
 
+    async def _save(self, writes: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
+        """Commit, retrying a failing database a few times; the memory state is already
+        changed, so giving up is logged loudly rather than crashing the service (the
+        health check shows the database unhealthy meanwhile)."""
+        for attempt in range(1, SAVE_ATTEMPTS + 1):
+            try:
+                await self.store.call(records.run_all, writes)
+                return
+            except StoreError as exc:
+                if attempt == SAVE_ATTEMPTS:
+                    log.critical(
+                        "shadow state NOT saved after %d attempts (%s): the database "
+                        "is behind memory: restart and check positions against the exchange",
+                        attempt,
+                        exc,
+                    )
+                    return
+                log.error("saving the shadow state failed (%s); retrying", exc)
+                await trio.sleep(0.5 * attempt)
+
     async def apply(self, events: list[BrokerEvent]) -> None:
         """Apply events in order in memory, commit everything they changed in one
         transaction, then tell the listeners (metrics, the circuit breaker)."""
@@ -100,7 +124,7 @@ class ShadowSync:
                 self.shadow.balance = event.balance
                 writes.append((records.kv_set, ("shadow.balance", str(event.balance), now_ms())))
         if writes:
-            await self.store.call(records.run_all, writes)
+            await self._save(writes)
         for changes in fills:
             for fill_listener in self.fill_listeners:
                 fill_listener(changes)
