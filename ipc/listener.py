@@ -28,6 +28,7 @@ import socket
 import stat
 import struct
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -74,6 +75,27 @@ def rejected(
     request_id: str | int | None, reason: Reason, message: str, signal_id: str | None = None
 ) -> Reply:
     return Reply(request_id, Status.REJECTED, signal_id=signal_id, reason=reason, message=message)
+
+
+@dataclass(eq=False)
+class _Connection:
+    stream: trio.SocketStream
+    space: trio.Semaphore  # one token per request in flight on this connection
+    slots: deque[_Slot] = field(default_factory=deque)  # unanswered, in request order
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    drained: trio.Event = field(default_factory=trio.Event)
+    alive: bool = True
+    writing: bool = False
+
+    def close(self) -> None:
+        self.alive = False
+        self.scope.cancel()
+        self.drained.set()
+
+    async def wait_drained(self) -> None:
+        while self.alive and self.slots:
+            self.drained = trio.Event()
+            await self.drained.wait()
 
 
 class IpcListener:
@@ -193,34 +215,35 @@ class IpcListener:
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         peer = _peer(stream)
         log.info("IPC connection opened: %s (%d open)", peer, self.connections)
-        send_slots, receive_slots = trio.open_memory_channel[_Slot](self.inflight_per_connection)
+        conn = _Connection(stream, trio.Semaphore(self.inflight_per_connection))
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_replies, stream, receive_slots, nursery.cancel_scope)
-                await self._read_requests(stream, send_slots)
+            with conn.scope:
+                await self._read_requests(conn)
+                await conn.wait_drained()  # EOF: answer what was asked, then close
         except Exception as exc:  # contained: one connection never takes the others down
             if not _only_disconnects(exc):
                 log.error("IPC connection %s failed: %r", peer, exc, exc_info=exc)
         finally:
+            conn.close()
             self.connections -= 1
             await trio.aclose_forcefully(stream)
             log.info("IPC connection closed: %s (%d open)", peer, self.connections)
 
-    async def _read_requests(
-        self, stream: trio.SocketStream, send_slots: trio.MemorySendChannel[_Slot]
-    ) -> None:
+    async def _read_requests(self, conn: _Connection) -> None:
         decoder = LineDecoder(self.max_frame_bytes)
-        async with send_slots:
-            while True:
-                data = await stream.receive_some(READ_CHUNK)
-                if not data:
-                    return  # EOF: the writer finishes what was asked, then the connection ends
-                for frame in decoder.feed(data):
-                    slot = self._admit(frame)
-                    await send_slots.send(slot)
+        while True:
+            data = await conn.stream.receive_some(READ_CHUNK)
+            if not data:
+                return
+            for frame in decoder.feed(data):
+                await conn.space.acquire()  # at most inflight unanswered: then stop reading
+                slot = self._admit(frame, conn)
+                if slot.reply is not None:
+                    await self._flush(conn)
 
-    def _admit(self, frame: bytes | None) -> _Slot:
+    def _admit(self, frame: bytes | None, conn: _Connection) -> _Slot:
         slot = _Slot(time.perf_counter_ns())
+        conn.slots.append(slot)
         if frame is TOO_LONG:
             slot.finish(
                 rejected(
@@ -252,10 +275,10 @@ class IpcListener:
         # Jobs run in the listener's nursery: a client that hangs up mid-request does not
         # cancel an order on its way to the exchange; only the reply is lost.
         assert self._jobs is not None
-        self._jobs.start_soon(self._run_job, job, slot, decoded)
+        self._jobs.start_soon(self._run_job, job, slot, decoded, conn)
         return slot
 
-    async def _run_job(self, job: Job, slot: _Slot, message: Message) -> None:
+    async def _run_job(self, job: Job, slot: _Slot, message: Message, conn: _Connection) -> None:
         try:
             reply = await job()
         except Exception:
@@ -270,32 +293,40 @@ class IpcListener:
         finally:
             self.pending -= 1
         slot.finish(reply)
+        await self._flush(conn)
 
-    async def _write_replies(
-        self,
-        stream: trio.SocketStream,
-        receive_slots: trio.MemoryReceiveChannel[_Slot],
-        connection_scope: trio.CancelScope,
-    ) -> None:
-        async with receive_slots:
-            async for slot in receive_slots:
-                await slot.done.wait()
+    async def _flush(self, conn: _Connection) -> None:
+        """Write the finished replies at the head of the connection's queue, in request
+        order, from the task that finished one: no hand-over to a writer task, so a
+        reply goes out as soon as it and every reply before it are ready. If another task
+        is writing, it picks ours up when its write returns."""
+        if conn.writing:
+            return
+        conn.writing = True
+        try:
+            while conn.alive and conn.slots and conn.slots[0].reply is not None:
+                slot = conn.slots.popleft()
                 reply = slot.reply
                 assert reply is not None
                 reply.latency_us = (time.perf_counter_ns() - slot.received_ns) // 1000
                 with trio.move_on_after(WRITE_TIMEOUT_S) as timeout:
                     try:
-                        await stream.send_all(encode_reply(reply))
+                        await conn.stream.send_all(encode_reply(reply))
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        connection_scope.cancel()  # the peer went away: stop reading too
+                        conn.close()  # the peer went away: stop reading too
                         return
                 if timeout.cancelled_caught:
                     log.warning(
                         "IPC client did not read its replies for %.0f s; dropped", WRITE_TIMEOUT_S
                     )
-                    connection_scope.cancel()
+                    conn.close()
                     return
+                conn.space.release()
                 self._observe(slot.message_type, reply)
+        finally:
+            conn.writing = False
+            if not conn.slots:
+                conn.drained.set()
 
     def _observe(self, message_type: str | None, reply: Reply) -> None:
         if self.observer is not None:
