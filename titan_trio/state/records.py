@@ -349,10 +349,6 @@ def save_fill_changes(e: Entities, changes: FillChanges, balance: Decimal, now_m
     return True
 
 
-def fill_exists(e: Entities, exec_id: str) -> bool:
-    return e.Fill.get(exec_id=exec_id) is not None
-
-
 def recent_exec_ids(e: Entities, since_ms: int) -> list[str]:
     return list(orm.select(f.exec_id for f in e.Fill if f.ts_ms >= since_ms))
 
