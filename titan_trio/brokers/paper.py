@@ -205,7 +205,7 @@ class PaperBroker:
         return [_copy(o) for o in self.exchange.open_orders()]
 
     async def positions(self) -> list[Position]:
-        return [copy.deepcopy(p) for p in self.exchange.positions.values()]
+        return [copy.copy(p) for p in self.exchange.positions.values()]  # values are immutable
 
     async def balance(self) -> Decimal:
         return self.exchange.balance
