@@ -30,6 +30,7 @@ from titan_trio.domain.orders import (
     OrderType,
     Side,
     TimeInForce,
+    market_close,
 )
 from titan_trio.domain.positions import Position
 from titan_trio.domain.quotes import Quote
@@ -348,20 +349,16 @@ class PaperExchange:
         if (quote.mid > stop) if side is Side.BUY else (quote.mid < stop):
             return None
         self.order_seq += 1
-        order = Order(
-            client_order_id=f"paper-sl-{self.order_seq}",
-            symbol=quote.symbol,
-            side=side.opposite,
-            order_type=OrderType.MARKET,
-            qty=pos.abs_size,
-            time_in_force=TimeInForce.IOC,
-            reduce_only=True,
-            leverage=pos.leverage,
-            exchange_order_id=f"paper-{self.order_seq}",
-            created_ms=now_ms,
-            updated_ms=now_ms,
-            close_reason=f"stop loss {stop}",
+        order = market_close(
+            f"paper-sl-{self.order_seq}",
+            quote.symbol,
+            side.opposite,
+            pos.abs_size,
+            pos.leverage,
+            now_ms,
+            f"stop loss {stop}",
         )
+        order.exchange_order_id = f"paper-{self.order_seq}"
         order.transition(OrderStatus.SUBMITTED, now_ms)
         order.transition(OrderStatus.ACCEPTED, now_ms)
         self.orders[order.client_order_id] = order

@@ -181,3 +181,30 @@ class Fill:
     is_maker: bool
     ts_ms: int
     realized_pnl: Decimal  # gross P&L this fill realized on the position
+
+
+def market_close(
+    client_order_id: str,
+    symbol: str,
+    side: Side,
+    qty: Decimal,
+    leverage: Decimal,
+    now_ms: int,
+    reason: str,
+    signal_id: str | None = None,
+) -> Order:
+    """A reduce-only market order that exits (part of) a position, saying why."""
+    return Order(
+        client_order_id=client_order_id,
+        symbol=symbol,
+        side=side,
+        order_type=OrderType.MARKET,
+        qty=qty,
+        time_in_force=TimeInForce.IOC,
+        reduce_only=True,
+        leverage=leverage,
+        signal_id=signal_id,
+        created_ms=now_ms,
+        updated_ms=now_ms,
+        close_reason=reason,
+    )

@@ -17,7 +17,7 @@ import trio
 
 from titan_trio.brokers.base import Broker
 from titan_trio.clock import now_ms
-from titan_trio.domain.orders import Order, OrderType, Side, TimeInForce
+from titan_trio.domain.orders import Side, market_close
 from titan_trio.errors import BrokerRejected
 from titan_trio.execution.placement import OrderPlacer
 from titan_trio.state.shadow import ShadowState
@@ -92,18 +92,8 @@ class Flattener:
         self._seq += 1
         now = now_ms()
         digest = hashlib.sha256(f"{reason}|{symbol}|{now}|{self._seq}".encode()).hexdigest()
-        order = Order(
-            client_order_id=f"ttf{digest[:32]}",
-            symbol=symbol,
-            side=side,
-            order_type=OrderType.MARKET,
-            qty=qty,
-            time_in_force=TimeInForce.IOC,
-            reduce_only=True,
-            leverage=leverage,
-            created_ms=now,
-            updated_ms=now,
-            close_reason=f"flatten: {reason}",
+        order = market_close(
+            f"ttf{digest[:32]}", symbol, side, qty, leverage, now, f"flatten: {reason}"
         )
         try:
             ack = await self.placer.place(order)

@@ -65,18 +65,9 @@ class OrderPlacer:
             raise
         refusal = None if order.reduce_only else self.entry_refusal()
         if refusal is not None:  # no await between this check and the submit below
-            order.reject_reason = f"TRADING_HALTED: {refusal}"
-            order.transition(OrderStatus.REJECTED, now_ms())
-            self.shadow.apply_order(order)
-            await self.store.call(records.save_order, order)
-            if order.signal_id is not None and signal_status is not None:
-                await self.store.call(
-                    records.set_signal_status,
-                    order.signal_id,
-                    "REJECTED",
-                    "TRADING_HALTED",
-                    now_ms(),
-                )
+            await self._reject(
+                order, f"TRADING_HALTED: {refusal}", signal_status, Reason.TRADING_HALTED
+            )
             raise EntryRejected(Reason.TRADING_HALTED, refusal)
         order.transition(OrderStatus.SUBMITTED, now_ms())
         request = OrderRequest(
@@ -94,21 +85,10 @@ class OrderPlacer:
         try:
             ack = await self.broker.submit(request)
         except BrokerRejected as exc:
-            order.reject_reason = f"{exc.reason}: {exc.message}"
-            order.transition(OrderStatus.REJECTED, now_ms())
-            self.shadow.apply_order(order)
+            await self._reject(
+                order, f"{exc.reason}: {exc.message}", signal_status, Reason.BROKER_REJECTED
+            )
             self.metrics.order_finished(order)
-            if order.signal_id is not None and signal_status is not None:
-                await self.store.call(
-                    records.set_signal_status,
-                    order.signal_id,
-                    "REJECTED",
-                    "BROKER_REJECTED",
-                    now_ms(),
-                    order,
-                )
-            else:
-                await self.store.call(records.save_order, order)
             log.warning(
                 "Order rejected: %s %s %s %s: %s",
                 order.client_order_id,
@@ -129,3 +109,23 @@ class OrderPlacer:
             ack.filled_qty,
         )
         return ack
+
+    async def _reject(
+        self, order: Order, why: str, signal_status: str | None, reason: Reason
+    ) -> None:
+        """Record that ``order`` was refused: it holds no exposure, and its signal (when
+        the order carried one) is REJECTED in the same commit."""
+        order.reject_reason = why
+        order.transition(OrderStatus.REJECTED, now_ms())
+        self.shadow.apply_order(order)
+        if order.signal_id is not None and signal_status is not None:
+            await self.store.call(
+                records.set_signal_status,
+                order.signal_id,
+                "REJECTED",
+                reason.value,
+                now_ms(),
+                order,
+            )
+        else:
+            await self.store.call(records.save_order, order)

@@ -22,7 +22,7 @@ import trio
 from titan_trio.brokers.base import Broker
 from titan_trio.clock import now_ms
 from titan_trio.domain.instruments import Instrument
-from titan_trio.domain.orders import Order, OrderType, TimeInForce
+from titan_trio.domain.orders import Order, OrderType, TimeInForce, market_close
 from titan_trio.errors import TitanError
 from titan_trio.execution.placement import OrderPlacer
 from titan_trio.feeds.hub import MarketHub
@@ -126,18 +126,14 @@ class Protector:
             return
         now = now_ms()
         digest = hashlib.sha256(f"{symbol}|{reason}|{now}".encode()).hexdigest()
-        order = Order(
-            client_order_id=f"tts{digest[:32]}",
-            symbol=symbol,
-            side=position.side.opposite,
-            order_type=OrderType.MARKET,
-            qty=position.abs_size,
-            time_in_force=TimeInForce.IOC,
-            reduce_only=True,
-            leverage=position.leverage,
-            created_ms=now,
-            updated_ms=now,
-            close_reason=reason,
+        order = market_close(
+            f"tts{digest[:32]}",
+            symbol,
+            position.side.opposite,
+            position.abs_size,
+            position.leverage,
+            now,
+            reason,
         )
         try:
             await self.placer.place(order)

@@ -32,7 +32,7 @@ from titan_trio.brokers.base import Broker
 from titan_trio.clock import now_ms
 from titan_trio.config import Config
 from titan_trio.domain.instruments import Instrument
-from titan_trio.domain.orders import Order, OrderType, Side, TimeInForce
+from titan_trio.domain.orders import Order, OrderType, Side, TimeInForce, market_close
 from titan_trio.errors import BrokerRejected
 from titan_trio.execution.executor import Executor
 from titan_trio.execution.styles import EntryPlan, Style, choose_style, entry_price
@@ -551,19 +551,15 @@ class SignalRouter:
         side = position.side
         assert side is not None
         now = now_ms()
-        order = Order(
-            client_order_id=client_order_id("c", msg.signal_id),
-            symbol=msg.symbol,
-            side=side.opposite,
-            order_type=OrderType.MARKET,
-            qty=position.abs_size,
-            time_in_force=TimeInForce.IOC,
-            reduce_only=True,
-            leverage=rec.position.leverage,
+        order = market_close(
+            client_order_id("c", msg.signal_id),
+            msg.symbol,
+            side.opposite,
+            position.abs_size,
+            rec.position.leverage,
+            now,
+            f"CLOSE: {msg.reason}" if msg.reason else "CLOSE",
             signal_id=msg.signal_id,
-            created_ms=now,
-            updated_ms=now,
-            close_reason=f"CLOSE: {msg.reason}" if msg.reason else "CLOSE",
         )
         self.shadow.track(order)
         return await self._place(msg, order, started, msg.signal_id)

@@ -23,8 +23,8 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -260,9 +260,9 @@ class Store:
         if self.entities is None or self._closing:
             raise StoreError("the database is not open")
         if urgent and self._outstanding == 0 and self.inline and self._inline_allowed():
-            return self._run_raw(fn, args)
+            return self._run_here(fn, args, raw=True)
         if self.always_inline:
-            return self._run_inline(fn, args)
+            return self._run_here(fn, args, raw=False)
         job = _Job(fn, args)
         self._outstanding += 1
         self._queue.put(job)
@@ -287,40 +287,26 @@ class Store:
         self._inline_refilled = now
         return self._inline_budget > 0
 
-    def _run_inline(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        """The store thread is idle (nothing queued, nothing running, no transaction
-        open), so this small transaction runs here: no thread hop, no waking another core.
-        It cannot be long: the connection never checkpoints inline (the store thread
-        does) and with synchronous=NORMAL a commit does not fsync."""
-        started = time.perf_counter()
-        try:
-            with orm.db_session(strict=True):
-                result = fn(self.entities, *args)
-        except Exception as exc:
-            self._failed(exc)
-            raise _as_store_error(exc) from exc
-        elapsed = time.perf_counter() - started
-        self._inline_budget -= elapsed
-        self._committed(elapsed, 1)
-        return result
+    def _run_here(self, fn: Callable[..., T], args: tuple[Any, ...], *, raw: bool) -> T:
+        """Run a small transaction on the calling thread while the store thread is idle
+        (nothing queued, nothing running, no transaction open): no thread hop, no waking
+        another core. It cannot be long: this thread never checkpoints (the store thread
+        does) and with synchronous=NORMAL a commit does not fsync.
 
-    def _run_raw(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        """An urgent write on this thread's own plain sqlite3 connection, in one
-        transaction. Urgent functions only run SQL through ``e.db.execute/exists/select``
-        (see records.py), so they work here without pony's per-statement overhead, which
-        costs more than SQLite itself on these small writes."""
+        ``raw``: on this thread's plain sqlite3 connection. Urgent functions only run SQL
+        through ``e.db.execute/exists/select`` (see records.py), so they work there
+        without pony's per-statement overhead, which costs more than SQLite itself on
+        these one-row writes. Otherwise in a pony session (tests' always_inline)."""
         started = time.perf_counter()
-        if self._raw is None:
-            self._raw = _RawDatabase(self.path, self.synchronous)
-        raw = self._raw
         try:
-            raw.begin()
-            try:
-                result = fn(raw.entities, *args)
-            except BaseException:
-                raw.rollback()
-                raise
-            raw.commit()
+            if raw:
+                if self._raw is None:
+                    self._raw = _RawDatabase(self.path, self.synchronous)
+                with self._raw.transaction() as entities:
+                    result = fn(entities, *args)
+            else:
+                with orm.db_session(strict=True):
+                    result = fn(self.entities, *args)
         except Exception as exc:
             self._failed(exc)
             raise _as_store_error(exc) from exc
@@ -396,14 +382,15 @@ class _RawDatabase:
             self.conn.execute(f"PRAGMA {pragma}")
         self.entities = _RawEntities(_RawSql(self.conn))
 
-    def begin(self) -> None:
+    @contextmanager
+    def transaction(self) -> Iterator[_RawEntities]:
         self.conn.execute("BEGIN IMMEDIATE")
-
-    def commit(self) -> None:
+        try:
+            yield self.entities
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
         self.conn.execute("COMMIT")
-
-    def rollback(self) -> None:
-        self.conn.execute("ROLLBACK")
 
     def close(self) -> None:
         self.conn.close()
