@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import merge
 from titan_trio.config import Config, parse_config
 
 
@@ -18,16 +19,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 @pytest.fixture
@@ -43,7 +34,7 @@ def config_doc(tmp_path: Path) -> Callable[..., dict[str, Any]]:
             "simulation": {"intervalMs": 20},
             "logging": {"level": "INFO", "dir": str(tmp_path / "logs")},
         }
-        return _merge(base, extra)
+        return merge(base, extra)
 
     return make
 

@@ -12,20 +12,19 @@ covers it with a small limit.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import pytest
 import trio
 
+from tests.helpers import POLL_S, eventually, merge, service
 from tests.ipc.wire import Wire, frame
 from titan_trio.config import Config
 from titan_trio.engine import Engine
 from titan_trio.state import records
 
-POLL_S = 0.005
 SECRET = "0123456789abcdef0123456789abcdef-secret"  # 40 characters
 
 # A flat market (volatility 0): the touch does not move between PREPARE and CONFIRM, so
@@ -33,44 +32,18 @@ SECRET = "0123456789abcdef0123456789abcdef-secret"  # 40 characters
 CALM: dict[str, Any] = {"simulation": {"intervalMs": 20, "volatilityPct": 0}}
 
 
-def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 @pytest.fixture
 def config(make_config: Callable[..., Config]) -> Callable[..., Config]:
     """A test config on a calm market; keyword sections are merged into it."""
 
     def make(**sections: Any) -> Config:
-        return make_config(**merged(CALM, sections))
+        return make_config(**merge(CALM, sections))
 
     return make
 
 
-@asynccontextmanager
-async def service(cfg: Config) -> AsyncIterator[Engine]:
-    async with trio.open_nursery() as nursery:
-        engine: Engine = await nursery.start(Engine(cfg).run)
-        yield engine
-        nursery.cancel_scope.cancel()
-
-
 async def connect(engine: Engine) -> Wire:
     return await Wire.connect(engine.cfg.ipc.socket_path, engine.cfg.ipc.hmac_secret)
-
-
-async def eventually(predicate: Callable[[], Any], limit_s: float = 5.0) -> Any:
-    """Poll state that changes behind a socket or the store thread; bounded."""
-    with trio.fail_after(limit_s):
-        while not (result := predicate()):  # noqa: ASYNC110 - state changes elsewhere
-            await trio.sleep(POLL_S)
-    return result
 
 
 def prepare(

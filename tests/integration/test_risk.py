@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from ipc.protocol import Reply
+from tests.helpers import eventually, service
 from tests.ipc.wire import Wire
 from titan_trio.clock import now_ms
 from titan_trio.config import Config
@@ -25,25 +26,7 @@ from titan_trio.domain.orders import OrderRequest, OrderType, Side, TimeInForce
 from titan_trio.domain.quotes import Quote
 from titan_trio.engine import Engine
 
-POLL_S = 0.005
 TOKEN = "operator-token-0123456789"
-
-
-async def eventually(predicate: Callable[[], Any], limit_s: float = 5.0) -> Any:
-    with trio.fail_after(limit_s):
-        while not (result := predicate()):  # noqa: ASYNC110 - state moves on other tasks
-            await trio.sleep(POLL_S)
-    return result
-
-
-@asynccontextmanager
-async def service(cfg: Config) -> AsyncIterator[Engine]:
-    async with trio.open_nursery() as nursery:
-        engine: Engine = await nursery.start(Engine(cfg).run)
-        try:
-            yield engine
-        finally:
-            nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager

@@ -13,20 +13,11 @@ import httpx
 import pytest
 import trio
 
+from tests.helpers import eventually
 from titan_trio.config import Config
 from titan_trio.domain.orders import OrderRequest, OrderType, Side
 from titan_trio.engine import Engine
 from titan_trio.errors import BrokerRejected
-
-POLL_S = 0.005
-
-
-async def eventually(predicate: Callable[[], Any], limit_s: float = 5.0) -> Any:
-    """Poll real I/O (a thread, a socket) until ``predicate`` is truthy; bounded."""
-    with trio.fail_after(limit_s):
-        while not (result := predicate()):  # noqa: ASYNC110 - state changes on the store thread
-            await trio.sleep(POLL_S)
-    return result
 
 
 async def start(nursery: trio.Nursery, cfg: Config) -> tuple[Engine, httpx.AsyncClient]:

@@ -32,28 +32,12 @@ from ipc.client import (
     TrioSignalClient,
 )
 from ipc.protocol import Ping, Reason, Reply, Status, decode_frame, encode_message, sign
+from tests.helpers import eventually, service
 from titan_trio.config import Config
 from titan_trio.engine import Engine
 
 PROTOCOL_MD = Path(__file__).parents[2] / "ipc" / "PROTOCOL.md"
 SECRET = "x" * 40
-POLL_S = 0.005
-
-
-async def eventually(predicate: Callable[[], Any], limit_s: float = 5.0) -> Any:
-    """Poll state that changes when the broker's events arrive; bounded."""
-    with trio.fail_after(limit_s):
-        while not (result := predicate()):  # noqa: ASYNC110 - fed by the store thread
-            await trio.sleep(POLL_S)
-    return result
-
-
-@asynccontextmanager
-async def service(cfg: Config) -> AsyncIterator[Engine]:
-    async with trio.open_nursery() as nursery:
-        engine: Engine = await nursery.start(Engine(cfg).run)
-        yield engine
-        nursery.cancel_scope.cancel()
 
 
 def long_signal(engine: Engine, symbol: str) -> dict[str, Any]:
