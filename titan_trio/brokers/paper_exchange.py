@@ -177,7 +177,7 @@ class PaperExchange:
                 order.transition(OrderStatus.CANCELED, now_ms)
         return order, fills
 
-    def cancel(self, client_order_id: str, now_ms: int) -> Order:
+    def _open_order(self, client_order_id: str) -> Order:
         order = self.orders.get(client_order_id)
         if order is None:
             raise BrokerRejected("ORDER_NOT_FOUND", f"no order {client_order_id}")
@@ -185,6 +185,10 @@ class PaperExchange:
             raise BrokerRejected(
                 "ORDER_NOT_OPEN", f"order {client_order_id} is already {order.status}"
             )
+        return order
+
+    def cancel(self, client_order_id: str, now_ms: int) -> Order:
+        order = self._open_order(client_order_id)
         order.transition(OrderStatus.CANCELED, now_ms)
         return order
 
@@ -193,13 +197,7 @@ class PaperExchange:
     ) -> tuple[Order, list[Fill]]:
         """Re-price a resting limit order (as Bybit's order/amend). A post-only order that
         would cross is refused; any other order that now crosses fills at once as taker."""
-        order = self.orders.get(client_order_id)
-        if order is None:
-            raise BrokerRejected("ORDER_NOT_FOUND", f"no order {client_order_id}")
-        if not order.status.is_open:
-            raise BrokerRejected(
-                "ORDER_NOT_OPEN", f"order {client_order_id} is already {order.status}"
-            )
+        order = self._open_order(client_order_id)
         if order.order_type is not OrderType.LIMIT:
             raise BrokerRejected("INVALID_PRICE", "only limit orders can be re-priced")
         inst = self.instruments[order.symbol]
