@@ -2,33 +2,95 @@
 file ``<logging.dir>/titan-execution.log`` (10 MB x 5). Level names are the stdlib's, so
 ``grep -E "(ERROR|WARN|CRITICAL)"`` from the operations guide works on either.
 
-The service's threads only put records on a queue; one logging thread formats and
-writes them, so a slow disk or terminal never delays a reply. ``stop()`` on the returned
-handle drains the queue (call it after trio.run returns)."""
+The service's threads only hand records over; one logging thread formats and writes
+them, so a slow disk or terminal never delays a reply. Handing over is cheap on purpose
+(it happens on the request path: an order placed and its fill are two lines): the message
+text is fixed at once (later changes to its arguments cannot alter it) and the record is
+appended to a deque, without waking the logging thread. That thread writes what has
+accumulated every FLUSH_INTERVAL_S (so a line reaches the file at most that late), and is
+woken at once by a WARNING or worse. ``stop()`` on the returned handle writes out
+everything left (call it after trio.run returns)."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import logging.handlers
-import queue
 import sys
+import threading
 import time
 from pathlib import Path
 
 FORMAT = "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s"
 DATEFMT = "%Y-%m-%dT%H:%M:%S"
 LOG_FILE = "titan-execution.log"
+FLUSH_INTERVAL_S = 0.05
+
+
+class _LogWriter:
+    """The logging thread: writes the handed-over records to the real handlers."""
+
+    def __init__(self, handlers: list[logging.Handler], interval_s: float) -> None:
+        self.handlers = handlers
+        self.interval_s = interval_s
+        self.records: collections.deque[logging.LogRecord] = collections.deque()
+        self.wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="titan-log", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self.wake.wait(self.interval_s)
+            self.wake.clear()  # a record appended after this is written by the drain below
+            self._drain()
+        self._drain()
+
+    def _drain(self) -> None:
+        while self.records:
+            record = self.records.popleft()
+            for handler in self.handlers:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.wake.set()
+        self._thread.join()
+
+
+class _HandOver(logging.Handler):
+    """Appends records for the logging thread; wakes it only for WARNING and above."""
+
+    def __init__(self, writer: _LogWriter, formatter: logging.Formatter) -> None:
+        super().__init__()
+        self.writer = writer
+        self.formatter_for_exceptions = formatter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            record.msg = record.getMessage()
+            record.args = None
+            if record.exc_info:  # traceback text now, while its frames are as they were
+                record.exc_text = self.formatter_for_exceptions.formatException(record.exc_info)
+                record.exc_info = None
+        except Exception:
+            self.handleError(record)
+            return
+        self.writer.records.append(record)
+        if record.levelno >= logging.WARNING:
+            self.writer.wake.set()
 
 
 class LogHandle:
-    def __init__(self, path: Path | None, listener: logging.handlers.QueueListener) -> None:
+    def __init__(self, path: Path | None, writer: _LogWriter) -> None:
         self.path = path
-        self._listener = listener
+        self._writer = writer
 
     def stop(self) -> None:
-        """Write out everything queued and stop the logging thread."""
-        self._listener.stop()
-        for handler in self._listener.handlers:
+        """Write out everything handed over and stop the logging thread."""
+        self._writer.stop()
+        for handler in self._writer.handlers:
             handler.close()
 
 
@@ -53,11 +115,9 @@ def setup_logging(level: str, directory: str | None) -> LogHandle:
         )
         file_handler.setFormatter(formatter)
         handlers.append(file_handler)
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    root.addHandler(logging.handlers.QueueHandler(records))
-    listener = logging.handlers.QueueListener(records, *handlers)
-    listener.start()
+    writer = _LogWriter(handlers, FLUSH_INTERVAL_S)
+    root.addHandler(_HandOver(writer, formatter))
     # Third-party chatter stays at WARNING unless we debug.
     for noisy in ("hypercorn.access", "httpx", "httpcore", "pony.orm"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
-    return LogHandle(path, listener)
+    return LogHandle(path, writer)

@@ -33,10 +33,12 @@ Each PREPARE: BTCUSDT LONG, entry zone the current ask +-2 %, stop 1 % below the
 Run: `make bench` (or `.venv/bin/python tests/bench/bench_ipc.py`). Takes 3-4 min: the
 100,000-signal RSS run is bound by how many pairs per second the service handles (300-450
 on a 2-CPU machine); it stops after RSS_TIME_LIMIT_S and extrapolates, clearly labelled.
+`--rate 100 --no-rss` runs one rate without the RSS run (about 30 s), for iterating.
 """
 
 from __future__ import annotations
 
+import argparse
 import bisect
 import json
 import os
@@ -843,7 +845,18 @@ def print_table(rows: list[RateRow], floor: dict[int, list[float]]) -> None:
     print("(floor: bare trio NDJSON echo server, one message per tick at that rate, same client)")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="IPC benchmark (see the module docstring).")
+    parser.add_argument(
+        "--rate",
+        type=int,
+        action="append",
+        choices=[r for r, _ in RATES],
+        help="run only this rate (repeatable); the default runs all of them",
+    )
+    parser.add_argument("--no-rss", action="store_true", help="skip the 100,000-signal RSS run")
+    args = parser.parse_args(argv)
+    rates = [(r, d) for r, d in RATES if not args.rate or r in args.rate]
     bench_started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="titan-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -863,9 +876,10 @@ def main() -> int:
                 "CONFIRM per tick):"
             )
             signals = Signals()
-            for rate, duration in RATES:
+            for rate, duration in rates:
                 rows.append(run_rate(service, signals, rate, duration))
-            rss = run_rss(service, signals)
+            if not args.no_rss:
+                rss = run_rss(service, signals)
         except ServiceDied as exc:
             failure = str(exc)
         except (OSError, httpx.HTTPError) as exc:
