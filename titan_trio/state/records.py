@@ -297,20 +297,24 @@ def load_positions(e: Entities) -> list[PositionRecord]:
 
 
 def _insert_trade(e: Entities, t: TradeRecord) -> None:
-    e.Trade(
-        symbol=t.symbol,
-        side=t.side.value,
-        qty=str(t.qty),
-        entry_price=str(t.entry_price),
-        exit_price=str(t.exit_price),
-        realized_pnl=str(t.realized_pnl),
-        fees=str(t.fees),
-        net_pnl=str(t.net_pnl),
-        opened_ms=t.opened_ms,
-        closed_ms=t.closed_ms,
-        day=t.day,
-        signal_id=t.signal_id,
-        close_reason=t.close_reason,
+    values = {
+        "symbol": t.symbol,
+        "side": t.side.value,
+        "qty": str(t.qty),
+        "entry_price": str(t.entry_price),
+        "exit_price": str(t.exit_price),
+        "realized_pnl": str(t.realized_pnl),
+        "fees": str(t.fees),
+        "net_pnl": str(t.net_pnl),
+        "opened_ms": t.opened_ms,
+        "closed_ms": t.closed_ms,
+        "day": t.day,
+        "signal_id": t.signal_id,
+        "close_reason": t.close_reason,
+    }
+    e.db.execute(
+        f"INSERT INTO trades ({', '.join(values)}) VALUES ({', '.join('$' + c for c in values)})",
+        values,
     )
 
 
