@@ -16,10 +16,12 @@ import pytest
 import trio
 import trio.testing
 
+from tests.state.test_shadow import fill, open_order
 from titan_trio.domain.orders import Order, OrderStatus, OrderType, Side, TimeInForce
 from titan_trio.errors import IllegalTransition, StoreError
 from titan_trio.state import records
 from titan_trio.state.schema import SCHEMA_VERSION, Entities, migrate
+from titan_trio.state.shadow import ShadowState
 from titan_trio.state.store import Store
 
 
@@ -409,3 +411,47 @@ async def test_inline_commits_are_bounded_and_bursts_go_to_the_store_thread(
         with pytest.raises(StoreError):
             await store.call(write_then_raise, Boom("inline failure"))
         assert "bad" not in await store.call(all_kv)
+
+
+# ----- the inline (plain sqlite3) path writes what the store thread writes ------------------
+
+
+def _dump_tables(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    with sqlite3.connect(path) as conn:
+        return {
+            table: conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+            for table in ("orders", "fills", "positions", "trades", "kv")
+        }
+
+
+async def test_urgent_shadow_writes_inline_match_the_store_thread(tmp_path: Path) -> None:
+    """A whole trade (open fill, close fill, orders, position, balance) saved inline on the
+    trio thread leaves exactly the rows the store thread's pony session leaves."""
+
+    def writes() -> list[list[tuple[Any, tuple[Any, ...]]]]:
+        shadow = ShadowState(Decimal("10000"))
+        order = shadow.apply_order(open_order("c1", Side.BUY, "sig-1"))
+        opened = shadow.apply_fill(fill("e1", Side.BUY, "0.1", "30000", fee="1.65", ts=1000))
+        closed = shadow.apply_fill(
+            fill("e2", Side.SELL, "0.1", "30500", fee="1.6775", ts=2000, cid="c2"),
+            close_reason="take_profit",
+        )
+        assert opened is not None and closed is not None and closed.trade is not None
+        return [
+            [(records.save_order, (order,))],
+            [(records.save_fill_changes, (opened, Decimal("9998.35"), 1000))],
+            [(records.save_fill_changes, (closed, shadow.balance, 2000))],
+        ]
+
+    inline_path, thread_path = tmp_path / "inline.db", tmp_path / "thread.db"
+    async with open_store(inline_path) as store:
+        for batch in writes():
+            await store.call(records.run_all, batch, urgent=True)
+        assert store._raw is not None  # they did run on the plain connection
+    async with open_store(thread_path, inline=False) as store:
+        for batch in writes():
+            await store.call(records.run_all, batch, urgent=True)
+    inline_rows = _dump_tables(inline_path)
+    assert inline_rows == _dump_tables(thread_path)
+    assert len(inline_rows["trades"]) == 1 and len(inline_rows["fills"]) == 2
+    assert inline_rows["positions"] == []

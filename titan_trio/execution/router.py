@@ -199,10 +199,11 @@ class SignalRouter:
             return
         try:
             self._check_trading_state()
+            exposure = self.exposure()  # no await below: it cannot change meanwhile
             check_positions(
                 msg.symbol,
                 intent.side,
-                self.exposure(),
+                exposure,
                 self.limits.max_positions,
                 self.limits.allow_pyramiding,
             )
@@ -226,7 +227,7 @@ class SignalRouter:
                 leverage_cap=min(
                     Decimal(repr(msg.leverage)), rules.max_leverage, instrument.max_leverage
                 ),
-                open_notional=self.exposure().notional,
+                open_notional=exposure.notional,
                 max_total_leverage=self.limits.max_total_leverage,
             )
             check_book(quote, now_ms(), intent.side, size.qty, self.l2)
@@ -365,10 +366,11 @@ class SignalRouter:
     def _entry_order(self, intent: PreparedIntent, size: Size, now: int) -> tuple[Order, EntryPlan]:
         prepare = intent.message
         self._check_trading_state()
+        exposure = self.exposure()  # no await below: it cannot change meanwhile
         check_positions(
             prepare.symbol,
             intent.side,
-            self.exposure(),
+            exposure,
             self.limits.max_positions,
             self.limits.allow_pyramiding,
         )
@@ -386,7 +388,7 @@ class SignalRouter:
                 Reason.SLIPPAGE_TOO_HIGH,
                 f"the book ({quote.bid}/{quote.ask}) has left the entry zone {zone_min}-{zone_max}",
             )
-        room = equity * self.limits.max_total_leverage - self.exposure().notional
+        room = equity * self.limits.max_total_leverage - exposure.notional
         if size.qty * price > room:
             raise EntryRejected(
                 Reason.LEVERAGE_CAP,

@@ -252,10 +252,12 @@ class Store:
         Cancelling the caller does not cancel the job: it still commits (or not) as a
         whole; the caller only stops waiting.
 
-        ``urgent``: a small transaction on a request's path (a signal's journal entry, an
-        order's commit before it is sent). When the store thread is idle it runs right
-        here, which saves two thread wake-ups (a few hundred microseconds on an idle
-        machine); background writers leave it False and are group-committed.
+        ``urgent``: a small transaction someone is waiting on (a signal's journal entry,
+        an order's commit before it is sent, one order's fill and position). When the
+        store thread is idle it runs right here, which saves two thread wake-ups (a few
+        hundred microseconds on a virtual machine); big or background writes leave it
+        False and are group-committed. An urgent ``fn`` must only use
+        ``e.db.execute/exists/select`` (see ``_run_here``).
         """
         if self.entities is None or self._closing:
             raise StoreError("the database is not open")
