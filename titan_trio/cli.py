@@ -126,11 +126,10 @@ _SIGNAL_ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "entry_min",
             "entry_max",
             "stop_loss",
-            "take_profit",
             "confidence",
             "leverage",
         ),
-        ("signal_id", "source", "velocity", "trap_type"),
+        ("take_profit", "signal_id", "source", "velocity", "trap_type"),
     ),
     "CONFIRM": (("signal_id",), ()),
     "ABORT": (("signal_id",), ()),
@@ -183,7 +182,7 @@ def _signal_message(args: argparse.Namespace) -> dict[str, Any]:
         args.direction,
         (args.entry_min, args.entry_max),
         args.stop_loss,
-        args.take_profit,
+        args.take_profit or [],  # the protocol allows none: the position keeps its stop
         args.confidence,
         args.leverage,
         source=args.source or "cli",
@@ -319,7 +318,7 @@ def build_parser() -> _Parser:
         type=float,
         action="append",
         metavar="PRICE",
-        help="PREPARE: a take-profit price (repeat for several)",
+        help="PREPARE: a take-profit price (repeat for several, up to 10; none is allowed)",
     )
     s.add_argument("--confidence", type=float, help="PREPARE: 0-100")
     s.add_argument("--leverage", type=float, help="PREPARE: maximum leverage for the position")

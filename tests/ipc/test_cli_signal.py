@@ -116,6 +116,25 @@ async def test_prepare_confirm_and_a_rejection(config_file: Callable[..., Path])
         assert "Traceback" not in err
 
 
+async def test_prepare_without_take_profit_is_allowed(config_file: Callable[..., Path]) -> None:
+    """The protocol takes 0-10 take-profit prices; the CLI does not demand one."""
+    config = config_file()
+    async with service(config) as engine:
+        quote = engine.hub.book.get("BTCUSDT")
+        assert quote is not None
+        ask = float(quote.ask)
+        code, out, err = await titan(
+            *send(
+                config,
+                *("--type", "PREPARE", "--symbol", "BTCUSDT", "--direction", "LONG"),
+                *("--entry-min", f"{ask * 0.99:.1f}", "--entry-max", f"{ask * 1.01:.1f}"),
+                *("--stop-loss", f"{ask * 0.98:.1f}", "--confidence", "60", "--leverage", "5"),
+            )
+        )
+        assert code == 0, err
+        assert reply_of(out)["status"] == "prepared"
+
+
 async def test_signed_frames_use_the_configured_secret(config_file: Callable[..., Path]) -> None:
     config = config_file(ipc={"hmacSecret": SECRET})
     async with service(config):
