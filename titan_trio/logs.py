@@ -14,6 +14,7 @@ everything left (call it after trio.run returns)."""
 from __future__ import annotations
 
 import collections
+import copy
 import logging
 import logging.handlers
 import sys
@@ -51,7 +52,10 @@ class _LogWriter:
             record = self.records.popleft()
             for handler in self.handlers:
                 if record.levelno >= handler.level:
-                    handler.handle(record)
+                    try:
+                        handler.handle(record)
+                    except Exception:  # a failing filter must not end this thread
+                        handler.handleError(record)
 
     def stop(self) -> None:
         self._stopping = True
@@ -69,6 +73,7 @@ class _HandOver(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            record = copy.copy(record)  # other handlers (pytest's caplog) see it unchanged
             record.msg = record.getMessage()
             record.args = None
             if record.exc_info:  # traceback text now, while its frames are as they were

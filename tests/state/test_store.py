@@ -16,19 +16,26 @@ import pytest
 import trio
 import trio.testing
 
+from tests.helpers import eventually
 from tests.state.test_shadow import fill, open_order
 from titan_trio.domain.orders import Order, OrderStatus, OrderType, Side, TimeInForce
 from titan_trio.errors import IllegalTransition, StoreError
 from titan_trio.state import records
 from titan_trio.state.schema import SCHEMA_VERSION, Entities, migrate
 from titan_trio.state.shadow import ShadowState
-from titan_trio.state.store import Store
+from titan_trio.state.store import Store, plain_sql
 
 
 @asynccontextmanager
-async def open_store(path: Path, *, inline: bool = True) -> AsyncIterator[Store]:
+async def open_store(
+    path: Path, *, inline: bool = True, inline_burst_s: float = 60.0
+) -> AsyncIterator[Store]:
+    """A store whose urgent calls run inline whenever the store thread is idle (a budget
+    no test exhausts: a slow machine must not send them to the thread instead)."""
     async with trio.open_nursery() as nursery:
-        store = await nursery.start(Store(str(path), inline=inline).run)
+        store = await nursery.start(
+            Store(str(path), inline=inline, inline_burst_s=inline_burst_s).run
+        )
         yield store
         nursery.cancel_scope.cancel()
 
@@ -455,3 +462,109 @@ async def test_urgent_shadow_writes_inline_match_the_store_thread(tmp_path: Path
     assert inline_rows == _dump_tables(thread_path)
     assert len(inline_rows["trades"]) == 1 and len(inline_rows["fills"]) == 2
     assert inline_rows["positions"] == []
+
+
+class _CommitFails:
+    """The inline connection with a COMMIT that fails the way a full disk does."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.conn.execute(sql, *args)
+
+
+async def test_failed_inline_commit_rolls_back_and_releases_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    async with open_store(path) as store:
+        await store.call(records.kv_set, "k", 1, 1, urgent=True)
+        raw = store._raw
+        assert raw is not None
+        real = raw.conn
+        raw.conn = _CommitFails(real)  # type: ignore[assignment]
+        try:
+            with pytest.raises(StoreError, match="disk is full"):
+                await store.call(records.kv_set, "k", 2, 2, urgent=True)
+        finally:
+            raw.conn = real
+        assert not real.in_transaction
+        assert "disk is full" in (store.stats.last_error or "")
+        # the same connection and the store thread both write again at once
+        await store.call(records.kv_set, "k", 3, 3, urgent=True)
+        await store.call(records.kv_set, "other", 4, 4)
+        assert await store.call(all_kv) == {"k": 3, "other": 4}
+
+
+async def test_urgent_pony_function_runs_on_the_store_thread(tmp_path: Path) -> None:
+    """Only @plain_sql functions may run on the plain connection; others are queued."""
+    async with open_store(tmp_path / "t.db") as store:
+        await store.call(records.add_event, 1, "INFO", "test", "hello", urgent=True)
+        assert store._raw is None  # nothing ran inline
+        pony_write = [(records.add_event, (2, "INFO", "test", "again"))]
+        plain_write = [(records.kv_set, ("k", 1, 1))]
+        assert not plain_sql(records.run_all, (pony_write + plain_write,))
+        assert plain_sql(records.run_all, (plain_write,))
+        await store.call(records.run_all, pony_write + plain_write, urgent=True)
+        assert store._raw is None
+        assert (await store.call(records.table_counts))["system_events"] == 2
+
+
+async def test_urgent_call_waits_on_the_store_thread_when_the_lock_is_taken(
+    tmp_path: Path,
+) -> None:
+    """Another process writing: the trio thread gives up after a few ms and the store
+    thread waits for the lock, so the event loop keeps running meanwhile."""
+    path = tmp_path / "t.db"
+    async with open_store(path) as store:
+        await store.call(records.kv_set, "k", 1, 1, urgent=True)  # opens the inline path
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        result: list[None] = []
+
+        async def write() -> None:
+            result.append(await store.call(records.kv_set, "k", 2, 2, urgent=True))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            await eventually(lambda: store._outstanding == 1)  # queued, loop still running
+            other.execute("COMMIT")
+            other.close()
+        assert result == [None]
+        assert await store.call(all_kv) == {"k": 2}
+
+
+async def test_synchronous_full_never_commits_on_the_trio_thread(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(Store(str(tmp_path / "t.db"), "FULL").run)
+        await store.call(records.kv_set, "k", 1, 1, urgent=True)
+        assert store._raw is None and not store.inline
+        nursery.cancel_scope.cancel()
+
+
+async def test_store_thread_ends_even_if_closing_the_inline_connection_fails(
+    tmp_path: Path,
+) -> None:
+    class BrokenClose:
+        def close(self) -> None:
+            raise sqlite3.ProgrammingError("close failed")
+
+    raised = False
+    try:
+        async with open_store(tmp_path / "t.db") as store:
+            await store.call(records.kv_set, "k", 1, 1, urgent=True)
+            assert store._raw is not None
+            store._raw.close()
+            store._raw = BrokenClose()  # type: ignore[assignment]
+    except* sqlite3.ProgrammingError:
+        raised = True  # reported to the caller...
+    assert raised
+    assert store_threads() == []  # ...and the store thread ended, or the process would hang

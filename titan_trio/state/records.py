@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from pony import orm
 
@@ -19,6 +19,17 @@ from titan_trio.domain.positions import Position
 from titan_trio.errors import TitanError
 from titan_trio.state.schema import Entities
 from titan_trio.state.shadow import FillChanges, PositionRecord, TradeRecord
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def plain_sql_function(fn: F) -> F:
+    """Mark ``fn`` as using only ``e.db.execute/exists/select``: the store may then run it
+    inline on its plain sqlite3 connection (Store.call, urgent=True). A function that
+    touches pony entities must not carry this mark (tests/state check the marked ones on
+    that connection)."""
+    fn.plain_sql = True  # type: ignore[attr-defined]
+    return fn
 
 
 def _upsert(e: Entities, table: str, key: str, values: dict[str, Any]) -> None:
@@ -48,6 +59,12 @@ def run_all(e: Entities, writes: list[tuple[Callable[..., Any], tuple[Any, ...]]
     return [fn(e, *args) for fn, args in writes]
 
 
+# plain SQL exactly when every write it carries is
+run_all.plain_sql = lambda writes: all(  # type: ignore[attr-defined]
+    getattr(fn, "plain_sql", False) is True for fn, _ in writes
+)
+
+
 # ----- key-value ------------------------------------------------------------------------
 
 
@@ -56,6 +73,7 @@ def kv_get(e: Entities, key: str) -> Any:
     return None if row is None else json.loads(row.value)
 
 
+@plain_sql_function
 def kv_set(e: Entities, key: str, value: Any, now_ms: int) -> None:
     text = json.dumps(value, separators=(",", ":"))
     _upsert(e, "kv", "key", {"key": key, "value": text, "updated_ms": now_ms})
@@ -64,6 +82,7 @@ def kv_set(e: Entities, key: str, value: Any, now_ms: int) -> None:
 # ----- the paper exchange's own records -----------------------------------------------
 
 
+@plain_sql_function
 def paper_open_orders(e: Entities) -> list[dict[str, Any]]:
     """The paper exchange's resting orders, oldest first."""
     open_states = ", ".join(f"'{st.value}'" for st in OrderStatus if st.is_open)  # constants
@@ -82,6 +101,7 @@ class DuplicateOrderId(TitanError):
     """The paper exchange already took an order with this client order id."""
 
 
+@plain_sql_function
 def save_paper_account(
     e: Entities,
     key: str,
@@ -115,6 +135,7 @@ def save_paper_account(
 # ----- the signals journal: every signal id is accepted once, across restarts ----------
 
 
+@plain_sql_function
 def journal_signal(
     e: Entities,
     signal_id: str,
@@ -150,6 +171,7 @@ def signal_status(e: Entities, signal_id: str) -> tuple[str, str | None] | None:
     return None if row is None else (row.status, row.reason)
 
 
+@plain_sql_function
 def set_signal_status(
     e: Entities,
     signal_id: str,
@@ -184,6 +206,7 @@ def expire_signals(e: Entities, signal_ids: list[str], now_ms: int) -> None:
 # ----- orders, fills, positions, trades -------------------------------------------------
 
 
+@plain_sql_function
 def save_order(e: Entities, o: Order) -> None:
     values = {
         "symbol": o.symbol,
@@ -318,6 +341,7 @@ def _insert_trade(e: Entities, t: TradeRecord) -> None:
     )
 
 
+@plain_sql_function
 def save_fill_changes(e: Entities, changes: FillChanges, balance: Decimal, now_ms: int) -> bool:
     """Persist one fill and everything it changed, atomically. False when the fill was
     already recorded (a replay after a restart), in which case nothing changes."""

@@ -76,6 +76,7 @@ class Store:
         *,
         inline: bool = True,
         always_inline: bool = False,
+        inline_burst_s: float = INLINE_BURST_S,
     ) -> None:
         self.path = os.path.abspath(path)
         self.synchronous = synchronous
@@ -88,12 +89,15 @@ class Store:
         self._closing = False
         self._outstanding = 0  # jobs queued or running on the store thread
         self._since_checkpoint = 0
-        self.inline = inline
+        # With FULL every commit fsyncs: that wait belongs on the store thread, never on
+        # the trio thread, so nothing runs inline then.
+        self.inline = inline and synchronous == "NORMAL"
         self._raw: _RawDatabase | None = None  # urgent writes on the calling thread
         # Every call inline: for tests under trio's MockClock, where waiting on another
         # thread would let virtual time run ahead of the work.
         self.always_inline = always_inline
-        self._inline_budget = INLINE_BURST_S
+        self.inline_burst_s = inline_burst_s
+        self._inline_budget = inline_burst_s
         self._inline_refilled = time.perf_counter()
 
     # ----- lifecycle -------------------------------------------------------------------
@@ -123,12 +127,15 @@ class Store:
             yield self
         finally:
             self._closing = True
-            if self.entities is not None:
-                self.entities.db.disconnect()  # this thread's connection (inline calls)
-            if self._raw is not None:
-                self._raw.close()
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await self._stop()
+            try:
+                if self.entities is not None:
+                    self.entities.db.disconnect()  # this thread's connection (inline calls)
+                if self._raw is not None:
+                    self._raw.close()
+            finally:  # whatever closing those raised, the store thread must end, or the
+                # process could never exit (it is not a daemon: it finishes its commits)
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self._stop()
 
     async def run(self, *, task_status: trio.TaskStatus[Store] = trio.TASK_STATUS_IGNORED) -> None:
         """The store as a nursery task: open, report started, close when cancelled."""
@@ -256,13 +263,23 @@ class Store:
         an order's commit before it is sent, one order's fill and position). When the
         store thread is idle it runs right here, which saves two thread wake-ups (a few
         hundred microseconds on a virtual machine); big or background writes leave it
-        False and are group-committed. An urgent ``fn`` must only use
-        ``e.db.execute/exists/select`` (see ``_run_here``).
+        False and are group-committed. Only functions marked with ``@plain_sql`` (they use
+        nothing but ``e.db.execute/exists/select``) run inline; any other goes to the store
+        thread whatever ``urgent`` says.
         """
         if self.entities is None or self._closing:
             raise StoreError("the database is not open")
-        if urgent and self._outstanding == 0 and self.inline and self._inline_allowed():
-            return self._run_here(fn, args, raw=True)
+        if (
+            urgent
+            and self._outstanding == 0
+            and self.inline
+            and plain_sql(fn, args)
+            and self._inline_allowed()
+        ):
+            try:
+                return self._run_here(fn, args, raw=True)
+            except _Busy:
+                pass  # another process holds the write lock: wait on the store thread
         if self.always_inline:
             return self._run_here(fn, args, raw=False)
         job = _Job(fn, args)
@@ -284,7 +301,7 @@ class Store:
         store thread, where it is group-committed."""
         now = time.perf_counter()
         self._inline_budget = min(
-            INLINE_BURST_S, self._inline_budget + (now - self._inline_refilled) * INLINE_SHARE
+            self.inline_burst_s, self._inline_budget + (now - self._inline_refilled) * INLINE_SHARE
         )
         self._inline_refilled = now
         return self._inline_budget > 0
@@ -304,11 +321,22 @@ class Store:
             if raw:
                 if self._raw is None:
                     self._raw = _RawDatabase(self.path, self.synchronous)
-                with self._raw.transaction() as entities:
-                    result = fn(entities, *args)
+                try:
+                    with self._raw.transaction() as entities:
+                        result = fn(entities, *args)
+                except _Unusable:
+                    self._raw.close()
+                    self._raw = None  # opened afresh by the next inline call
+                    raise
             else:
                 with orm.db_session(strict=True):
                     result = fn(self.entities, *args)
+        except _Busy:
+            raise
+        except _Unusable as exc:
+            cause = exc.__cause__ or exc
+            self._failed(cause)
+            raise _as_store_error(cause) from cause
         except Exception as exc:
             self._failed(exc)
             raise _as_store_error(exc) from exc
@@ -372,13 +400,24 @@ class _RawEntities:
     db: _RawSql
 
 
+class _Busy(Exception):
+    """Another connection holds the write lock; nothing was done."""
+
+
+class _Unusable(Exception):
+    """The connection could not roll back a failed transaction; drop it."""
+
+
+RAW_BUSY_TIMEOUT_MS = 20  # the trio thread never waits longer than this for the lock
+
+
 class _RawDatabase:
     def __init__(self, path: str, synchronous: str) -> None:
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
         for pragma in (
             "journal_mode=WAL",
             f"synchronous={synchronous}",
-            "busy_timeout=5000",
+            f"busy_timeout={RAW_BUSY_TIMEOUT_MS}",
             "wal_autocheckpoint=0",
         ):
             self.conn.execute(f"PRAGMA {pragma}")
@@ -386,16 +425,36 @@ class _RawDatabase:
 
     @contextmanager
     def transaction(self) -> Iterator[_RawEntities]:
-        self.conn.execute("BEGIN IMMEDIATE")
+        """BEGIN IMMEDIATE ... COMMIT; anything failing, the COMMIT included (a full disk
+        shows there), rolls back, so the connection never keeps the write lock."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise _Busy(str(exc)) from exc
+            raise
         try:
             yield self.entities
-        except BaseException:
-            self.conn.execute("ROLLBACK")
+            self.conn.execute("COMMIT")
+        except BaseException as exc:
+            if self.conn.in_transaction:  # SQLite may have rolled back already
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    raise _Unusable(str(exc)) from exc
             raise
-        self.conn.execute("COMMIT")
 
     def close(self) -> None:
         self.conn.close()
+
+
+def plain_sql(fn: Callable[..., Any], args: tuple[Any, ...] = ()) -> bool:
+    """Whether ``fn(entities, *args)`` only uses ``e.db.execute/exists/select`` and so can
+    run on the plain sqlite3 connection. A function says so with ``fn.plain_sql = True``
+    (records.plain_sql_function), or with a predicate over its arguments (records.run_all:
+    true when every write it carries is)."""
+    mark = getattr(fn, "plain_sql", False)
+    return bool(mark(*args)) if callable(mark) else mark is True
 
 
 def _as_store_error(exc: BaseException) -> BaseException:
