@@ -10,9 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.helpers import merge
 from titan_trio.config import Config, parse_config
+
+# No wall-clock limits in tests (these machines are shared and noisy): no per-example
+# deadline, and no failure when generating inputs is slow. The first text strategy in a
+# fresh clone builds Hypothesis's Unicode tables (~1 s), which failed CI's too_slow check.
+settings.register_profile("titan", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("titan")
 
 
 def free_port() -> int:
