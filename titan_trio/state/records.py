@@ -377,8 +377,18 @@ def save_fill_changes(e: Entities, changes: FillChanges, balance: Decimal, now_m
     return True
 
 
-def recent_exec_ids(e: Entities, since_ms: int) -> list[str]:
-    return list(orm.select(f.exec_id for f in e.Fill if f.ts_ms >= since_ms))
+def recent_exec_ids(e: Entities, since_ms: int, limit: int) -> list[tuple[str, int]]:
+    """(exec_id, ts_ms) of the newest ``limit`` fills since ``since_ms``, oldest first."""
+    rows = e.db.select(
+        "exec_id, ts_ms FROM fills WHERE ts_ms >= $since_ms ORDER BY ts_ms DESC LIMIT $limit",
+        {"since_ms": since_ms, "limit": limit},
+    )
+    return [(exec_id, ts_ms) for exec_id, ts_ms in reversed(rows)]
+
+
+@plain_sql_function
+def fill_recorded(e: Entities, exec_id: str) -> bool:
+    return e.db.exists("exec_id FROM fills WHERE exec_id = $exec_id", {"exec_id": exec_id})
 
 
 def list_trades(

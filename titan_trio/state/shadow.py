@@ -10,6 +10,8 @@ open position and are reported in the trade when it closes.
 from __future__ import annotations
 
 import datetime as dt
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -71,6 +73,49 @@ def utc_day(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d")
 
 
+RECENT_EXEC_IDS = 20_000
+
+
+class RecentExecIds:
+    """The execution ids of the last ``limit`` fills, for de-duplication in memory; memory
+    stays bounded however long the service runs. A fill the set no longer covers is
+    recognised by its timestamp: at or before ``horizon_ms`` (the newest forgotten one),
+    so the caller asks the database (records.fill_recorded) before applying it. New fills
+    are never that old, so the hot path never reads the database."""
+
+    def __init__(self, limit: int = RECENT_EXEC_IDS, horizon_ms: int = -1) -> None:
+        self.limit = limit
+        self.horizon_ms = horizon_ms
+        self._ids: set[str] = set()
+        self._order: deque[tuple[str, int]] = deque()
+
+    def __contains__(self, exec_id: object) -> bool:
+        return exec_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def add(self, exec_id: str, ts_ms: int) -> None:
+        if exec_id in self._ids:
+            return
+        self._ids.add(exec_id)
+        self._order.append((exec_id, ts_ms))
+        while len(self._order) > self.limit:
+            old, old_ts = self._order.popleft()
+            self._ids.discard(old)
+            self.horizon_ms = max(self.horizon_ms, old_ts)
+
+    def update(self, fills: Iterable[tuple[str, int]]) -> None:
+        for exec_id, ts_ms in fills:
+            self.add(exec_id, ts_ms)
+
+    def needs_database_check(self, fill: Fill) -> bool:
+        return fill.exec_id not in self._ids and fill.ts_ms <= self.horizon_ms
+
+
 class ShadowState:
     def __init__(self, balance: Decimal) -> None:
         self.balance = balance
@@ -80,7 +125,7 @@ class ShadowState:
         # follow the order event): they still count as exposure until then.
         self.unsettled: dict[str, Order] = {}
         self.applied_qty: dict[str, Decimal] = {}  # fill quantity applied, per tracked order
-        self.seen_exec_ids: set[str] = set()
+        self.seen_exec_ids = RecentExecIds()
 
     # ----- reads -----------------------------------------------------------------------
 
@@ -152,7 +197,7 @@ class ShadowState:
         """Apply a fill once (de-duplicated by exec id); None for a fill already seen."""
         if fill.exec_id in self.seen_exec_ids:
             return None
-        self.seen_exec_ids.add(fill.exec_id)
+        self.seen_exec_ids.add(fill.exec_id, fill.ts_ms)
         coid = fill.client_order_id
         order = self.orders.get(coid) or self.unsettled.get(coid)
         if coid in self.applied_qty:

@@ -19,13 +19,20 @@ from titan_trio.clock import now_ms
 from titan_trio.domain.orders import Order
 from titan_trio.errors import StoreError
 from titan_trio.state import records
-from titan_trio.state.shadow import FillChanges, ShadowState, TradeRecord
+from titan_trio.state.shadow import (
+    RECENT_EXEC_IDS,
+    FillChanges,
+    RecentExecIds,
+    ShadowState,
+    TradeRecord,
+)
 from titan_trio.state.store import Store
 
 log = logging.getLogger("titan.state")
 
-# Execution ids remembered in memory after a restart; older replays are caught by the
-# database's primary key.
+# Execution ids loaded into memory at a restart: fills of the last 7 days, at most the
+# newest RECENT_EXEC_IDS. A replay of anything older is looked up in the database before
+# it is applied (shadow.RecentExecIds), so memory stays bounded and nothing applies twice.
 EXEC_ID_MEMORY_MS = 7 * 24 * 3600 * 1000
 MAX_BATCH = 256  # broker events applied and committed together
 SAVE_ATTEMPTS = 3
@@ -36,19 +43,26 @@ SAVE_ATTEMPTS = 3
 INLINE_WRITES = 8
 
 
-async def restore_shadow(store: Store, initial_balance: Decimal) -> ShadowState:
+async def restore_shadow(
+    store: Store, initial_balance: Decimal, exec_id_memory: int = RECENT_EXEC_IDS
+) -> ShadowState:
     """The shadow state as the database last committed it."""
     balance = await store.call(records.kv_get, "shadow.balance")
     shadow = ShadowState(Decimal(balance) if balance is not None else initial_balance)
+    shadow.seen_exec_ids = RecentExecIds(exec_id_memory)
     for rec in await store.call(records.load_positions):
         shadow.positions[rec.position.symbol] = rec
     for order in await store.call(records.load_open_orders):
         shadow.orders[order.client_order_id] = order
         # what it filled before the restart is already in the position
         shadow.applied_qty[order.client_order_id] = order.filled_qty
-    shadow.seen_exec_ids.update(
-        await store.call(records.recent_exec_ids, now_ms() - EXEC_ID_MEMORY_MS)
-    )
+    since = now_ms() - EXEC_ID_MEMORY_MS
+    seen = shadow.seen_exec_ids
+    recent = await store.call(records.recent_exec_ids, since, seen.limit)
+    # Anything older than what is loaded is checked against the database if it comes
+    # again: fills before the window, or before the newest `limit` when there are more.
+    seen.horizon_ms = since if len(recent) < seen.limit else recent[0][1]
+    seen.update(recent)
     if balance is None:
         await store.call(records.kv_set, "shadow.balance", str(shadow.balance), now_ms())
     return shadow
@@ -114,6 +128,11 @@ class ShadowSync:
                 if was_open and merged.status.is_terminal:
                     finished.append(merged)
             elif isinstance(event, FillEvent):
+                if self.shadow.seen_exec_ids.needs_database_check(
+                    event.fill
+                ) and await self.store.call(records.fill_recorded, event.fill.exec_id, urgent=True):
+                    log.info("fill %s already recorded; ignored", event.fill.exec_id)
+                    continue
                 changes = self.shadow.apply_fill(event.fill)
                 if changes is None:
                     log.info("fill %s already applied; ignored", event.fill.exec_id)

@@ -1,0 +1,82 @@
+"""Fill de-duplication with bounded memory: recent exec ids in memory, older ones in the
+database, across a restart too."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from pathlib import Path
+
+import trio
+
+from tests.state.test_shadow import fill, open_order
+from titan_trio.brokers.base import BrokerEvent, FillEvent, OrderEvent
+from titan_trio.clock import now_ms
+from titan_trio.domain.orders import Side
+from titan_trio.state.shadow import RecentExecIds, ShadowState
+from titan_trio.state.store import Store
+from titan_trio.state.sync import ShadowSync, restore_shadow
+
+D = Decimal
+
+
+def test_recent_ids_forget_the_oldest_and_remember_how_old() -> None:
+    seen = RecentExecIds(limit=2)
+    seen.add("a", 100)
+    seen.add("b", 200)
+    seen.add("a", 100)  # already there: nothing moves
+    assert set(seen) == {"a", "b"} and seen.horizon_ms == -1
+    seen.add("c", 300)
+    assert set(seen) == {"b", "c"} and seen.horizon_ms == 100
+    assert seen.needs_database_check(fill("a", Side.BUY, "1", "1", ts=100))
+    assert not seen.needs_database_check(fill("b", Side.BUY, "1", "1", ts=200))  # in memory
+    assert not seen.needs_database_check(fill("d", Side.BUY, "1", "1", ts=400))  # new
+
+
+@asynccontextmanager
+async def synced(path: Path, shadow: ShadowState) -> AsyncIterator[tuple[Store, ShadowSync]]:
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(Store(str(path), inline_burst_s=60.0).run)
+        send, receive = trio.open_memory_channel[BrokerEvent](16)
+        sync = ShadowSync(shadow, store, receive)
+        yield store, sync
+        send.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_replayed_fill_older_than_memory_is_refused_by_the_database(
+    tmp_path: Path,
+) -> None:
+    base = now_ms() - 60_000
+    shadow = ShadowState(D("10000"))
+    shadow.seen_exec_ids = RecentExecIds(limit=2)
+    async with synced(tmp_path / "t.db", shadow) as (_store, sync):
+        await sync.apply([OrderEvent(open_order("c1", Side.BUY, "sig-1"))])
+        for k in range(3):  # e0 leaves memory when e2 arrives
+            await sync.apply([FillEvent(fill(f"e{k}", Side.BUY, "0.1", "30000", ts=base + k))])
+        position = shadow.positions["BTCUSDT"].position
+        assert position.size == D("0.3")
+        assert "e0" not in shadow.seen_exec_ids
+
+        await sync.apply([FillEvent(fill("e0", Side.BUY, "0.1", "30000", ts=base))])  # replay
+        assert shadow.positions["BTCUSDT"].position.size == D("0.3")
+        await sync.apply([FillEvent(fill("e3", Side.BUY, "0.1", "30000", ts=base + 3))])
+        assert shadow.positions["BTCUSDT"].position.size == D("0.4")
+
+    # after a restart with the same small memory: the newest two are loaded, the older
+    # ones are found in the database, so no replay moves the position
+    store_path = tmp_path / "t.db"
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(Store(str(store_path)).run)
+        assert len((await restore_shadow(store, D("10000"))).seen_exec_ids) == 4
+        restored = await restore_shadow(store, D("10000"), exec_id_memory=2)
+        nursery.cancel_scope.cancel()
+    assert set(restored.seen_exec_ids) == {"e2", "e3"}
+    assert restored.seen_exec_ids.horizon_ms == base + 2
+    async with synced(store_path, restored) as (_store, sync):
+        for k in range(4):
+            await sync.apply([FillEvent(fill(f"e{k}", Side.BUY, "0.1", "30000", ts=base + k))])
+        assert restored.positions["BTCUSDT"].position.size == D("0.4")
+        await sync.apply([FillEvent(fill("e4", Side.BUY, "0.1", "30000", ts=base + 4))])
+        assert restored.positions["BTCUSDT"].position.size == D("0.5")
