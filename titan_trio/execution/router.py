@@ -12,15 +12,16 @@ Rules this module keeps:
 - The gate check and the registration of the order as exposure happen with no await
   between them, so concurrent CONFIRMs can never both pass the same limit.
 - The order is committed (PENDING_SUBMIT, with its signal CONFIRMED) before it is sent.
+
+What an entry may do on the book, equity and exposure (gates, sizing, style and price)
+is ``entry.EntryChecks``; this module is the protocol's flow around it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from decimal import Decimal
 
 import msgspec
@@ -32,39 +33,21 @@ from titan_trio.brokers.base import Broker
 from titan_trio.clock import now_ms
 from titan_trio.config import Config
 from titan_trio.domain.instruments import Instrument
-from titan_trio.domain.orders import Order, OrderType, Side, TimeInForce, market_close
+from titan_trio.domain.orders import Order, Side, market_close
 from titan_trio.errors import BrokerRejected
+from titan_trio.execution.entry import EntryChecks, PreparedIntent, client_order_id
 from titan_trio.execution.executor import Executor
-from titan_trio.execution.styles import EntryPlan, Style, choose_style, entry_price
+from titan_trio.execution.styles import EntryPlan
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.metrics import Metrics
 from titan_trio.risk.controller import RiskController
-from titan_trio.risk.gates import Exposure, L2Limits, check_book, check_positions
-from titan_trio.risk.sizing import EntryRejected, RiskLimits, Size, phase_rules, size_position
+from titan_trio.risk.sizing import EntryRejected
 from titan_trio.state import records
 from titan_trio.state.shadow import ShadowState
 from titan_trio.state.store import Store
 
 log = logging.getLogger("titan.router")
 _encoder = msgspec.json.Encoder()
-
-
-def client_order_id(kind: str, signal_id: str) -> str:
-    """Deterministic exchange order id (36 chars at most, as Bybit and Binance allow):
-    ``kind`` is ``e`` for an entry and ``c`` for a close."""
-    return f"tt{kind}{hashlib.sha256(signal_id.encode()).hexdigest()[:32]}"
-
-
-@dataclass(eq=False)
-class PreparedIntent:
-    message: Prepare
-    side: Side
-    expires_at_ms: int
-    ready: trio.Event = field(default_factory=trio.Event)
-    size: Size | None = None
-    entry_price: Decimal | None = None
-    rejection: tuple[Reason, str] | None = None
-    claimed: bool = False  # a CONFIRM or ABORT has taken it
 
 
 def _rejected(msg: Message, reason: Reason, text: str) -> Reply:
@@ -91,19 +74,15 @@ class SignalRouter:
         risk: RiskController,
         executor: Executor,
     ) -> None:
-        self.cfg = cfg
         self.instruments = instruments
-        self.hub = hub
         self.shadow = shadow
         self.broker = broker
         self.store = store
         self.metrics = metrics
-        self.equity = equity
         self.risk = risk
         self.executor = executor
         self.placer = executor.placer
-        self.limits = RiskLimits.from_config(cfg.risk)
-        self.l2 = L2Limits.from_config(cfg.execution.l2)
+        self.entries = EntryChecks(cfg, instruments, hub, shadow, equity, risk)
         self.ttl_ms = cfg.execution.prepare_ttl_ms
         self.intents: dict[str, PreparedIntent] = {}
 
@@ -150,29 +129,6 @@ class SignalRouter:
 
         return job
 
-    # ----- exposure --------------------------------------------------------------------
-
-    def exposure(self) -> Exposure:
-        sides: dict[str, Side] = {}
-        notional = Decimal(0)
-        book = self.hub.book
-        for symbol, rec in self.shadow.positions.items():
-            side = rec.position.side
-            if side is not None:
-                sides[symbol] = side
-                mark = book.mark(symbol) or rec.position.entry_price
-                notional += rec.position.notional(mark)
-        for order, pending in self.shadow.entry_exposure():
-            sides.setdefault(order.symbol, order.side)
-            price = order.price or book.mark(order.symbol) or Decimal(0)
-            notional += pending * price
-        return Exposure(sides, notional)
-
-    def _check_trading_state(self) -> None:
-        refusal = self.risk.entry_refusal()
-        if refusal is not None:
-            raise EntryRejected(Reason.TRADING_HALTED, refusal)
-
     # ----- PREPARE ---------------------------------------------------------------------
 
     def _admit_prepare(self, msg: Prepare) -> Job:
@@ -187,61 +143,11 @@ class SignalRouter:
         self.intents[msg.signal_id] = intent
         return lambda: self._prepare(intent)
 
-    def _evaluate(self, intent: PreparedIntent) -> None:
-        """Gates and sizing on the current book; sets size or rejection."""
-        msg = intent.message
-        instrument = self.instruments.get(msg.symbol)
-        if instrument is None:
-            intent.rejection = (
-                Reason.UNKNOWN_SYMBOL,
-                f"{msg.symbol} is not traded; traded: {', '.join(sorted(self.instruments))}",
-            )
-            return
-        try:
-            self._check_trading_state()
-            exposure = self.exposure()  # no await below: it cannot change meanwhile
-            check_positions(
-                msg.symbol,
-                intent.side,
-                exposure,
-                self.limits.max_positions,
-                self.limits.allow_pyramiding,
-            )
-            quote = self.hub.book.get(msg.symbol)
-            if quote is None:
-                raise EntryRejected(Reason.L2_STALE, f"no price for {msg.symbol} yet")
-            touch = quote.ask if intent.side is Side.BUY else quote.bid
-            zone_min, zone_max = (
-                Decimal(repr(msg.entry_zone.min)),
-                Decimal(repr(msg.entry_zone.max)),
-            )
-            entry = min(max(touch, zone_min), zone_max)
-            equity = self.equity()
-            rules = phase_rules(equity, self.limits)
-            size = size_position(
-                equity=equity,
-                risk_pct=rules.risk_pct,
-                entry=entry,
-                stop=Decimal(repr(msg.stop_loss)),
-                instrument=instrument,
-                leverage_cap=min(
-                    Decimal(repr(msg.leverage)), rules.max_leverage, instrument.max_leverage
-                ),
-                open_notional=exposure.notional,
-                max_total_leverage=self.limits.max_total_leverage,
-            )
-            check_book(quote, now_ms(), intent.side, size.qty, self.l2)
-        except EntryRejected as exc:
-            intent.rejection = (exc.reason, exc.message)
-            return
-        intent.size = size
-        intent.entry_price = entry
-
     async def _prepare(self, intent: PreparedIntent) -> Reply:
         msg = intent.message
         done = False
         try:
-            self._evaluate(intent)
+            self.entries.evaluate(intent)
             status = "PREPARED" if intent.rejection is None else "REJECTED"
             reason = None if intent.rejection is None else intent.rejection[0].value
             fresh = await self.store.call(
@@ -270,9 +176,8 @@ class SignalRouter:
             intent.ready.set()  # only now may a waiting CONFIRM look at the outcome
         if intent.rejection is not None:
             return _rejected(msg, *intent.rejection)
-        size = intent.size
-        assert size is not None and intent.entry_price is not None
-        rules = phase_rules(self.equity(), self.limits)
+        size, rules = intent.size, intent.rules
+        assert size is not None and intent.entry_price is not None and rules is not None
         return Reply(
             msg.id,
             Status.PREPARED,
@@ -354,7 +259,7 @@ class SignalRouter:
         assert size is not None
         # From here to shadow.track there is no await: check and reservation are atomic.
         try:
-            order, plan = self._entry_order(intent, size, now)
+            order, plan = self.entries.entry_order(intent, size, now)
         except EntryRejected as exc:
             await self.store.call(
                 records.set_signal_status, msg.signal_id, "REJECTED", exc.reason.value, now
@@ -362,71 +267,6 @@ class SignalRouter:
             return _rejected(msg, exc.reason, exc.message)
         self.shadow.track(order)
         return await self._place(msg, order, started, prepare.signal_id, plan)
-
-    def _entry_order(self, intent: PreparedIntent, size: Size, now: int) -> tuple[Order, EntryPlan]:
-        prepare = intent.message
-        self._check_trading_state()
-        exposure = self.exposure()  # no await below: it cannot change meanwhile
-        check_positions(
-            prepare.symbol,
-            intent.side,
-            exposure,
-            self.limits.max_positions,
-            self.limits.allow_pyramiding,
-        )
-        quote = self.hub.book.get(prepare.symbol)
-        check_book(quote, now, intent.side, size.qty, self.l2)
-        assert quote is not None
-        zone_min = Decimal(repr(prepare.entry_zone.min))
-        zone_max = Decimal(repr(prepare.entry_zone.max))
-        equity = self.equity()
-        rules = phase_rules(equity, self.limits)
-        style = choose_style(rules.execution, prepare.velocity, self.cfg.execution.taker_velocity)
-        price = entry_price(style, intent.side, quote, zone_min, zone_max)
-        if price is None:
-            raise EntryRejected(
-                Reason.SLIPPAGE_TOO_HIGH,
-                f"the book ({quote.bid}/{quote.ask}) has left the entry zone {zone_min}-{zone_max}",
-            )
-        room = equity * self.limits.max_total_leverage - exposure.notional
-        if size.qty * price > room:
-            raise EntryRejected(
-                Reason.LEVERAGE_CAP,
-                f"notional {size.qty * price:.2f} exceeds the room left under "
-                f"{self.limits.max_total_leverage}x total leverage ({room:.2f})",
-            )
-        leverage = min(
-            Decimal(repr(prepare.leverage)),
-            rules.max_leverage,
-            self.instruments[prepare.symbol].max_leverage,
-        )
-        instrument = self.instruments[prepare.symbol]
-        plan = EntryPlan(
-            style,
-            intent.side,
-            zone_min,
-            zone_max,
-            instrument.tick_size,
-            price,
-            self.cfg.execution.chase_max_ticks,
-        )
-        order = Order(
-            client_order_id=client_order_id("e", prepare.signal_id),
-            symbol=prepare.symbol,
-            side=intent.side,
-            order_type=OrderType.LIMIT,
-            qty=size.qty,
-            price=price,
-            time_in_force=TimeInForce.POST_ONLY if style is Style.MAKER else TimeInForce.GTC,
-            leverage=leverage,
-            signal_id=prepare.signal_id,
-            created_ms=now,
-            updated_ms=now,
-            stop_loss=Decimal(repr(prepare.stop_loss)),
-            take_profits=tuple(Decimal(repr(tp)) for tp in prepare.take_profits),
-            trap_type=prepare.trap_type,
-        )
-        return order, plan
 
     async def _place(
         self,

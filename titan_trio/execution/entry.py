@@ -1,0 +1,218 @@
+"""Entry checks: what an entry signal may do on the current book, equity and exposure.
+
+PREPARE asks ``evaluate`` (the gates and sizing of SPEC §6: a size and entry price, or a
+rejection); CONFIRM asks ``entry_order`` (the gates again on the book of now, the
+execution style and its price, the room left under total leverage: the order to place
+and how to work it). Nothing here awaits or does I/O: the router relies on a check and
+the order's registration as exposure happening with nothing in between.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import trio
+
+from ipc.protocol import Prepare, Reason
+from titan_trio.clock import now_ms
+from titan_trio.config import Config
+from titan_trio.domain.instruments import Instrument
+from titan_trio.domain.orders import Order, OrderType, Side, TimeInForce
+from titan_trio.execution.styles import EntryPlan, Style, choose_style, entry_price
+from titan_trio.feeds.hub import MarketHub
+from titan_trio.risk.controller import RiskController
+from titan_trio.risk.gates import Exposure, L2Limits, check_book, check_positions
+from titan_trio.risk.sizing import (
+    EntryRejected,
+    PhaseRules,
+    RiskLimits,
+    Size,
+    phase_rules,
+    size_position,
+)
+from titan_trio.state.shadow import ShadowState
+
+
+def client_order_id(kind: str, signal_id: str) -> str:
+    """Deterministic exchange order id (36 chars at most, as Bybit and Binance allow):
+    ``kind`` is ``e`` for an entry and ``c`` for a close."""
+    return f"tt{kind}{hashlib.sha256(signal_id.encode()).hexdigest()[:32]}"
+
+
+@dataclass(eq=False)
+class PreparedIntent:
+    message: Prepare
+    side: Side
+    expires_at_ms: int
+    ready: trio.Event = field(default_factory=trio.Event)
+    size: Size | None = None
+    entry_price: Decimal | None = None
+    rules: PhaseRules | None = None
+    rejection: tuple[Reason, str] | None = None
+    claimed: bool = False  # a CONFIRM or ABORT has taken it
+
+
+class EntryChecks:
+    def __init__(
+        self,
+        cfg: Config,
+        instruments: dict[str, Instrument],
+        hub: MarketHub,
+        shadow: ShadowState,
+        equity: Callable[[], Decimal],
+        risk: RiskController,
+    ) -> None:
+        self.cfg = cfg
+        self.instruments = instruments
+        self.hub = hub
+        self.shadow = shadow
+        self.equity = equity
+        self.risk = risk
+        self.limits = RiskLimits.from_config(cfg.risk)
+        self.l2 = L2Limits.from_config(cfg.execution.l2)
+
+    def exposure(self) -> Exposure:
+        """What the position and leverage gates count: open positions at their mark, and
+        the part of entry orders not yet in a position at its price."""
+        sides: dict[str, Side] = {}
+        notional = Decimal(0)
+        book = self.hub.book
+        for symbol, rec in self.shadow.positions.items():
+            side = rec.position.side
+            if side is not None:
+                sides[symbol] = side
+                mark = book.mark(symbol) or rec.position.entry_price
+                notional += rec.position.notional(mark)
+        for order, pending in self.shadow.entry_exposure():
+            sides.setdefault(order.symbol, order.side)
+            price = order.price or book.mark(order.symbol) or Decimal(0)
+            notional += pending * price
+        return Exposure(sides, notional)
+
+    def check_trading_state(self) -> None:
+        refusal = self.risk.entry_refusal()
+        if refusal is not None:
+            raise EntryRejected(Reason.TRADING_HALTED, refusal)
+
+    def evaluate(self, intent: PreparedIntent) -> None:
+        """PREPARE: gates and sizing on the current book; sets the intent's size, entry
+        price and phase rules, or its rejection."""
+        msg = intent.message
+        instrument = self.instruments.get(msg.symbol)
+        if instrument is None:
+            intent.rejection = (
+                Reason.UNKNOWN_SYMBOL,
+                f"{msg.symbol} is not traded; traded: {', '.join(sorted(self.instruments))}",
+            )
+            return
+        try:
+            self.check_trading_state()
+            exposure = self.exposure()  # no await below: it cannot change meanwhile
+            check_positions(
+                msg.symbol,
+                intent.side,
+                exposure,
+                self.limits.max_positions,
+                self.limits.allow_pyramiding,
+            )
+            quote = self.hub.book.get(msg.symbol)
+            if quote is None:
+                raise EntryRejected(Reason.L2_STALE, f"no price for {msg.symbol} yet")
+            touch = quote.ask if intent.side is Side.BUY else quote.bid
+            zone_min, zone_max = (
+                Decimal(repr(msg.entry_zone.min)),
+                Decimal(repr(msg.entry_zone.max)),
+            )
+            entry = min(max(touch, zone_min), zone_max)
+            equity = self.equity()
+            rules = phase_rules(equity, self.limits)
+            size = size_position(
+                equity=equity,
+                risk_pct=rules.risk_pct,
+                entry=entry,
+                stop=Decimal(repr(msg.stop_loss)),
+                instrument=instrument,
+                leverage_cap=min(
+                    Decimal(repr(msg.leverage)), rules.max_leverage, instrument.max_leverage
+                ),
+                open_notional=exposure.notional,
+                max_total_leverage=self.limits.max_total_leverage,
+            )
+            check_book(quote, now_ms(), intent.side, size.qty, self.l2)
+        except EntryRejected as exc:
+            intent.rejection = (exc.reason, exc.message)
+            return
+        intent.size = size
+        intent.entry_price = entry
+        intent.rules = rules
+
+    def entry_order(self, intent: PreparedIntent, size: Size, now: int) -> tuple[Order, EntryPlan]:
+        """CONFIRM: the gates again on the book and exposure of now, the execution style
+        and price, the room left under total leverage; the order to place, or
+        EntryRejected."""
+        prepare = intent.message
+        self.check_trading_state()
+        exposure = self.exposure()  # no await below: it cannot change meanwhile
+        check_positions(
+            prepare.symbol,
+            intent.side,
+            exposure,
+            self.limits.max_positions,
+            self.limits.allow_pyramiding,
+        )
+        quote = self.hub.book.get(prepare.symbol)
+        check_book(quote, now, intent.side, size.qty, self.l2)
+        assert quote is not None
+        zone_min = Decimal(repr(prepare.entry_zone.min))
+        zone_max = Decimal(repr(prepare.entry_zone.max))
+        equity = self.equity()
+        rules = phase_rules(equity, self.limits)
+        style = choose_style(rules.execution, prepare.velocity, self.cfg.execution.taker_velocity)
+        price = entry_price(style, intent.side, quote, zone_min, zone_max)
+        if price is None:
+            raise EntryRejected(
+                Reason.SLIPPAGE_TOO_HIGH,
+                f"the book ({quote.bid}/{quote.ask}) has left the entry zone {zone_min}-{zone_max}",
+            )
+        room = equity * self.limits.max_total_leverage - exposure.notional
+        if size.qty * price > room:
+            raise EntryRejected(
+                Reason.LEVERAGE_CAP,
+                f"notional {size.qty * price:.2f} exceeds the room left under "
+                f"{self.limits.max_total_leverage}x total leverage ({room:.2f})",
+            )
+        leverage = min(
+            Decimal(repr(prepare.leverage)),
+            rules.max_leverage,
+            self.instruments[prepare.symbol].max_leverage,
+        )
+        instrument = self.instruments[prepare.symbol]
+        plan = EntryPlan(
+            style,
+            intent.side,
+            zone_min,
+            zone_max,
+            instrument.tick_size,
+            price,
+            self.cfg.execution.chase_max_ticks,
+        )
+        order = Order(
+            client_order_id=client_order_id("e", prepare.signal_id),
+            symbol=prepare.symbol,
+            side=intent.side,
+            order_type=OrderType.LIMIT,
+            qty=size.qty,
+            price=price,
+            time_in_force=TimeInForce.POST_ONLY if style is Style.MAKER else TimeInForce.GTC,
+            leverage=leverage,
+            signal_id=prepare.signal_id,
+            created_ms=now,
+            updated_ms=now,
+            stop_loss=Decimal(repr(prepare.stop_loss)),
+            take_profits=tuple(Decimal(repr(tp)) for tp in prepare.take_profits),
+            trap_type=prepare.trap_type,
+        )
+        return order, plan
