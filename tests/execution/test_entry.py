@@ -16,7 +16,7 @@ from titan_trio.domain.quotes import Quote
 from titan_trio.engine import instruments_from_config
 from titan_trio.execution.entry import EntryChecks, PreparedIntent
 from titan_trio.feeds.hub import MarketHub
-from titan_trio.risk.sizing import EntryRejected
+from titan_trio.risk.sizing import EntryRejected, Size
 from titan_trio.state.shadow import ShadowState
 
 D = Decimal
@@ -65,6 +65,14 @@ def prepare(zone: tuple[float, float], stop: float, leverage: float = 5) -> Prep
     return PreparedIntent(msg, Side.BUY, now_ms() + 10_000)
 
 
+def prepared(entries: EntryChecks) -> tuple[PreparedIntent, Size]:
+    """A PREPARE on the fixture's book that passes: its intent and size."""
+    intent = prepare((94900, 95100), 94001)
+    entries.evaluate(intent)
+    assert intent.rejection is None and intent.size is not None
+    return intent, intent.size
+
+
 @pytest.fixture
 def checks(make_config: Callable[..., Config]) -> tuple[EntryChecks, MarketHub, Risk]:
     cfg = make_config()
@@ -86,15 +94,13 @@ def test_prepare_sizes_from_risk_and_stop_distance(
     checks: tuple[EntryChecks, MarketHub, Risk],
 ) -> None:
     entries, _hub, _risk = checks
-    intent = prepare((94900, 95100), 94001)
-    entries.evaluate(intent)
-    assert intent.rejection is None
+    intent, size = prepared(entries)
     assert intent.entry_price == D("95001")  # the ask, inside the zone
-    assert intent.size is not None and intent.rules is not None
+    assert intent.rules is not None
     # risk amount / stop distance, capped by leverage and rounded down to the qty step
     risk_usd = D("10000") * intent.rules.risk_pct / 100
-    assert intent.size.qty <= risk_usd / D("1000")
-    assert intent.size.qty * D("95001") <= D("10000") * D("5")
+    assert size.qty <= risk_usd / D("1000")
+    assert size.qty * D("95001") <= D("10000") * D("5")
 
 
 def test_prepare_is_refused_while_entries_are_halted(
@@ -112,12 +118,10 @@ def test_confirm_refuses_a_book_that_left_the_zone(
     checks: tuple[EntryChecks, MarketHub, Risk],
 ) -> None:
     entries, hub, _risk = checks
-    intent = prepare((94900, 95100), 94001)
-    entries.evaluate(intent)
-    assert intent.size is not None
+    intent, size = prepared(entries)
     hub.publish(quote("95300", "95301"))  # the market ran away before CONFIRM
     with pytest.raises(EntryRejected) as refused:
-        entries.entry_order(intent, intent.size, now_ms())
+        entries.entry_order(intent, size, now_ms())
     assert refused.value.reason is Reason.SLIPPAGE_TOO_HIGH
 
 
@@ -125,12 +129,10 @@ def test_confirm_builds_the_order_and_its_exposure_counts(
     checks: tuple[EntryChecks, MarketHub, Risk],
 ) -> None:
     entries, _hub, _risk = checks
-    intent = prepare((94900, 95100), 94001)
-    entries.evaluate(intent)
-    assert intent.size is not None
-    order, plan = entries.entry_order(intent, intent.size, now_ms())
+    intent, size = prepared(entries)
+    order, plan = entries.entry_order(intent, size, now_ms())
     assert order.client_order_id.startswith("tte") and order.signal_id == "sig-1"
-    assert order.qty == intent.size.qty and order.stop_loss == D("94001")
+    assert order.qty == size.qty and order.stop_loss == D("94001")
     assert order.time_in_force in (TimeInForce.POST_ONLY, TimeInForce.GTC)
     assert plan.side is Side.BUY
     assert entries.exposure().notional == 0
