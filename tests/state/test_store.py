@@ -568,3 +568,25 @@ async def test_store_thread_ends_even_if_closing_the_inline_connection_fails(
         raised = True  # reported to the caller...
     assert raised
     assert store_threads() == []  # ...and the store thread ended, or the process would hang
+
+
+class _CommitAndRollbackFail(_CommitFails):
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "ROLLBACK":
+            raise sqlite3.OperationalError("disk I/O error")
+        return super().execute(sql, *args)
+
+
+async def test_inline_connection_that_cannot_roll_back_is_replaced(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "t.db") as store:
+        await store.call(records.kv_set, "k", 1, 1, urgent=True)
+        broken = store._raw
+        assert broken is not None
+        broken.conn = _CommitAndRollbackFail(broken.conn)  # type: ignore[assignment]
+        with pytest.raises(StoreError, match="disk is full"):  # the first error is reported
+            await store.call(records.kv_set, "k", 2, 2, urgent=True)
+        assert broken.closed
+        await store.call(records.kv_set, "k", 3, 3, urgent=True)  # a fresh connection
+        assert store._raw is not broken
+        await store.call(records.kv_set, "other", 4, 4)  # the lock was released
+        assert await store.call(all_kv) == {"k": 3, "other": 4}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 from pony import orm
 
@@ -19,17 +19,7 @@ from titan_trio.domain.positions import Position
 from titan_trio.errors import TitanError
 from titan_trio.state.schema import Entities
 from titan_trio.state.shadow import FillChanges, PositionRecord, TradeRecord
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def plain_sql_function(fn: F) -> F:
-    """Mark ``fn`` as using only ``e.db.execute/exists/select``: the store may then run it
-    inline on its plain sqlite3 connection (Store.call, urgent=True). A function that
-    touches pony entities must not carry this mark (tests/state check the marked ones on
-    that connection)."""
-    fn.plain_sql = True  # type: ignore[attr-defined]
-    return fn
+from titan_trio.state.store import plain_sql, plain_sql_function
 
 
 def _upsert(e: Entities, table: str, key: str, values: dict[str, Any]) -> None:
@@ -60,9 +50,7 @@ def run_all(e: Entities, writes: list[tuple[Callable[..., Any], tuple[Any, ...]]
 
 
 # plain SQL exactly when every write it carries is
-run_all.plain_sql = lambda writes: all(  # type: ignore[attr-defined]
-    getattr(fn, "plain_sql", False) is True for fn, _ in writes
-)
+run_all.plain_sql = lambda writes: all(plain_sql(fn) for fn, _ in writes)  # type: ignore[attr-defined]
 
 
 # ----- key-value ------------------------------------------------------------------------

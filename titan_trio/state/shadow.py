@@ -83,9 +83,9 @@ class RecentExecIds:
     so the caller asks the database (records.fill_recorded) before applying it. New fills
     are never that old, so the hot path never reads the database."""
 
-    def __init__(self, limit: int = RECENT_EXEC_IDS, horizon_ms: int = -1) -> None:
+    def __init__(self, limit: int = RECENT_EXEC_IDS) -> None:
         self.limit = limit
-        self.horizon_ms = horizon_ms
+        self.horizon_ms = -1  # nothing forgotten yet
         self._ids: set[str] = set()
         self._order: deque[tuple[str, int]] = deque()
 

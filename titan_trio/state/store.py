@@ -263,9 +263,9 @@ class Store:
         an order's commit before it is sent, one order's fill and position). When the
         store thread is idle it runs right here, which saves two thread wake-ups (a few
         hundred microseconds on a virtual machine); big or background writes leave it
-        False and are group-committed. Only functions marked with ``@plain_sql`` (they use
-        nothing but ``e.db.execute/exists/select``) run inline; any other goes to the store
-        thread whatever ``urgent`` says.
+        False and are group-committed. Only functions marked ``@plain_sql_function`` (they
+        use nothing but ``e.db.execute/exists/select``) run inline; any other goes to the
+        store thread whatever ``urgent`` says.
         """
         if self.entities is None or self._closing:
             raise StoreError("the database is not open")
@@ -319,24 +319,15 @@ class Store:
         started = time.perf_counter()
         try:
             if raw:
-                if self._raw is None:
+                if self._raw is None or self._raw.closed:
                     self._raw = _RawDatabase(self.path, self.synchronous)
-                try:
-                    with self._raw.transaction() as entities:
-                        result = fn(entities, *args)
-                except _Unusable:
-                    self._raw.close()
-                    self._raw = None  # opened afresh by the next inline call
-                    raise
+                with self._raw.transaction() as entities:
+                    result = fn(entities, *args)
             else:
                 with orm.db_session(strict=True):
                     result = fn(self.entities, *args)
         except _Busy:
             raise
-        except _Unusable as exc:
-            cause = exc.__cause__ or exc
-            self._failed(cause)
-            raise _as_store_error(cause) from cause
         except Exception as exc:
             self._failed(exc)
             raise _as_store_error(exc) from exc
@@ -404,10 +395,6 @@ class _Busy(Exception):
     """Another connection holds the write lock; nothing was done."""
 
 
-class _Unusable(Exception):
-    """The connection could not roll back a failed transaction; drop it."""
-
-
 RAW_BUSY_TIMEOUT_MS = 20  # the trio thread never waits longer than this for the lock
 
 
@@ -422,11 +409,13 @@ class _RawDatabase:
         ):
             self.conn.execute(f"PRAGMA {pragma}")
         self.entities = _RawEntities(_RawSql(self.conn))
+        self.closed = False  # the store opens a new one in its place
 
     @contextmanager
     def transaction(self) -> Iterator[_RawEntities]:
         """BEGIN IMMEDIATE ... COMMIT; anything failing, the COMMIT included (a full disk
-        shows there), rolls back, so the connection never keeps the write lock."""
+        shows there), rolls back, so the connection never keeps the write lock; one that
+        cannot even roll back is closed."""
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -436,23 +425,35 @@ class _RawDatabase:
         try:
             yield self.entities
             self.conn.execute("COMMIT")
-        except BaseException as exc:
+        except BaseException:
             if self.conn.in_transaction:  # SQLite may have rolled back already
                 try:
                     self.conn.execute("ROLLBACK")
                 except sqlite3.Error:
-                    raise _Unusable(str(exc)) from exc
+                    self.close()  # the original error is the one to report
             raise
 
     def close(self) -> None:
+        self.closed = True
         self.conn.close()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def plain_sql_function(fn: F) -> F:
+    """Mark ``fn`` as using only ``e.db.execute/exists/select``: ``call`` may then run it
+    inline on the plain sqlite3 connection (urgent=True). A function that touches pony
+    entities must not carry this mark."""
+    fn.plain_sql = True  # type: ignore[attr-defined]
+    return fn
 
 
 def plain_sql(fn: Callable[..., Any], args: tuple[Any, ...] = ()) -> bool:
     """Whether ``fn(entities, *args)`` only uses ``e.db.execute/exists/select`` and so can
-    run on the plain sqlite3 connection. A function says so with ``fn.plain_sql = True``
-    (records.plain_sql_function), or with a predicate over its arguments (records.run_all:
-    true when every write it carries is)."""
+    run on the plain sqlite3 connection. A function says so with ``@plain_sql_function``,
+    or with a predicate over its arguments (records.run_all: true when every write it
+    carries is)."""
     mark = getattr(fn, "plain_sql", False)
     return bool(mark(*args)) if callable(mark) else mark is True
 

@@ -16,7 +16,7 @@ import trio
 
 from titan_trio.brokers.base import BalanceEvent, BrokerEvent, FillEvent, OrderEvent
 from titan_trio.clock import now_ms
-from titan_trio.domain.orders import Order
+from titan_trio.domain.orders import Fill, Order
 from titan_trio.errors import StoreError
 from titan_trio.state import records
 from titan_trio.state.shadow import (
@@ -114,6 +114,12 @@ class ShadowSync:
                 log.error("saving the shadow state failed (%s); retrying", exc)
                 await trio.sleep(0.5 * attempt)
 
+    async def _recorded_long_ago(self, fill: Fill) -> bool:
+        """A replayed fill older than the exec ids memory holds: the database decides."""
+        if not self.shadow.seen_exec_ids.needs_database_check(fill):
+            return False
+        return await self.store.call(records.fill_recorded, fill.exec_id, urgent=True)
+
     async def apply(self, events: list[BrokerEvent]) -> None:
         """Apply events in order in memory, commit everything they changed in one
         transaction, then tell the listeners (metrics, the circuit breaker)."""
@@ -128,9 +134,7 @@ class ShadowSync:
                 if was_open and merged.status.is_terminal:
                     finished.append(merged)
             elif isinstance(event, FillEvent):
-                if self.shadow.seen_exec_ids.needs_database_check(
-                    event.fill
-                ) and await self.store.call(records.fill_recorded, event.fill.exec_id, urgent=True):
+                if await self._recorded_long_ago(event.fill):
                     log.info("fill %s already recorded; ignored", event.fill.exec_id)
                     continue
                 changes = self.shadow.apply_fill(event.fill)
