@@ -144,6 +144,8 @@ class Reply(msgspec.Struct, omit_defaults=True):
     order_status: str | None = None
     filled_qty: str | None = None
     avg_price: str | None = None
+    # CLOSE: the symbol's resting entry orders it cancelled first
+    cancelled_orders: list[str] | None = None
     # PING
     trading_state: str | None = None
     server_time: int | None = None

@@ -289,7 +289,15 @@ def build_parser() -> _Parser:
         p.set_defaults(func=func)
     p = sub.add_parser("breaker", help="the circuit breaker")
     breaker_sub = p.add_subparsers(dest="breaker_command", required=True, parser_class=_Parser)
-    b = breaker_sub.add_parser("reset", help="clear a tripped circuit breaker")
+    b = breaker_sub.add_parser(
+        "reset",
+        help="clear a tripped circuit breaker, re-basing peak and day-start equity on now",
+    )
+    b.add_argument(
+        "--reducing",
+        action="store_true",
+        help="leave trading REDUCING (exits only) instead of ACTIVE",
+    )
     api_client(b)
     b.set_defaults(func=cmd_breaker_reset)
 

@@ -135,6 +135,9 @@ class ExecutionConfig(_Section):
     chase_max_ticks: PositiveInt = 5
     # Signals at least this fast (their velocity field) execute taker in any phase.
     taker_velocity: Annotated[float, msgspec.Meta(ge=0)] | None = 1.0
+    # Every price of a PREPARE (entry zone, stop, take profits) within this percent of
+    # the market's mid price, or INVALID_SIGNAL: a fat-fingered price never reaches an order.
+    max_price_deviation_pct: Annotated[float, msgspec.Meta(gt=0, le=100)] = 50.0
     l2: L2Config = msgspec.field(default_factory=L2Config)
 
 

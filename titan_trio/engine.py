@@ -2,8 +2,9 @@
 
 Start-up order (each with ``nursery.start``, so a service that fails to start stops the
 whole service with a clear error): instance lock → store → market feeds → broker →
-risk controller → shadow state restore and sync → equity monitor → signal router → IPC
-listener → ops API.
+shadow state restore → risk controller → shadow sync → equity monitor → signal router
+→ IPC listener → ops API. Each object is built from the restored state it depends on,
+in that order, never patched after construction.
 SIGINT and SIGTERM cancel the root scope; every service's cleanup is shielded and bounded,
 so shutdown takes well under two seconds and leaves the database closed.
 
@@ -39,7 +40,8 @@ from titan_trio.execution.protection import Protector
 from titan_trio.execution.router import SignalRouter
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.feeds.simulated import SimulatedFeed
-from titan_trio.metrics import Metrics
+from titan_trio.metrics import FILL_RATE_WINDOW, Metrics
+from titan_trio.risk.breaker import TradingState
 from titan_trio.risk.controller import RiskController
 from titan_trio.state import records
 from titan_trio.state.equity_monitor import EquityMonitor
@@ -110,11 +112,11 @@ class Engine:
         self.metrics = Metrics(lambda: self)
         self.feeds: list[Any] = []
         self.broker: PaperBroker | None = None
-        self.shadow: ShadowState = ShadowState(Decimal(repr(cfg.broker.initial_capital)))
-        self.equity_monitor = EquityMonitor(
-            self.shadow, self.hub, self.store, Decimal(repr(cfg.broker.initial_capital))
-        )
-        self.risk = RiskController(cfg.risk, self.store, self.equity_monitor.tracker)
+        # Built during start-up from the restored state, in dependency order.
+        self.shadow: ShadowState
+        self.risk: RiskController
+        self.sync: ShadowSync
+        self.equity_monitor: EquityMonitor
         self.router: SignalRouter | None = None
         self.ipc: IpcListener | None = None
         self.api_url: str | None = None
@@ -160,22 +162,39 @@ class Engine:
             )
         self.broker = PaperBroker(cfg.broker, self.instruments, self.hub, self.store)
         await nursery.start(self.broker.run)
-        restored = await restore_shadow(self.store, await self.broker.balance())
-        self._adopt_shadow(restored)
-        sync = ShadowSync(self.shadow, self.store, self.broker.events)
-        placer = OrderPlacer(
-            self.broker, self.shadow, self.store, self.metrics, self.risk.entry_refusal
+        initial_capital = Decimal(repr(cfg.broker.initial_capital))
+        self.shadow = shadow = await restore_shadow(self.store, await self.broker.balance())
+        self.risk = risk = RiskController(
+            cfg.risk, self.store, initial_capital, lambda: shadow.equity(self.hub.book)
         )
-        self.risk.flattener = Flattener(self.broker, self.shadow, placer)
-        await nursery.start(self.risk.run)
-        sync.on_trade = self.risk.on_trade
+        await nursery.start(risk.run)
+        self.sync = sync = ShadowSync(shadow, self.store, self.broker.events)
+        sync.on_storage_failure = lambda cause: risk.storage_failed(
+            "shadow state", TradingState.REDUCING, cause
+        )
+        risk.storage_probe = sync.flush_unsaved
+        placer = OrderPlacer(
+            self.broker,
+            shadow,
+            self.store,
+            self.metrics,
+            gate=risk.refusal,
+            storage_failed=risk.storage_failed,
+        )
+        risk.flatten = Flattener(self.broker, shadow, placer, cfg.symbols).flatten
+        self.metrics.restore_fill_window(
+            await self.store.call(records.recent_entry_outcomes, FILL_RATE_WINDOW)
+        )
+        sync.on_trade = risk.on_trade
         sync.order_finished_listeners.append(self.metrics.order_finished)
         protector = Protector(self.broker, placer, self.instruments, self.hub)
         await nursery.start(protector.run)
         sync.fill_listeners.append(protector.notice_fill)
         sync.order_finished_listeners.append(protector.notice_order_finished)
         await nursery.start(sync.run)
-        self.equity_monitor.listeners.append(self.risk.check)
+        self.equity_monitor = EquityMonitor(
+            shadow, self.hub, self.store, lambda: risk.tracker, risk.mark
+        )
         await nursery.start(self.equity_monitor.run)
         self.executor = Executor(cfg.execution, self.broker, placer, self.hub)
         await nursery.start(self.executor.run)
@@ -225,13 +244,6 @@ class Engine:
     async def _journal(self, level: str, kind: str, message: str) -> None:
         """A line in the system_events table: the service's own history on disk."""
         await self.store.call(records.add_event, now_ms(), level, kind, message)
-
-    def _adopt_shadow(self, restored: ShadowState) -> None:
-        """Swap the restored state into the objects that already reference ``shadow``."""
-        self.shadow.balance = restored.balance
-        self.shadow.positions = restored.positions
-        self.shadow.orders = restored.orders
-        self.shadow.seen_exec_ids = restored.seen_exec_ids
 
     # ----- health ----------------------------------------------------------------------
 

@@ -25,13 +25,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ipc.protocol import Reply
+from titan_trio.domain.orders import OrderStatus
 
 if TYPE_CHECKING:
     from titan_trio.domain.orders import Order
     from titan_trio.engine import Engine
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-FILL_RATE_WINDOW = 100  # finished orders in the fill-rate window
+FILL_RATE_WINDOW = 100  # finished entry orders in the fill-rate window
 disable_created_metrics()  # *_created series only confuse rate() users and dashboards
 
 
@@ -69,7 +70,7 @@ class StateCollector(Collector):
         book = engine.hub.book
         shadow = engine.shadow
         equity = engine.equity_monitor.equity()
-        tracker = engine.equity_monitor.tracker
+        tracker = engine.risk.tracker
         yield GaugeMetricFamily("titan_equity_usd", "Account equity in USDT", value=float(equity))
         yield GaugeMetricFamily(
             "titan_drawdown_percent",
@@ -94,7 +95,8 @@ class StateCollector(Collector):
         yield pnl
         yield GaugeMetricFamily(
             "titan_order_fill_rate",
-            f"Percent of the last {FILL_RATE_WINDOW} finished orders that filled",
+            f"Percent of the last {FILL_RATE_WINDOW} finished entry orders that filled, "
+            "at least in part (NaN before any: no sample)",
             value=engine.metrics.fill_rate_pct(),
         )
         yield GaugeMetricFamily(
@@ -159,6 +161,11 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
+        self.protection_failures = Counter(
+            "titan_protection_failures",
+            "Stop loss or take profit placements that failed (the position may be unprotected)",
+            registry=self.registry,
+        )
         self.recent_orders: deque[bool] = deque(maxlen=FILL_RATE_WINDOW)
         self.order_latency = Histogram(
             "titan_order_latency_seconds",
@@ -182,13 +189,22 @@ class Metrics:
         )
 
     def order_finished(self, order: Order) -> None:
-        """An order reached a final status: count it, and feed the fill-rate window."""
+        """An order reached a final status: count it; an entry order the exchange took
+        feeds the fill-rate window (SPEC §9: take profits and stops cancelled with their
+        position, and orders refused before or by the exchange, do not count)."""
         self.orders.labels(status=order.status.value).inc()
-        self.recent_orders.append(order.filled_qty > 0)
+        if not order.reduce_only and order.status is not OrderStatus.REJECTED:
+            self.recent_orders.append(order.filled_qty > 0)
+
+    def restore_fill_window(self, outcomes: list[bool]) -> None:
+        """The window as it was before a restart (records.recent_entry_outcomes)."""
+        self.recent_orders.extend(outcomes)
 
     def fill_rate_pct(self) -> float:
-        """Percent of the last FILL_RATE_WINDOW finished orders that filled at least in
-        part; NaN before any order finished (no evidence either way, so no alert)."""
+        """Percent of the last FILL_RATE_WINDOW finished entry orders that filled at
+        least in part. NaN when no entry order has ever finished (the window is restored
+        at start, so only a new account has none): every PromQL comparison with NaN is
+        false, so `titan_order_fill_rate < 80` stays silent without a sample."""
         if not self.recent_orders:
             return float("nan")
         return 100.0 * sum(self.recent_orders) / len(self.recent_orders)

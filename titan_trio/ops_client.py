@@ -110,7 +110,13 @@ def _post(path: str) -> Callable[[argparse.Namespace], int]:
     return command
 
 
+def cmd_breaker_reset(args: argparse.Namespace) -> int:
+    params = {"trading_state": "REDUCING"} if args.reducing else None
+    _status, body = request(args, "POST", "/api/risk/breaker/reset", params)
+    _print_json(body)
+    return EXIT_OK
+
+
 cmd_pause = _post("/api/trading/pause")
 cmd_resume = _post("/api/trading/resume")
 cmd_flatten = _post("/api/emergency/flatten-all")
-cmd_breaker_reset = _post("/api/risk/breaker/reset")

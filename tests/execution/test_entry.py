@@ -16,6 +16,7 @@ from titan_trio.domain.quotes import Quote
 from titan_trio.engine import instruments_from_config
 from titan_trio.execution.entry import EntryChecks, PreparedIntent
 from titan_trio.feeds.hub import MarketHub
+from titan_trio.risk.breaker import OrderPurpose
 from titan_trio.risk.sizing import EntryRejected, Size
 from titan_trio.state.shadow import ShadowState
 
@@ -23,12 +24,13 @@ D = Decimal
 
 
 class Risk:
-    """The one question EntryChecks asks the risk controller."""
+    """The one question EntryChecks asks the risk controller: may an order of this
+    purpose go now?"""
 
     def __init__(self) -> None:
         self.refusal: str | None = None
 
-    def entry_refusal(self) -> str | None:
+    def gate(self, purpose: OrderPurpose) -> str | None:
         return self.refusal
 
 
@@ -85,7 +87,7 @@ def checks(make_config: Callable[..., Config]) -> tuple[EntryChecks, MarketHub, 
         hub,
         ShadowState(D("10000")),
         lambda: D("10000"),
-        risk,  # type: ignore[arg-type]
+        risk.gate,
     )
     return entries, hub, risk
 

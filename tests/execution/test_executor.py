@@ -27,6 +27,7 @@ from titan_trio.execution.protection import Protector
 from titan_trio.execution.styles import EntryPlan, Style, choose_style, entry_price
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.metrics import Metrics
+from titan_trio.risk.breaker import OrderPurpose, TradingState, order_allowed
 from titan_trio.risk.sizing import EntryRejected
 from titan_trio.state.shadow import ShadowState
 from titan_trio.state.store import Store
@@ -201,7 +202,7 @@ async def test_a_cancelled_broker_call_still_reports_its_fills(tmp_path: Path) -
         )
         placer = OrderPlacer(broker, shadow, store, Metrics(lambda: None))  # type: ignore[arg-type,return-value]
         order, _plan = entry(Style.TAKER, "94999.9")
-        await placer.place(order)  # resting below the ask
+        await placer.place(order, OrderPurpose.ENTRY)  # resting below the ask
         with trio.CancelScope() as scope:
 
             async def cancel_once_filled() -> None:
@@ -219,36 +220,47 @@ async def test_a_cancelled_broker_call_still_reports_its_fills(tmp_path: Path) -
         nursery.cancel_scope.cancel()
 
 
-async def test_no_entry_is_sent_once_trading_stopped(tmp_path: Path) -> None:
+async def test_no_strategy_order_is_sent_once_trading_halted(tmp_path: Path) -> None:
     async with rig(tmp_path) as r:
         placer = OrderPlacer(
             r.broker,
             r.shadow,
             r.executor.placer.store,
             r.executor.placer.metrics,
-            lambda: "trading is HALTED",
+            lambda purpose: (
+                None if order_allowed(TradingState.HALTED, purpose) else "trading is HALTED"
+            ),
         )
         order, _plan = entry(Style.TAKER, "95000.1")
         with pytest.raises(EntryRejected) as info:
-            await placer.place(order)
+            await placer.place(order, OrderPurpose.ENTRY)
         assert info.value.reason.value == "TRADING_HALTED"
         assert order.status is OrderStatus.REJECTED
         assert order.client_order_id not in r.broker.exchange.orders  # never sent
         assert not r.shadow.orders
-        # exits still go out
-        close = Order(
-            "exit-1",
-            "BTCUSDT",
-            Side.SELL,
-            OrderType.MARKET,
-            D("0.001"),
-            time_in_force=TimeInForce.IOC,
-            reduce_only=True,
-            leverage=D(5),
-        )
-        with pytest.raises(BrokerRejected) as refused:  # nothing to reduce, but it was sent
-            await placer.place(close)
-        assert refused.value.reason == "REDUCE_ONLY_WOULD_NOT_REDUCE"
+
+        def close(coid: str) -> Order:
+            return Order(
+                coid,
+                "BTCUSDT",
+                Side.SELL,
+                OrderType.MARKET,
+                D("0.001"),
+                time_in_force=TimeInForce.IOC,
+                reduce_only=True,
+                leverage=D(5),
+            )
+
+        # a strategy's CLOSE is refused too while HALTED (SPEC §6), never sent
+        with pytest.raises(EntryRejected) as info:
+            await placer.place(close("exit-1"), OrderPurpose.CLOSE)
+        assert info.value.reason.value == "TRADING_HALTED"
+        assert "exit-1" not in r.broker.exchange.orders
+        # the operator's flatten and the service's protection still go out
+        for n, purpose in enumerate((OrderPurpose.FLATTEN, OrderPurpose.PROTECTION)):
+            with pytest.raises(BrokerRejected) as refused:  # nothing to reduce, but sent
+                await placer.place(close(f"exit-{n + 2}"), purpose)
+            assert refused.value.reason == "REDUCE_ONLY_WOULD_NOT_REDUCE"
 
 
 async def test_a_stop_the_market_already_passed_closes_the_position(
@@ -264,7 +276,7 @@ async def test_a_stop_the_market_already_passed_closes_the_position(
             time_in_force=TimeInForce.IOC,
             leverage=D(5),
         )
-        await r.executor.placer.place(market)
+        await r.executor.placer.place(market, OrderPurpose.ENTRY)
         with trio.fail_after(1):
             while "BTCUSDT" not in r.shadow.positions:  # noqa: ASYNC110
                 await trio.sleep(0.01)

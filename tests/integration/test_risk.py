@@ -93,7 +93,7 @@ async def test_drawdown_trips_the_breaker_flattens_and_survives_restart(
         assert notional > Decimal(45000)  # about 5x of 10,000
         # 1 % down: about 5 % drawdown at 5x, below the 7 % limit.
         publish(engine, "BTCUSDT", start * Decimal("0.99"))
-        await eventually(lambda: engine.equity_monitor.tracker.drawdown_pct > 4)
+        await eventually(lambda: engine.risk.tracker.drawdown_pct > 4)
         assert not engine.risk.state.tripped
         # 1.6 % down: about 8 %: one update trips it.
         with caplog.at_level(logging.CRITICAL, logger="titan.risk"):

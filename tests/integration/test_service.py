@@ -183,7 +183,7 @@ async def test_restart_resumes_the_same_account(make_config: Callable[..., Confi
         await eventually(lambda: "BTCUSDT" in engine.shadow.positions)
         balance_before = engine.shadow.balance
         entry_before = engine.shadow.positions["BTCUSDT"].position.entry_price
-        peak_before = engine.equity_monitor.tracker.peak_equity
+        peak_before = engine.risk.tracker.peak_equity
         nursery.cancel_scope.cancel()
 
     # The database was closed cleanly and says so in its own journal.
@@ -200,7 +200,7 @@ async def test_restart_resumes_the_same_account(make_config: Callable[..., Confi
             rec = engine.shadow.positions["BTCUSDT"]
             assert rec.position.entry_price == entry_before
             assert rec.position.size == Decimal("0.020")
-            assert engine.equity_monitor.tracker.peak_equity >= peak_before
+            assert engine.risk.tracker.peak_equity >= peak_before
             positions = (await client.get("/api/state/positions")).json()
             assert [p["symbol"] for p in positions] == ["BTCUSDT"]
             # The exchange still knows the first order, and refuses its id a second time.

@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from titan_trio.api.openapi import OPENAPI
 from titan_trio.clock import now_ms
+from titan_trio.risk.breaker import TradingState
 from titan_trio.risk.sizing import RiskLimits, phase_rules
 from titan_trio.state import records
 from titan_trio.state.shadow import utc_day
@@ -146,7 +147,14 @@ def create_app(engine: Engine) -> QuartTrio:
     async def breaker_reset() -> Response:
         if (refusal := authorized()) is not None:
             return refusal
-        was_tripped = await engine.risk.reset_breaker(operator())
+        wanted = request.args.get("trading_state", "ACTIVE")
+        if wanted not in ("ACTIVE", "REDUCING"):
+            return error_response(
+                400,
+                "invalid_trading_state",
+                f"trading_state must be ACTIVE or REDUCING after a reset (got {wanted!r})",
+            )
+        was_tripped = await engine.risk.reset_breaker(operator(), TradingState(wanted))
         return json_response(
             {
                 "reset": was_tripped,
@@ -214,7 +222,7 @@ def parse_trades_query(args: Any, symbols: list[str]) -> tuple[str | None, int, 
 async def equity_view(engine: Engine) -> dict[str, Any]:
     shadow = engine.shadow
     book = engine.hub.book
-    tracker = engine.equity_monitor.tracker
+    tracker = engine.risk.tracker
     equity = engine.equity_monitor.equity()
     realized_today = await engine.store.call(records.realized_pnl_on, utc_day(now_ms()))
     return {
@@ -246,7 +254,7 @@ def breaker_view(engine: Engine) -> dict[str, Any]:
 def risk_view(engine: Engine) -> dict[str, Any]:
     cfg = engine.cfg
     r = cfg.risk
-    tracker = engine.equity_monitor.tracker
+    tracker = engine.risk.tracker
     equity = engine.equity_monitor.equity()
     rules = phase_rules(equity, RiskLimits.from_config(r))
     book = engine.hub.book

@@ -117,9 +117,25 @@ OPENAPI: dict[str, Any] = {
             "The new trading state",
             **{"409": _json("The circuit breaker is tripped: reset it first")},
         ),
-        "/api/risk/breaker/reset": _mutating(
-            "Clear a tripped circuit breaker (operator only)", "Whether it was tripped"
-        ),
+        "/api/risk/breaker/reset": {
+            "post": {
+                **_mutating(
+                    "Clear a tripped circuit breaker (operator only); peak equity and the "
+                    "day's starting equity become the current equity, the losing streak 0",
+                    "Whether it was tripped",
+                    **{"400": _json("trading_state is not ACTIVE or REDUCING")},
+                )["post"],
+                "parameters": [
+                    {
+                        "name": "trading_state",
+                        "in": "query",
+                        "required": False,
+                        "description": "the state after the reset (default ACTIVE)",
+                        "schema": {"type": "string", "enum": ["ACTIVE", "REDUCING"]},
+                    }
+                ],
+            }
+        },
         "/api/emergency/flatten-all": _mutating(
             "Cancel every open order, close every position at market, HALT trading",
             "What was cancelled and closed",

@@ -27,6 +27,13 @@ class EquityTracker:
             self.peak_equity = equity
         self.last_equity = equity
 
+    def rebase(self, equity: Decimal, day: str) -> None:
+        """Start judging from ``equity`` afresh: it is the peak and the day's start."""
+        self.peak_equity = equity
+        self.day = day
+        self.day_start_equity = equity
+        self.last_equity = equity
+
     @property
     def drawdown_pct(self) -> Decimal:
         if self.peak_equity <= 0:

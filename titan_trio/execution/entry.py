@@ -23,7 +23,7 @@ from titan_trio.domain.instruments import Instrument
 from titan_trio.domain.orders import Order, OrderType, Side, TimeInForce
 from titan_trio.execution.styles import EntryPlan, Style, choose_style, entry_price
 from titan_trio.feeds.hub import MarketHub
-from titan_trio.risk.controller import RiskController
+from titan_trio.risk.breaker import OrderPurpose
 from titan_trio.risk.gates import Exposure, L2Limits, check_book, check_positions
 from titan_trio.risk.sizing import (
     EntryRejected,
@@ -63,14 +63,14 @@ class EntryChecks:
         hub: MarketHub,
         shadow: ShadowState,
         equity: Callable[[], Decimal],
-        risk: RiskController,
+        gate: Callable[[OrderPurpose], str | None],
     ) -> None:
         self.cfg = cfg
         self.instruments = instruments
         self.hub = hub
         self.shadow = shadow
         self.equity = equity
-        self.risk = risk
+        self.gate = gate  # the risk controller's trading-state rule
         self.limits = RiskLimits.from_config(cfg.risk)
         self.l2 = L2Limits.from_config(cfg.execution.l2)
 
@@ -93,23 +93,44 @@ class EntryChecks:
         return Exposure(sides, notional)
 
     def check_trading_state(self) -> None:
-        refusal = self.risk.entry_refusal()
+        refusal = self.gate(OrderPurpose.ENTRY)
         if refusal is not None:
             raise EntryRejected(Reason.TRADING_HALTED, refusal)
 
+    def check_price_band(self, msg: Prepare, mid: Decimal) -> None:
+        """Every price of the signal within ``maxPriceDeviationPct`` of the market."""
+        band = Decimal(repr(self.cfg.execution.max_price_deviation_pct)) / 100
+        low, high = mid * (1 - band), mid * (1 + band)
+        prices = [
+            ("entry_zone.min", msg.entry_zone.min),
+            ("entry_zone.max", msg.entry_zone.max),
+            ("stop_loss", msg.stop_loss),
+            *((f"take_profits[{n}]", tp) for n, tp in enumerate(msg.take_profits)),
+        ]
+        for name, value in prices:
+            if not low <= Decimal(repr(value)) <= high:
+                raise EntryRejected(
+                    Reason.INVALID_SIGNAL,
+                    f"{name}: {value} is more than {self.cfg.execution.max_price_deviation_pct:g}"
+                    f" % away from the market ({mid}); allowed {low:.8g} to {high:.8g}",
+                )
+
     def evaluate(self, intent: PreparedIntent) -> None:
-        """PREPARE: gates and sizing on the current book; sets the intent's size, entry
-        price and phase rules, or its rejection."""
+        """PREPARE: gates and sizing on the current book, in SPEC §6's order (trading
+        state, symbol, positions, leverage, L2); sets the intent's size, entry price and
+        phase rules, or its rejection."""
         msg = intent.message
-        instrument = self.instruments.get(msg.symbol)
-        if instrument is None:
-            intent.rejection = (
-                Reason.UNKNOWN_SYMBOL,
-                f"{msg.symbol} is not traded; traded: {', '.join(sorted(self.instruments))}",
-            )
-            return
         try:
             self.check_trading_state()
+            instrument = self.instruments.get(msg.symbol)
+            if instrument is None:
+                raise EntryRejected(
+                    Reason.UNKNOWN_SYMBOL,
+                    f"{msg.symbol} is not traded; traded: {', '.join(sorted(self.instruments))}",
+                )
+            quote = self.hub.book.get(msg.symbol)
+            if quote is not None:
+                self.check_price_band(msg, quote.mid)
             exposure = self.exposure()  # no await below: it cannot change meanwhile
             check_positions(
                 msg.symbol,
@@ -118,7 +139,6 @@ class EntryChecks:
                 self.limits.max_positions,
                 self.limits.allow_pyramiding,
             )
-            quote = self.hub.book.get(msg.symbol)
             if quote is None:
                 raise EntryRejected(Reason.L2_STALE, f"no price for {msg.symbol} yet")
             touch = quote.ask if intent.side is Side.BUY else quote.bid

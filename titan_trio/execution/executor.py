@@ -22,6 +22,7 @@ from titan_trio.errors import BrokerRejected, TitanError
 from titan_trio.execution.placement import OrderPlacer
 from titan_trio.execution.styles import EntryPlan, Style
 from titan_trio.feeds.hub import MarketHub
+from titan_trio.risk.breaker import OrderPurpose
 
 log = logging.getLogger("titan.executor")
 
@@ -48,7 +49,7 @@ class Executor:
     ) -> Order:
         """Send the entry; returns the exchange's acknowledgement (BrokerRejected when
         refused). A resting order is followed in the background."""
-        ack = await self.placer.place(order, signal_status=signal_status)
+        ack = await self.placer.place(order, OrderPurpose.ENTRY, signal_status=signal_status)
         if ack.status.is_open and self._nursery is not None:
             self.following[order.client_order_id] = plan
             self._nursery.start_soon(self._follow, order, plan)
@@ -68,6 +69,11 @@ class Executor:
                 order.client_order_id,
                 exc,
             )
+        except Exception:  # a bug in following one order must not stop the service
+            log.exception(
+                "following %s failed (a bug); it may still rest at the exchange",
+                order.client_order_id,
+            )
         finally:
             self.following.pop(order.client_order_id, None)
 
@@ -86,6 +92,10 @@ class Executor:
             # never cancel a call half-way: the deadline is checked between calls.
             await trio.sleep(min(step, max(0.0, deadline - trio.current_time())))
             if trio.current_time() >= deadline or not order.status.is_open:
+                return
+            refusal = self.placer.gate(OrderPurpose.ENTRY)
+            if refusal is not None:  # halted or paused meanwhile: stop working the entry
+                log.info("chase of %s stopped: %s", order.client_order_id, refusal)
                 return
             quote = self.hub.book.get(order.symbol)
             if quote is None:

@@ -4,81 +4,126 @@ Used by the operator (POST /api/emergency/flatten-all, ``titan flatten``) and by
 circuit breaker. Idempotent: a second call finds nothing to do and says so. Setting the
 trading state to HALTED is the caller's part (the risk controller), so that the state
 change and its reason are recorded in one place.
+
+What it must never do: miss an order or a position because one source did not know of
+it, or stop half-way on one failure. It cancels the open orders the broker reports for
+the traded symbols and those the shadow state knows, closes every position the broker
+or the shadow state holds, carries on past each error and reports every one. It is
+bounded: after ``deadline_s`` (a broker that does not answer) it stops and reports what
+it could not finish, so a shutdown never waits on it for longer than that.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
 from decimal import Decimal
 
 import trio
 
 from titan_trio.brokers.base import Broker
 from titan_trio.clock import now_ms
-from titan_trio.domain.orders import Side, market_close
-from titan_trio.errors import BrokerRejected
+from titan_trio.domain.orders import Order, Side, market_close
+from titan_trio.domain.positions import Position
+from titan_trio.domain.reports import FlattenReport
+from titan_trio.errors import BrokerRejected, TitanError
 from titan_trio.execution.placement import OrderPlacer
+from titan_trio.risk.breaker import OrderPurpose
 from titan_trio.state.shadow import ShadowState
 
 log = logging.getLogger("titan.flatten")
 
-
-@dataclass
-class FlattenReport:
-    cancelled_orders: list[str] = field(default_factory=list)
-    closed_positions: list[dict[str, str]] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def nothing_to_do(self) -> bool:
-        return not (self.cancelled_orders or self.closed_positions or self.errors)
+FLATTEN_DEADLINE_S = 5.0  # a market close answers in well under a second when healthy
 
 
 class Flattener:
-    def __init__(self, broker: Broker, shadow: ShadowState, placer: OrderPlacer) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        shadow: ShadowState,
+        placer: OrderPlacer,
+        symbols: list[str],
+        deadline_s: float = FLATTEN_DEADLINE_S,
+    ) -> None:
         self.broker = broker
         self.shadow = shadow
         self.placer = placer
+        self.symbols = set(symbols)
+        self.deadline_s = deadline_s
         self._lock = trio.Lock()  # two flattens at once would race to close the same size
         self._seq = 0
 
     async def flatten(self, reason: str) -> FlattenReport:
-        async with self._lock:
-            report = FlattenReport()
-            for order in list(self.shadow.orders.values()):
-                if not order.status.is_open:
-                    continue
-                try:
-                    await self.broker.cancel(order.symbol, order.client_order_id)
-                    report.cancelled_orders.append(order.client_order_id)
-                except BrokerRejected as exc:
-                    if exc.reason not in ("ORDER_NOT_OPEN", "ORDER_NOT_FOUND"):
-                        report.errors.append(f"cancel {order.client_order_id}: {exc}")
-            # Sizes from the exchange (the shadow may lag its latest fills), plus anything
-            # only the shadow knows of, so nothing is left open either way.
+        report = FlattenReport()
+        with trio.move_on_after(self.deadline_s) as scope:
+            async with self._lock:
+                await self._cancel_all(report)
+                await self._close_all(reason, report)
+        if scope.cancelled_caught:
+            report.errors.append(
+                f"flatten stopped after {self.deadline_s:g} s: the broker did not answer in "
+                "time; check open orders and positions at the exchange"
+            )
+            log.error(
+                "flatten (%s) did NOT finish within %g s: cancelled %d orders, closed %d "
+                "positions so far; check the exchange",
+                reason,
+                self.deadline_s,
+                len(report.cancelled_orders),
+                len(report.closed_positions),
+            )
+        elif report.nothing_to_do:
+            log.info("flatten (%s): nothing to do", reason)
+        else:
+            log.warning(
+                "flatten (%s): cancelled %d orders, closed %d positions, %d errors%s",
+                reason,
+                len(report.cancelled_orders),
+                len(report.closed_positions),
+                len(report.errors),
+                "".join(f"; {e}" for e in report.errors),
+            )
+        return report
+
+    async def _cancel_all(self, report: FlattenReport) -> None:
+        """Every open order of the traded symbols, wherever it is known."""
+        targets: dict[str, str] = {}  # client order id -> symbol
+        try:
+            for order in await self.broker.open_orders():
+                if order.symbol in self.symbols or order.client_order_id in self.shadow.orders:
+                    targets[order.client_order_id] = order.symbol
+        except TitanError as exc:
+            report.errors.append(f"listing open orders at the broker: {exc}")
+        for order in list(self.shadow.orders.values()):
+            if order.status.is_open:
+                targets.setdefault(order.client_order_id, order.symbol)
+        for coid, symbol in targets.items():
+            try:
+                await self.broker.cancel(symbol, coid)
+                report.cancelled_orders.append(coid)
+            except BrokerRejected as exc:
+                if exc.reason not in ("ORDER_NOT_OPEN", "ORDER_NOT_FOUND"):
+                    report.errors.append(f"cancel {coid}: {exc}")
+            except TitanError as exc:
+                report.errors.append(f"cancel {coid}: {exc}")
+
+    async def _close_all(self, reason: str, report: FlattenReport) -> None:
+        """Every position, sized from the exchange (the shadow may lag its latest
+        fills), plus anything only the shadow knows of, so nothing is left open."""
+        held: dict[str, Position] = {}
+        try:
             held = {p.symbol: p for p in await self.broker.positions() if not p.is_flat}
-            for symbol, rec in self.shadow.positions.items():
-                if symbol not in held and not rec.position.is_flat:
-                    held[symbol] = rec.position
-            for symbol, position in sorted(held.items()):
-                side = position.side
-                assert side is not None
-                await self._close(
-                    symbol, position.abs_size, side.opposite, reason, report, position.leverage
-                )
-            if report.nothing_to_do:
-                log.info("flatten (%s): nothing to do", reason)
-            else:
-                log.warning(
-                    "flatten (%s): cancelled %d orders, closed %d positions, %d errors",
-                    reason,
-                    len(report.cancelled_orders),
-                    len(report.closed_positions),
-                    len(report.errors),
-                )
-            return report
+        except TitanError as exc:
+            report.errors.append(f"listing positions at the broker: {exc}")
+        for symbol, rec in self.shadow.positions.items():
+            if symbol not in held and not rec.position.is_flat:
+                held[symbol] = rec.position
+        for symbol, position in sorted(held.items()):
+            side = position.side
+            assert side is not None
+            await self._close(
+                symbol, position.abs_size, side.opposite, reason, report, position.leverage
+            )
 
     async def _close(
         self,
@@ -96,17 +141,19 @@ class Flattener:
             f"ttf{digest[:32]}", symbol, side, qty, leverage, now, f"flatten: {reason}"
         )
         try:
-            ack = await self.placer.place(order)
-        except BrokerRejected as exc:
+            ack = await self.placer.place(order, OrderPurpose.FLATTEN)
+        except TitanError as exc:  # refused, or not recorded: report it, close the rest
             report.errors.append(f"close {symbol}: {exc}")
             return
-        report.closed_positions.append(
-            {
-                "symbol": symbol,
-                "side": side.value,
-                "qty": str(qty),
-                "client_order_id": order.client_order_id,
-                "status": ack.status.value,
-                "filled_qty": str(ack.filled_qty),
-            }
-        )
+        report.closed_positions.append(_closed(order, side, qty, ack))
+
+
+def _closed(order: Order, side: Side, qty: Decimal, ack: Order) -> dict[str, str]:
+    return {
+        "symbol": order.symbol,
+        "side": side.value,
+        "qty": str(qty),
+        "client_order_id": order.client_order_id,
+        "status": ack.status.value,
+        "filled_qty": str(ack.filled_qty),
+    }

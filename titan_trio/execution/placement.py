@@ -1,10 +1,17 @@
-"""Placing an order the safe way, for every caller (signals, flatten, execution styles).
+"""Placing an order the safe way, for every caller (signals, flatten, protection,
+execution styles): the one path every order takes to the broker.
 
 The order is tracked as exposure, committed (PENDING_SUBMIT, with its signal's new
-status in the same transaction when given), then sent under its own deterministic id.
+status in the same transaction when given), asked through the trading-state gateway
+(``gate``, the risk controller's rule for the order's purpose) with no await between
+that answer and the submit, then sent under its own deterministic id.
 A rejection the exchange proved is recorded before it is reported; anything else
 (timeout, dropped connection) propagates with the order left in flight for the
 private stream or reconciliation to settle, never re-sent under a new id.
+
+An order that cannot be committed is never sent, and the failure is reported to the
+risk controller (``storage_failed``): entries then stop (REDUCING), and when an exit
+cannot be committed either, everything from strategies stops (HALTED).
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ from ipc.protocol import Reason
 from titan_trio.brokers.base import Broker
 from titan_trio.clock import now_ms
 from titan_trio.domain.orders import Order, OrderRequest, OrderStatus
-from titan_trio.errors import BrokerRejected
+from titan_trio.errors import BrokerRejected, StoreError
 from titan_trio.metrics import Metrics
+from titan_trio.risk.breaker import OrderPurpose, TradingState
 from titan_trio.risk.sizing import EntryRejected
 from titan_trio.state import records
 from titan_trio.state.shadow import ShadowState
@@ -33,18 +41,23 @@ class OrderPlacer:
         shadow: ShadowState,
         store: Store,
         metrics: Metrics,
-        entry_refusal: Callable[[], str | None] = lambda: None,
+        gate: Callable[[OrderPurpose], str | None] = lambda purpose: None,
+        storage_failed: Callable[[str, TradingState, str], None] = lambda *args: None,
     ) -> None:
         self.broker = broker
         self.shadow = shadow
         self.store = store
         self.metrics = metrics
-        # Asked again right before an entry is sent: the trading state may have changed
+        # Asked right before every order is sent: the trading state may have changed
         # (flatten, the breaker) while the order was being journaled.
-        self.entry_refusal = entry_refusal
+        self.gate = gate
+        self.storage_failed = storage_failed
 
-    async def place(self, order: Order, *, signal_status: str | None = None) -> Order:
-        """Send ``order``; returns the broker's view. Raises BrokerRejected (recorded)."""
+    async def place(
+        self, order: Order, purpose: OrderPurpose, *, signal_status: str | None = None
+    ) -> Order:
+        """Send ``order``; returns the broker's view. Raises BrokerRejected (recorded),
+        EntryRejected (TRADING_HALTED, recorded) or StoreError (not sent)."""
         self.shadow.track(order)
         try:
             if signal_status is not None and order.signal_id is not None:
@@ -59,11 +72,16 @@ class OrderPlacer:
                 )
             else:
                 await self.store.call(records.save_order, order, urgent=True)
-        except BaseException:
+        except BaseException as exc:
             # Never sent and not on disk: it must not hold exposure.
             self.shadow.orders.pop(order.client_order_id, None)
+            if isinstance(exc, StoreError):
+                if purpose is OrderPurpose.ENTRY:
+                    self.storage_failed("entries", TradingState.REDUCING, str(exc))
+                else:
+                    self.storage_failed("exits", TradingState.HALTED, str(exc))
             raise
-        refusal = None if order.reduce_only else self.entry_refusal()
+        refusal = self.gate(purpose)
         if refusal is not None:  # no await between this check and the submit below
             await self._reject(
                 order, f"TRADING_HALTED: {refusal}", signal_status, Reason.TRADING_HALTED

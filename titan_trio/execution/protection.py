@@ -9,13 +9,20 @@
 - When the position closes (stop, targets, CLOSE or flatten) the exchange drops the stop
   and cancels the reduce-only orders left: nothing stays behind.
 With pyramiding, the latest entry's stop replaces the position's stop.
+
+Failures are contained per position: whatever goes wrong placing one position's stop or
+targets (an exchange refusal, or a bug) is logged at ERROR with the position named,
+counted in ``titan_protection_failures_total`` (an alert), and the service carries on;
+a failing take profit never touches the position's stop loss.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from typing import Any
 
 import trio
 
@@ -26,6 +33,7 @@ from titan_trio.domain.orders import Order, OrderType, TimeInForce, market_close
 from titan_trio.errors import TitanError
 from titan_trio.execution.placement import OrderPlacer
 from titan_trio.feeds.hub import MarketHub
+from titan_trio.risk.breaker import OrderPurpose
 from titan_trio.state.shadow import FillChanges
 
 log = logging.getLogger("titan.protection")
@@ -77,7 +85,13 @@ class Protector:
             or self._nursery is None
         ):
             return
-        self._nursery.start_soon(self._set_stop, order.symbol, order.stop_loss)
+        self._nursery.start_soon(
+            self._contained,
+            f"stop loss of {order.symbol}",
+            self._set_stop,
+            order.symbol,
+            order.stop_loss,
+        )
 
     def notice_order_finished(self, order: Order) -> None:
         if (
@@ -87,7 +101,17 @@ class Protector:
             or self._nursery is None
         ):
             return
-        self._nursery.start_soon(self._place_targets, order)
+        self._nursery.start_soon(
+            self._contained, f"take profits of {order.symbol}", self._place_targets, order
+        )
+
+    async def _contained(self, what: str, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run one position's protection work; any failure stays with that position."""
+        try:
+            await fn(*args)
+        except Exception:
+            self.placer.metrics.protection_failures.inc()
+            log.exception("protection failed: %s (a bug; the service carries on)", what)
 
     async def _set_stop(self, symbol: str, stop: Decimal) -> None:
         try:
@@ -115,6 +139,7 @@ class Protector:
             await self.broker.set_stop_loss(symbol, stop)
             log.info("stop loss %s set on %s", stop, symbol)
         except TitanError as exc:
+            self.placer.metrics.protection_failures.inc()
             log.error(
                 "position %s is NOT protected: setting stop loss %s failed: %s", symbol, stop, exc
             )
@@ -136,8 +161,9 @@ class Protector:
             reason,
         )
         try:
-            await self.placer.place(order)
+            await self.placer.place(order, OrderPurpose.PROTECTION)
         except TitanError as exc:
+            self.placer.metrics.protection_failures.inc()
             log.error("position %s is NOT protected and could not be closed: %s", symbol, exc)
 
     async def _place_targets(self, entry: Order) -> None:
@@ -167,6 +193,7 @@ class Protector:
                 close_reason=f"take profit {n}",
             )
             try:
-                await self.placer.place(order)
+                await self.placer.place(order, OrderPurpose.PROTECTION)
             except TitanError as exc:
+                self.placer.metrics.protection_failures.inc()
                 log.error("take profit %d of %s refused: %s", n, entry.symbol, exc)

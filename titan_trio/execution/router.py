@@ -34,12 +34,14 @@ from titan_trio.clock import now_ms
 from titan_trio.config import Config
 from titan_trio.domain.instruments import Instrument
 from titan_trio.domain.orders import Order, Side, market_close
+from titan_trio.domain.positions import Position
 from titan_trio.errors import BrokerRejected
 from titan_trio.execution.entry import EntryChecks, PreparedIntent, client_order_id
 from titan_trio.execution.executor import Executor
 from titan_trio.execution.styles import EntryPlan
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.metrics import Metrics
+from titan_trio.risk.breaker import OrderPurpose
 from titan_trio.risk.controller import RiskController
 from titan_trio.risk.sizing import EntryRejected
 from titan_trio.state import records
@@ -82,7 +84,7 @@ class SignalRouter:
         self.risk = risk
         self.executor = executor
         self.placer = executor.placer
-        self.entries = EntryChecks(cfg, instruments, hub, shadow, equity, risk)
+        self.entries = EntryChecks(cfg, instruments, hub, shadow, equity, risk.refusal)
         self.ttl_ms = cfg.execution.prepare_ttl_ms
         self.intents: dict[str, PreparedIntent] = {}
 
@@ -266,7 +268,7 @@ class SignalRouter:
             )
             return _rejected(msg, exc.reason, exc.message)
         self.shadow.track(order)
-        return await self._place(msg, order, started, prepare.signal_id, plan)
+        return await self._place(msg, order, started, prepare.signal_id, OrderPurpose.ENTRY, plan)
 
     async def _place(
         self,
@@ -274,6 +276,7 @@ class SignalRouter:
         order: Order,
         started: float,
         signal_id: str,
+        purpose: OrderPurpose,
         plan: EntryPlan | None = None,
     ) -> Reply:
         """Journal the order with its signal, send it, answer with the broker's view."""
@@ -282,7 +285,7 @@ class SignalRouter:
             if plan is not None:
                 ack = await self.executor.place_entry(order, plan, signal_status=status_word)
             else:
-                ack = await self.placer.place(order, signal_status=status_word)
+                ack = await self.placer.place(order, purpose, signal_status=status_word)
         except EntryRejected as exc:  # the trading state changed while it was journaled
             return _rejected(msg, exc.reason, exc.message)
         except BrokerRejected:
@@ -352,12 +355,17 @@ class SignalRouter:
     # ----- CLOSE -----------------------------------------------------------------------
 
     async def _close(self, msg: Close) -> Reply:
+        """Exit a position: the symbol's resting entries are cancelled first, whatever
+        the position (an entry resting when the strategy decides to get out must not
+        fill later), then what the exchange holds is closed reduce-only at market."""
         started = time.perf_counter()
         rejection: tuple[Reason, str] | None = None
-        rec = self.shadow.positions.get(msg.symbol)
-        if msg.symbol not in self.instruments:
+        refusal = self.risk.refusal(OrderPurpose.CLOSE)
+        if refusal is not None:
+            rejection = (Reason.TRADING_HALTED, refusal)
+        elif msg.symbol not in self.instruments:
             rejection = (Reason.UNKNOWN_SYMBOL, f"{msg.symbol} is not traded")
-        elif rec is None or rec.position.is_flat:
+        elif not self._resting_entries(msg.symbol) and await self._held(msg.symbol) is None:
             rejection = (Reason.INVALID_SIGNAL, f"no open position on {msg.symbol}")
         fresh = await self.store.call(
             records.journal_signal,
@@ -376,43 +384,74 @@ class SignalRouter:
             )
         if rejection is not None:
             return _rejected(msg, *rejection)
-        await self._cancel_entries(msg.symbol)
-        rec = self.shadow.positions.get(msg.symbol)
-        if rec is None or rec.position.is_flat:
+        cancelled = await self._cancel_entries(msg.symbol)
+        position = await self._held(msg.symbol)
+        if position is None:
             await self.store.call(
-                records.set_signal_status,
-                msg.signal_id,
-                "REJECTED",
-                Reason.INVALID_SIGNAL.value,
-                now_ms(),
+                records.set_signal_status, msg.signal_id, "CLOSED", None, now_ms()
             )
-            return _rejected(msg, Reason.INVALID_SIGNAL, f"no open position on {msg.symbol}")
-        # Size from the exchange: the shadow may not have applied the latest fills yet.
-        held = {p.symbol: p for p in await self.broker.positions()}.get(msg.symbol)
-        position = held if held is not None and not held.is_flat else rec.position
+            log.info(
+                "CLOSE %s: no position on %s; cancelled %d resting entry orders",
+                msg.signal_id,
+                msg.symbol,
+                len(cancelled),
+            )
+            return Reply(
+                msg.id,
+                Status.CLOSED,
+                signal_id=msg.signal_id,
+                symbol=msg.symbol,
+                cancelled_orders=cancelled,
+                message=f"no position was open; cancelled {len(cancelled)} resting entry "
+                "orders, none had filled",
+            )
         side = position.side
         assert side is not None
+        rec = self.shadow.positions.get(msg.symbol)
         now = now_ms()
         order = market_close(
             client_order_id("c", msg.signal_id),
             msg.symbol,
             side.opposite,
             position.abs_size,
-            rec.position.leverage,
+            rec.position.leverage if rec is not None else position.leverage,
             now,
             f"CLOSE: {msg.reason}" if msg.reason else "CLOSE",
             signal_id=msg.signal_id,
         )
         self.shadow.track(order)
-        return await self._place(msg, order, started, msg.signal_id)
+        reply = await self._place(msg, order, started, msg.signal_id, OrderPurpose.CLOSE)
+        if cancelled and reply.status is Status.CLOSED:
+            reply.cancelled_orders = cancelled
+        return reply
 
-    async def _cancel_entries(self, symbol: str) -> None:
-        for order in list(self.shadow.orders.values()):
-            if order.symbol == symbol and not order.reduce_only and order.status.is_open:
-                try:
-                    await self.broker.cancel(symbol, order.client_order_id)
-                except BrokerRejected as exc:
-                    log.info("cancel of %s before CLOSE: %s", order.client_order_id, exc)
+    def _resting_entries(self, symbol: str) -> list[Order]:
+        return [
+            o
+            for o in self.shadow.orders.values()
+            if o.symbol == symbol and not o.reduce_only and o.status.is_open
+        ]
+
+    async def _held(self, symbol: str) -> Position | None:
+        """The position on ``symbol``, sized from the exchange (the shadow may not have
+        applied the latest fills yet), or the shadow's when the exchange shows none."""
+        held = {p.symbol: p for p in await self.broker.positions()}.get(symbol)
+        if held is not None and not held.is_flat:
+            return held
+        rec = self.shadow.positions.get(symbol)
+        if rec is not None and not rec.position.is_flat:
+            return rec.position
+        return None
+
+    async def _cancel_entries(self, symbol: str) -> list[str]:
+        cancelled = []
+        for order in self._resting_entries(symbol):
+            try:
+                await self.broker.cancel(symbol, order.client_order_id)
+                cancelled.append(order.client_order_id)
+            except BrokerRejected as exc:
+                log.info("cancel of %s before CLOSE: %s", order.client_order_id, exc)
+        return cancelled
 
     # ----- helpers ---------------------------------------------------------------------
 

@@ -1,15 +1,33 @@
-"""The risk controller: owns the trading state and the circuit breaker at run time.
+"""The risk controller: owns the trading state, the circuit breaker and its inputs at run
+time, and is the one gateway every order is asked through (``refusal``).
 
-It is told of every equity mark and every closed trade; when a limit is exceeded it
-trips the breaker (HALTED, persisted before anything else happens), logs one CRITICAL
-line containing ``Circuit breaker`` with the cause and figures, and flattens when
-``risk.flattenOnBreaker``. Only an operator's reset clears it; a restart does not.
-Operator actions (pause, resume, reset, flatten) are logged with who and when.
+It is told of every equity mark (``mark``) and every closed trade; when a limit is
+exceeded it trips the breaker (HALTED, persisted before anything else happens), logs one
+CRITICAL line containing ``Circuit breaker`` with the cause and figures, and asks for a
+flatten when ``risk.flattenOnBreaker``. Only an operator's reset clears it; a restart
+does not. A reset re-bases peak equity, the day's start and the losing streak in the same
+record. Operator actions (pause, resume, reset, flatten) are logged with who and when.
+
+Risk decides, execution acts: this module never imports ``execution``. The flatten is a
+function the engine hands in (``flatten``), run shielded (it bounds itself).
+
+Storage faults: when the service cannot save its record of the account, it must stop
+adding to what it cannot record. ``storage_failed`` narrows the effective trading state
+(REDUCING when shadow state or entries cannot be saved, HALTED when exits cannot), the
+persisted operator state is left alone, and a probe (``storage_probe``, given by the
+engine: it flushes what is unsaved) runs every few seconds until writes work again; then
+the fault lifts by itself, with a WARNING either way.
+
+Writes of its own record that fail (a locked or full database) are never fatal: the
+record stays in memory, is marked unsaved and is written again at the next change or
+probe; a trip is enforced in memory at once whether or not it could be saved.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from decimal import Decimal
 from typing import Any
@@ -19,82 +37,140 @@ import trio
 from titan_trio.clock import now_ms
 from titan_trio.config import RiskConfig
 from titan_trio.domain.equity import EquityTracker
-from titan_trio.execution.flatten import Flattener, FlattenReport
-from titan_trio.risk.breaker import BreakerLimits, RiskState, TradingState, Trip, evaluate
+from titan_trio.domain.reports import FlattenReport
+from titan_trio.errors import StoreError
+from titan_trio.risk.breaker import (
+    BreakerLimits,
+    OrderPurpose,
+    RiskState,
+    TradingState,
+    Trip,
+    most_restrictive,
+    order_allowed,
+)
 from titan_trio.state import records
-from titan_trio.state.shadow import TradeRecord
+from titan_trio.state.shadow import TradeRecord, utc_day
 from titan_trio.state.store import Store
 
 log = logging.getLogger("titan.risk")
 STATE_KEY = "risk.state"
+LEGACY_TRACKER_KEY = "equity.tracker"  # where peak and day start lived before
+STORAGE_PROBE_S = 2.0
 
 
 class RiskController:
-    def __init__(self, cfg: RiskConfig, store: Store, tracker: EquityTracker) -> None:
+    def __init__(
+        self,
+        cfg: RiskConfig,
+        store: Store,
+        initial_capital: Decimal,
+        equity: Callable[[], Decimal],
+    ) -> None:
         self.cfg = cfg
         self.store = store
-        self.tracker = tracker
+        self.initial_capital = initial_capital
+        self.equity = equity
         self.limits = BreakerLimits(
             Decimal(repr(cfg.max_drawdown_pct)),
             Decimal(repr(cfg.max_daily_loss_pct)),
             cfg.max_consecutive_losses,
         )
-        self.state = RiskState()
-        self.flattener: Flattener | None = None
+        self.state = RiskState.fresh(initial_capital)
+        # Given by the engine: execution's flatten (bounded by its own deadline).
+        self.flatten: Callable[[str], Awaitable[FlattenReport]] | None = None
         self.last_flatten: FlattenReport | None = None
+        # Given by the engine: writes what is waiting to be saved; raises StoreError
+        # while the database still fails.
+        self.storage_probe: Callable[[], Awaitable[None]] | None = None
+        self.storage_faults: dict[str, tuple[TradingState, str]] = {}
+        self.unsaved = False  # the record in memory is ahead of the database
+        self._probing = False
         self._nursery: trio.Nursery | None = None
 
     @property
-    def trading_state(self) -> TradingState:
-        return self.state.trading_state
+    def tracker(self) -> EquityTracker:
+        return self.state.tracker
 
-    def entry_refusal(self) -> str | None:
-        """Why a new entry may not be sent now, or None when it may."""
-        state = self.state
-        if state.trading_state.allows_entries:
+    @property
+    def trading_state(self) -> TradingState:
+        """The state orders are judged by: the operator's or breaker's, narrowed by any
+        storage fault."""
+        faults = [state for state, _ in self.storage_faults.values()]
+        return most_restrictive(self.state.trading_state, *faults)
+
+    def refusal(self, purpose: OrderPurpose) -> str | None:
+        """Why an order of ``purpose`` may not be sent now, or None when it may. The one
+        rule every order is asked (SPEC §6)."""
+        state = self.trading_state
+        if order_allowed(state, purpose):
             return None
-        why = f"trading is {state.trading_state.value}"
-        if state.tripped and state.trip is not None:
-            why += f": circuit breaker tripped ({state.trip.message})"
-        elif state.trading_state is TradingState.REDUCING:
+        why = f"trading is {state.value}"
+        if self.state.tripped and self.state.trip is not None:
+            why += f": circuit breaker tripped ({self.state.trip.message})"
+        elif self.storage_faults and state is not self.state.trading_state:
+            causes = "; ".join(f"{k}: {cause}" for k, (_, cause) in self.storage_faults.items())
+            why += f": the database cannot save the account's record ({causes})"
+        elif state is TradingState.HALTED:
+            why += ": halted by an operator's flatten; resume to trade again"
+        elif state is TradingState.REDUCING:
             why += ": paused by an operator; only exits are accepted"
         return why
+
+    def entry_refusal(self) -> str | None:
+        return self.refusal(OrderPurpose.ENTRY)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         saved = await self.store.call(records.kv_get, STATE_KEY)
         if saved is not None:
-            self.state = RiskState.from_json(saved)
-            if self.state.tripped and self.state.trip is not None:
-                log.critical(
-                    "Circuit breaker still tripped since %s: %s; trading HALTED until "
-                    "an operator resets it",
-                    self.state.tripped_at_ms,
-                    self.state.trip.message,
-                )
-            elif self.state.trading_state is not TradingState.ACTIVE:
-                log.warning("trading state restored as %s", self.state.trading_state)
+            self.state = RiskState.from_json(saved, self.initial_capital)
+        legacy = await self.store.call(records.kv_get, LEGACY_TRACKER_KEY)
+        if legacy is not None and (saved is None or "peak_equity" not in saved):
+            t = self.state.tracker
+            t.peak_equity = Decimal(legacy["peak_equity"])
+            t.day = legacy["day"]
+            t.day_start_equity = Decimal(legacy["day_start_equity"])
+            await self._save()
+        if self.state.tripped and self.state.trip is not None:
+            log.critical(
+                "Circuit breaker still tripped since %s: %s; trading HALTED until "
+                "an operator resets it",
+                _iso(self.state.tripped_at_ms),
+                self.state.trip.message,
+            )
+        elif self.state.trading_state is not TradingState.ACTIVE:
+            log.warning("trading state restored as %s", self.state.trading_state)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
 
-    async def _save(self) -> None:
-        await self.store.call(records.kv_set, STATE_KEY, self.state.to_json(), now_ms())
+    async def _save(self) -> bool:
+        """Write the record; False (logged, retried at the next change) when the
+        database refuses. Never raises for a storage failure."""
+        try:
+            await self.store.call(records.kv_set, STATE_KEY, self.state.to_json(), now_ms())
+        except StoreError as exc:
+            if not self.unsaved:
+                log.warning("risk state not saved (%s); kept in memory, retrying", exc)
+            self.unsaved = True
+            return False
+        if self.unsaved:
+            log.warning("risk state saved again after a failed write")
+        self.unsaved = False
+        return True
 
     # ----- inputs ----------------------------------------------------------------------
 
+    async def mark(self, equity: Decimal, ts_ms: int) -> None:
+        """A new equity mark: track peak and day start (saved when they change), then
+        judge the breaker on it."""
+        if self.state.mark(equity, utc_day(ts_ms)) or self.unsaved:
+            await self._save()
+        await self.check()
+
     async def check(self) -> None:
         """Evaluate the breaker on the latest equity mark and losing streak."""
-        t = self.tracker
-        if self.state.tripped or not t.day:  # no mark yet: nothing to judge
-            return
-        trip = evaluate(
-            self.limits,
-            equity=t.last_equity,
-            peak_equity=t.peak_equity,
-            day_start_equity=t.day_start_equity,
-            consecutive_losses=self.state.consecutive_losses,
-        )
+        trip = self.state.evaluate(self.limits)
         if trip is not None:
             await self._trip(trip)
 
@@ -106,23 +182,77 @@ class RiskController:
     async def _trip(self, trip: Trip) -> None:
         if not self.state.trip_breaker(trip, now_ms()):
             return
-        await self._save()  # on disk before anything else: a crash now stays tripped
+        saved = await self._save()  # on disk before anything else: a crash stays tripped
         log.critical(
-            "Circuit breaker tripped: %s; trading HALTED%s",
+            "Circuit breaker tripped: %s; trading HALTED%s%s",
             trip.message,
             ", flattening all positions" if self.cfg.flatten_on_breaker else "",
+            "" if saved else " (NOT yet saved: the database refuses writes)",
         )
-        await self.store.call(records.add_event, now_ms(), "CRITICAL", "breaker", trip.message)
-        if self.cfg.flatten_on_breaker and self.flattener is not None:
+        await self._event("CRITICAL", "breaker", trip.message)
+        if self.cfg.flatten_on_breaker and self.flatten is not None:
             if self._nursery is not None:
-                self._nursery.start_soon(self._flatten_after_trip)
+                self._nursery.start_soon(self._flatten, "circuit breaker")
             else:
-                await self._flatten_after_trip()
+                await self._flatten("circuit breaker")
 
-    async def _flatten_after_trip(self) -> None:
-        assert self.flattener is not None
+    async def _flatten(self, reason: str) -> FlattenReport:
+        """Shielded, so a client that hangs up or a shutdown cannot abandon it half-way;
+        the flatten bounds itself with its own deadline."""
+        assert self.flatten is not None
         with trio.CancelScope(shield=True):
-            self.last_flatten = await self.flattener.flatten("circuit breaker")
+            report = await self.flatten(reason)
+        self.last_flatten = report
+        return report
+
+    async def _event(self, level: str, kind: str, message: str) -> None:
+        """A line in the system events table; its failure is logged, never fatal."""
+        try:
+            await self.store.call(records.add_event, now_ms(), level, kind, message)
+        except StoreError as exc:
+            log.warning("event %r not recorded (%s): %s", kind, exc, message)
+
+    # ----- storage faults --------------------------------------------------------------
+
+    def storage_failed(self, source: str, state: TradingState, cause: str) -> None:
+        """``source``'s writes fail: trade no further than ``state`` until they work."""
+        known = self.storage_faults.get(source)
+        if known is not None and known[0].severity >= state.severity:
+            return
+        before = self.trading_state
+        self.storage_faults[source] = (state, cause)
+        log.critical(
+            "database writes failing (%s: %s): trading %s until they work again (was %s)",
+            source,
+            cause,
+            self.trading_state.value,
+            before.value,
+        )
+        if not self._probing and self._nursery is not None:
+            self._probing = True
+            self._nursery.start_soon(self._probe_storage)
+
+    async def _probe_storage(self) -> None:
+        try:
+            while self.storage_faults:
+                await trio.sleep(STORAGE_PROBE_S)
+                try:
+                    if self.storage_probe is not None:
+                        await self.storage_probe()
+                    await self.store.call(records.kv_set, STATE_KEY, self.state.to_json(), now_ms())
+                except StoreError as exc:
+                    log.info("database still failing (%s); next try in %s s", exc, STORAGE_PROBE_S)
+                    continue
+                self.unsaved = False
+                sources = ", ".join(sorted(self.storage_faults))
+                self.storage_faults.clear()
+                log.warning(
+                    "database writes work again (%s saved): trading state back to %s",
+                    sources,
+                    self.trading_state.value,
+                )
+        finally:
+            self._probing = False
 
     # ----- operator actions ------------------------------------------------------------
 
@@ -138,36 +268,39 @@ class RiskController:
             log.warning("trading resumed by %s", who)
         return problem
 
-    async def reset_breaker(self, who: str) -> bool:
-        cause = self.state.trip.message if self.state.trip else None
-        if not self.state.reset_breaker(who, now_ms()):
+    async def reset_breaker(self, who: str, then: TradingState = TradingState.ACTIVE) -> bool:
+        """Clear a tripped breaker and re-base its inputs on the equity of now."""
+        trip = self.state.trip
+        t = self.state.tracker
+        old_peak, old_day_start = t.peak_equity, t.day_start_equity
+        equity = self.equity()
+        ts = now_ms()
+        if not self.state.reset_breaker(who, ts, equity, utc_day(ts), then):
             return False
         await self._save()
-        log.warning("Circuit breaker reset by %s (was: %s); trading ACTIVE", who, cause)
-        await self.store.call(
-            records.add_event,
-            now_ms(),
-            "WARNING",
-            "breaker_reset",
-            f"reset by {who} (was: {cause})",
+        text = (
+            f"Circuit breaker reset by {who} (was: {trip.message if trip else None}); "
+            f"re-based on equity {equity:.2f}: peak {old_peak:.2f} -> {t.peak_equity:.2f}, "
+            f"day start {old_day_start:.2f} -> {t.day_start_equity:.2f}, losing streak 0; "
+            f"trading {self.state.trading_state.value}"
         )
+        log.warning("%s", text)
+        await self._event("WARNING", "breaker_reset", text)
         return True
 
     async def flatten_all(self, who: str) -> FlattenReport:
         """HALT and flatten. Shielded: a client that hangs up must not abandon it."""
-        assert self.flattener is not None
+        assert self.flatten is not None
         with trio.CancelScope(shield=True):
             self.state.halt(who, now_ms())
             await self._save()
             log.warning("emergency flatten requested by %s: trading HALTED", who)
-            report = await self.flattener.flatten(f"operator {who}")
-        self.last_flatten = report
-        return report
+            return await self._flatten(f"operator {who}")
 
     def view(self) -> dict[str, Any]:
         s = self.state
         return {
-            "trading_state": s.trading_state.value,
+            "trading_state": self.trading_state.value,
             "tripped": s.tripped,
             "cause": None if s.trip is None else s.trip.cause,
             "message": None if s.trip is None else s.trip.message,
@@ -176,4 +309,13 @@ class RiskController:
             "consecutive_losses": s.consecutive_losses,
             "limits": {k: str(v) for k, v in asdict(self.limits).items()},
             "history": s.history,
+            "storage_faults": {
+                k: {"limits_to": v[0].value, "cause": v[1]} for k, v in self.storage_faults.items()
+            },
         }
+
+
+def _iso(ms: int | None) -> str:
+    if ms is None:
+        return "unknown"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")

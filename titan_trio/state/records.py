@@ -260,6 +260,19 @@ def load_open_orders(e: Entities) -> list[Order]:
     return [_order_from_row(r) for r in rows]
 
 
+def recent_entry_outcomes(e: Entities, limit: int) -> list[bool]:
+    """Whether each of the newest ``limit`` finished entry orders filled (at least in
+    part), oldest first: the fill-rate window as it was before a restart. Only entries
+    the exchange took count (REJECTED ones never could fill)."""
+    finished = [OrderStatus.FILLED.value, OrderStatus.CANCELED.value, OrderStatus.EXPIRED.value]
+    rows = (
+        orm.select(o for o in e.Order if o.status in finished and not o.reduce_only)
+        .order_by(lambda o: orm.desc(o.updated_ms))
+        .limit(limit)
+    )
+    return [Decimal(r.filled_qty) > 0 for r in reversed(list(rows))]
+
+
 def _save_position(e: Entities, rec: PositionRecord) -> None:
     p = rec.position
     values = {

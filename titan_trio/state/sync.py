@@ -3,6 +3,12 @@ start-up, then applies the broker's events (orders, fills, balance) and commits 
 change before it counts.
 
 A fill already recorded (same exchange execution id) is ignored, in memory and on disk.
+
+When a save fails after its retries the changes stay in memory (they happened at the
+broker) and are kept, in order, as unsaved: they go first into the next save, and
+``flush_unsaved`` (the risk controller's storage probe) writes them as soon as the
+database takes writes again. Meanwhile ``on_storage_failure`` has told the risk
+controller, which stops new entries until everything is on disk.
 """
 
 from __future__ import annotations
@@ -82,6 +88,10 @@ class ShadowSync:
         # and of every fill applied (protection), after the commit.
         self.order_finished_listeners: list[Callable[[Order], None]] = []
         self.fill_listeners: list[Callable[[FillChanges], None]] = []
+        # Told when a save failed after its retries (the cause, in words).
+        self.on_storage_failure: Callable[[str], None] = lambda cause: None
+        self.unsaved: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._saving = trio.Lock()  # a flush and a save never write the same changes
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -95,24 +105,45 @@ class ShadowSync:
             await self.apply(batch)
 
     async def _save(self, writes: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
-        """Commit, retrying a failing database a few times; the memory state is already
-        changed, so giving up is logged loudly rather than crashing the service (the
-        health check shows the database unhealthy meanwhile)."""
+        """Commit what is unsaved and ``writes``, retrying a failing database a few
+        times; the memory state is already changed, so giving up keeps the writes as
+        unsaved and reports it (never raises: the broker's events keep flowing)."""
+        async with self._saving:
+            await self._save_locked([*self.unsaved, *writes])
+
+    async def _save_locked(self, writes: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
         for attempt in range(1, SAVE_ATTEMPTS + 1):
             try:
                 await self.store.call(records.run_all, writes, urgent=len(writes) <= INLINE_WRITES)
-                return
             except StoreError as exc:
                 if attempt == SAVE_ATTEMPTS:
                     log.critical(
-                        "shadow state NOT saved after %d attempts (%s): the database "
-                        "is behind memory: restart and check positions against the exchange",
+                        "shadow state NOT saved after %d attempts (%s): %d changes kept in "
+                        "memory and saved when the database takes writes again",
                         attempt,
                         exc,
+                        len(writes),
                     )
+                    self.unsaved = writes
+                    self.on_storage_failure(str(exc))
                     return
                 log.error("saving the shadow state failed (%s); retrying", exc)
                 await trio.sleep(0.5 * attempt)
+            else:
+                if self.unsaved:
+                    log.warning("shadow state saved again: %d kept changes written", len(writes))
+                self.unsaved = []
+                return
+
+    async def flush_unsaved(self) -> None:
+        """Write the changes a failed save kept; raises StoreError while it still fails."""
+        async with self._saving:
+            if not self.unsaved:
+                return
+            writes = self.unsaved
+            await self.store.call(records.run_all, writes)
+            self.unsaved = []
+        log.warning("shadow state saved again: %d kept changes written", len(writes))
 
     async def _recorded_long_ago(self, fill: Fill) -> bool:
         """A replayed fill older than the exec ids memory holds: the database decides."""
@@ -151,7 +182,7 @@ class ShadowSync:
                 )
                 self.shadow.balance = event.balance
                 writes.append((records.kv_set, ("shadow.balance", str(event.balance), now_ms())))
-        if writes:
+        if writes or self.unsaved:
             await self._save(writes)
         for changes in fills:
             for fill_listener in self.fill_listeners:
