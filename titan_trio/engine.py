@@ -41,7 +41,7 @@ from titan_trio.execution.router import SignalRouter
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.feeds.simulated import SimulatedFeed
 from titan_trio.metrics import FILL_RATE_WINDOW, Metrics
-from titan_trio.risk.breaker import TradingState
+from titan_trio.risk.breaker import TradingState, most_restrictive
 from titan_trio.risk.controller import RiskController
 from titan_trio.state import records
 from titan_trio.state.equity_monitor import EquityMonitor
@@ -276,8 +276,16 @@ class Engine:
         stats = self.store.stats
         writable = self.store.is_writable()
         age = self.store.last_commit_age_s
+        # Changes kept in memory that the database refused, and what that stopped.
+        unsaved = len(self.sync.unsaved) if hasattr(self, "sync") else 0
+        faults = dict(self.risk.storage_faults) if hasattr(self, "risk") else {}
+        ok = writable and stats.last_error is None and not unsaved and not faults
         return {
-            "status": "healthy" if writable and stats.last_error is None else "unhealthy",
+            "status": "healthy" if ok else "unhealthy",
+            "unsaved_changes": unsaved,
+            "trading_limited_to": most_restrictive(*(st for st, _ in faults.values())).value
+            if faults
+            else None,
             "path": self.store.path,
             "writable": writable,
             "last_commit_age_s": None if age is None else round(age, 3),

@@ -3,6 +3,12 @@
 Its account (balance, positions, resting orders, id sequences) is saved in the
 database's key-value table after every change, before the change is reported, so a
 restart resumes the same account. Resting limit orders are matched on every new quote.
+
+Every change is all or nothing, like an exchange's: one the database cannot record (a
+full disk, a lock held too long) is undone by reloading the account as last saved. A
+request then fails with BrokerRejected ``EXCHANGE_UNAVAILABLE`` (nothing changed, so the
+refusal is proven); matching on a quote is skipped with a WARNING and tried again on
+the next quote. It never stops the service.
 """
 
 from __future__ import annotations
@@ -23,13 +29,24 @@ from titan_trio.domain.instruments import Instrument
 from titan_trio.domain.orders import Fill, Order, OrderRequest
 from titan_trio.domain.positions import Position
 from titan_trio.domain.quotes import Quote
-from titan_trio.errors import BrokerRejected
+from titan_trio.errors import BrokerRejected, StoreError, TitanError
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.state import records
 from titan_trio.state.store import Store
 
 log = logging.getLogger("titan.broker.paper")
 ACCOUNT_KEY = "paper.account"
+
+
+class PaperStorageFailed(TitanError):
+    """The paper account could not be saved; the change was undone."""
+
+
+def _unavailable(exc: PaperStorageFailed) -> BrokerRejected:
+    return BrokerRejected(
+        "EXCHANGE_UNAVAILABLE",
+        f"the paper exchange cannot record changes ({exc}); nothing was changed",
+    )
 
 
 class PaperBroker:
@@ -55,6 +72,7 @@ class PaperBroker:
         self._send, self.events = trio.open_memory_channel[BrokerEvent](event_buffer)
         self._lock = trio.Lock()  # one change to the account at a time
         self.last_latency_s: float | None = None
+        self._matched: dict[str, Quote] = {}  # each quote's size is offered to resting orders once
         self.resumed = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -72,34 +90,10 @@ class PaperBroker:
             await self._commit([], [])
             log.info("paper account opened with %s USDT", self.exchange.balance)
         task_status.started()
-        matched: dict[str, Quote] = {}  # each quote's size is offered to resting orders once
         while True:
             await self.hub.wait_for_update()
             async with self._lock:
-                fills: list[Fill] = []
-                canceled: list[Order] = []
-                for symbol in sorted({o.symbol for o in self.exchange.open_orders()}):
-                    quote = self.hub.book.get(symbol)
-                    if quote is None or quote is matched.get(symbol):
-                        continue
-                    matched[symbol] = quote
-                    new_fills, new_canceled = self.exchange.on_quote(quote, now_ms())
-                    fills += new_fills
-                    canceled += new_canceled
-                for symbol in sorted(self.exchange.stop_losses):
-                    quote = self.hub.book.get(symbol)
-                    if quote is None:
-                        continue
-                    stopped = self.exchange.check_stops(quote, now_ms())
-                    if stopped is not None:
-                        order, fill = stopped
-                        log.warning(
-                            "stop loss hit: %s %s closed at %s", symbol, fill.qty, fill.price
-                        )
-                        canceled.append(order)
-                        fills.append(fill)
-                if fills or canceled:
-                    await self._commit(fills, canceled)
+                await self._match()
 
     async def _reload(self, snap: dict[str, Any]) -> None:
         """The account as last saved: the snapshot and the resting orders."""
@@ -108,9 +102,48 @@ class PaperBroker:
     async def _commit(self, *args: Any, **kwargs: Any) -> None:
         """Save and report a change the exchange already made in memory. Shielded: once
         the exchange has changed, being cancelled half-way would save it without telling
-        the shadow state (a fill it never hears of). The save either lands or raises."""
+        the shadow state (a fill it never hears of). The save either lands, or the change
+        is undone and PaperStorageFailed raised."""
         with trio.CancelScope(shield=True):
-            await self._save_and_report(*args, **kwargs)
+            try:
+                await self._save_and_report(*args, **kwargs)
+            except records.DuplicateOrderId:
+                raise
+            except StoreError as exc:
+                self.exchange.auto_canceled = []
+                await self._reload(await self.store.call(records.kv_get, ACCOUNT_KEY))
+                raise PaperStorageFailed(str(exc)) from None
+
+    async def _match(self) -> None:
+        """Match resting orders and stops on the newest quotes; a change the database
+        cannot record waits for the next quote."""
+        fills: list[Fill] = []
+        canceled: list[Order] = []
+        for symbol in sorted({o.symbol for o in self.exchange.open_orders()}):
+            quote = self.hub.book.get(symbol)
+            if quote is None or quote is self._matched.get(symbol):
+                continue
+            self._matched[symbol] = quote
+            new_fills, new_canceled = self.exchange.on_quote(quote, now_ms())
+            fills += new_fills
+            canceled += new_canceled
+        for symbol in sorted(self.exchange.stop_losses):
+            quote = self.hub.book.get(symbol)
+            if quote is None:
+                continue
+            stopped = self.exchange.check_stops(quote, now_ms())
+            if stopped is not None:
+                order, fill = stopped
+                log.warning("stop loss hit: %s %s closed at %s", symbol, fill.qty, fill.price)
+                canceled.append(order)
+                fills.append(fill)
+        if fills or canceled:
+            try:
+                await self._commit(fills, canceled)
+            except PaperStorageFailed as exc:
+                log.warning(
+                    "paper exchange: matching undone, the account cannot be saved (%s)", exc
+                )
 
     async def _save_and_report(
         self,
@@ -169,26 +202,37 @@ class PaperBroker:
                 raise BrokerRejected(
                     "DUPLICATE_ORDER_ID", f"order id {request.client_order_id} was already used"
                 ) from None
+            except PaperStorageFailed as exc:
+                raise _unavailable(exc) from None
         self.last_latency_s = time.perf_counter() - started
         return _copy(order)
 
     async def cancel(self, symbol: str, client_order_id: str) -> Order:
         async with self._lock:
             order = self.exchange.cancel(client_order_id, now_ms())
-            await self._commit([], [order], urgent=True)
+            try:
+                await self._commit([], [order], urgent=True)
+            except PaperStorageFailed as exc:
+                raise _unavailable(exc) from None
         return _copy(order)
 
     async def amend(self, symbol: str, client_order_id: str, price: Decimal) -> Order:
         async with self._lock:
             quote = self.hub.book.get(symbol)
             order, fills = self.exchange.amend(client_order_id, price, quote, now_ms())
-            await self._commit(fills, [order], urgent=True)
+            try:
+                await self._commit(fills, [order], urgent=True)
+            except PaperStorageFailed as exc:
+                raise _unavailable(exc) from None
         return _copy(order)
 
     async def set_stop_loss(self, symbol: str, stop_loss: Decimal | None) -> None:
         async with self._lock:
             self.exchange.set_stop_loss(symbol, stop_loss, self.hub.book.get(symbol))
-            await self._commit([], [], urgent=True)
+            try:
+                await self._commit([], [], urgent=True)
+            except PaperStorageFailed as exc:
+                raise _unavailable(exc) from None
 
     async def stop_loss(self, symbol: str) -> Decimal | None:
         return self.exchange.stop_losses.get(symbol)

@@ -35,13 +35,13 @@ from titan_trio.config import Config
 from titan_trio.domain.instruments import Instrument
 from titan_trio.domain.orders import Order, Side, market_close
 from titan_trio.domain.positions import Position
-from titan_trio.errors import BrokerRejected
+from titan_trio.errors import BrokerRejected, StoreError
 from titan_trio.execution.entry import EntryChecks, PreparedIntent, client_order_id
 from titan_trio.execution.executor import Executor
 from titan_trio.execution.styles import EntryPlan
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.metrics import Metrics
-from titan_trio.risk.breaker import OrderPurpose
+from titan_trio.risk.breaker import OrderPurpose, TradingState
 from titan_trio.risk.controller import RiskController
 from titan_trio.risk.sizing import EntryRejected
 from titan_trio.state import records
@@ -108,6 +108,9 @@ class SignalRouter:
 
     def admit(self, message: Message) -> Job:
         """Synchronous admission in arrival order; returns the work to run."""
+        return self._storage_guarded(message, self._admit(message))
+
+    def _admit(self, message: Message) -> Job:
         started = time.perf_counter()
         if isinstance(message, Prepare):
             return self._admit_prepare(message)
@@ -119,6 +122,29 @@ class SignalRouter:
             return lambda: self._close(message)
         assert isinstance(message, Ping)
         return self._ping(message)
+
+    def _storage_guarded(self, message: Message, job: Job) -> Job:
+        """A request the database could not record is answered BUSY (nothing was sent:
+        every order is committed before it is sent), and the risk controller is told,
+        so trading narrows until writes work again: REDUCING when entries cannot be
+        recorded, HALTED when exits cannot."""
+
+        async def guarded() -> Reply:
+            try:
+                return await job()
+            except StoreError as exc:
+                if isinstance(message, Close):
+                    self.risk.storage_failed("exits", TradingState.HALTED, str(exc))
+                elif isinstance(message, Prepare | Confirm):
+                    self.risk.storage_failed("entries", TradingState.REDUCING, str(exc))
+                return _rejected(
+                    message,
+                    Reason.BUSY,
+                    f"the database refused to record this request ({exc}); nothing was "
+                    "sent; retrying with the same ids is safe",
+                )
+
+        return guarded
 
     def _ping(self, msg: Ping) -> Job:
         async def job() -> Reply:
@@ -152,18 +178,23 @@ class SignalRouter:
             self.entries.evaluate(intent)
             status = "PREPARED" if intent.rejection is None else "REJECTED"
             reason = None if intent.rejection is None else intent.rejection[0].value
-            fresh = await self.store.call(
-                records.journal_signal,
-                msg.signal_id,
-                "PREPARE",
-                msg.source,
-                msg.symbol,
-                status,
-                reason,
-                _encoder.encode(msg).decode(),
-                now_ms(),
-                urgent=True,
-            )
+            try:
+                fresh = await self.store.call(
+                    records.journal_signal,
+                    msg.signal_id,
+                    "PREPARE",
+                    msg.source,
+                    msg.symbol,
+                    status,
+                    reason,
+                    _encoder.encode(msg).decode(),
+                    now_ms(),
+                    urgent=True,
+                )
+            except StoreError:
+                if intent.rejection is None:
+                    raise
+                fresh = True  # a refusal holds nothing: it is answered unrecorded
             if not fresh:
                 intent.rejection = (
                     Reason.DUPLICATE_SIGNAL,

@@ -1,0 +1,286 @@
+"""Defects that lose money or stop the service, each through the real service: the
+breaker reset re-bases, HALTED refuses every strategy order first, a failed save stops
+entries until the database works again, flatten reaches what only the broker knows,
+a CLOSE right after a resting CONFIRM, fat-fingered prices.
+
+As in test_risk, the simulated market publishes once and then stays quiet, so every
+later price is one the test publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import trio
+
+from tests.helpers import eventually, service
+from tests.integration.test_risk import api, open_long, prepare_msg, publish, signal
+from titan_trio.config import Config
+from titan_trio.domain.orders import OrderRequest, OrderType, Side, TimeInForce
+from titan_trio.errors import StoreError
+from titan_trio.state import records
+
+
+async def test_a_breaker_reset_rebases_so_the_next_mark_does_not_trip_it_again(
+    risk_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = risk_config(risk={"maxRiskPct": 20, "phase3RiskPct": 20})
+    async with service(cfg) as engine, api(engine) as client:
+        start = engine.hub.book.get("BTCUSDT").mid
+        await open_long(engine, "rb-1", stop=0.97)
+        low = start * Decimal("0.984")  # about 8 % down at 5x: trips, flattens
+        publish(engine, "BTCUSDT", low)
+        await eventually(lambda: engine.risk.state.tripped)
+        await eventually(lambda: not engine.shadow.positions)
+        equity = engine.equity_monitor.equity()
+        assert equity < Decimal(9400)  # the loss is real and stays
+        with caplog.at_level(logging.WARNING, logger="titan.risk"):
+            reset = await client.post(
+                "/api/risk/breaker/reset", headers={"X-Titan-Operator": "alice"}
+            )
+        assert reset.json()["reset"] is True and reset.json()["trading_state"] == "ACTIVE"
+        line = next(r.getMessage() for r in caplog.records if "reset by alice" in r.getMessage())
+        assert f"peak 10000.00 -> {equity:.2f}" in line and "losing streak 0" in line
+        risk = (await client.get("/api/risk")).json()
+        assert Decimal(str(risk["peak_equity"])) == equity
+        assert Decimal(str(risk["day_start_equity"])) == equity
+        # Trading again, a little lower: the next marks judge from the re-based peak.
+        await open_long(engine, "rb-2", stop=0.97)
+        for n in range(1, 4):
+            before = engine.risk.tracker.last_equity
+            publish(engine, "BTCUSDT", low * (1 - Decimal("0.0005") * n))
+            await eventually(lambda b=before: engine.risk.tracker.last_equity != b)
+        assert not engine.risk.state.tripped
+        assert "BTCUSDT" in engine.shadow.positions
+        closed = await signal(
+            engine, {"type": "CLOSE", "id": 1, "signal_id": "rb-x", "symbol": "BTCUSDT"}
+        )
+        assert closed.status == "closed", closed
+        await eventually(lambda: not engine.shadow.positions)
+        peak = engine.risk.tracker.peak_equity
+        assert peak < Decimal(9400)
+    async with service(cfg) as engine:  # one record: the restart keeps the re-based peak
+        assert engine.risk.tracker.peak_equity == peak
+        assert not engine.risk.state.tripped
+
+
+async def test_a_reset_can_leave_trading_reducing(risk_config: Callable[..., Config]) -> None:
+    cfg = risk_config(risk={"maxConsecutiveLosses": 1, "flattenOnBreaker": False})
+    async with service(cfg) as engine, api(engine) as client:
+        await open_long(engine, "rr-1")
+        closed = await signal(
+            engine, {"type": "CLOSE", "id": 1, "signal_id": "rr-x", "symbol": "BTCUSDT"}
+        )
+        assert closed.status == "closed", closed
+        await eventually(lambda: engine.risk.state.tripped)  # one losing trade (fees)
+        bad = await client.post("/api/risk/breaker/reset", params={"trading_state": "HALTED"})
+        assert bad.status_code == 400 and bad.json()["error"] == "invalid_trading_state"
+        assert engine.risk.state.tripped  # a refused request changed nothing
+        reset = await client.post("/api/risk/breaker/reset", params={"trading_state": "REDUCING"})
+        assert reset.json()["trading_state"] == "REDUCING"
+        assert (await signal(engine, prepare_msg(engine, "rr-2"))).reason == "TRADING_HALTED"
+
+
+async def test_halted_refuses_every_strategy_order_before_any_other_reason(
+    risk_config: Callable[..., Config],
+) -> None:
+    cfg = risk_config(risk={"maxRiskPct": 20, "phase3RiskPct": 20, "flattenOnBreaker": False})
+    async with service(cfg) as engine:
+        start = engine.hub.book.get("BTCUSDT").mid
+        await open_long(engine, "h-1", stop=0.97)
+        ready = await signal(engine, prepare_msg(engine, "h-2", "ETHUSDT"))
+        assert ready.status == "prepared", ready
+        publish(engine, "BTCUSDT", start * Decimal("0.984"))
+        await eventually(lambda: engine.risk.state.tripped)
+        assert engine.risk.trading_state.value == "HALTED"
+        close = await signal(
+            engine, {"type": "CLOSE", "id": 1, "signal_id": "h-x", "symbol": "BTCUSDT"}
+        )
+        assert (close.status, close.reason) == ("rejected", "TRADING_HALTED"), close
+        assert "BTCUSDT" in engine.shadow.positions  # nothing was sent
+        unknown = {**prepare_msg(engine, "h-3"), "symbol": "DOGEUSDT"}
+        assert (await signal(engine, unknown)).reason == "TRADING_HALTED"
+        confirm = await signal(engine, {"type": "CONFIRM", "id": 2, "signal_id": "h-2"})
+        assert confirm.reason == "TRADING_HALTED", confirm
+        assert "ETHUSDT" not in engine.shadow.positions
+        pong = await signal(engine, {"type": "PING", "id": 3})
+        assert pong.trading_state == "HALTED"
+
+
+class FailingWrites:
+    """Makes the service's database refuse writes while ``failing`` is set, as a full
+    disk would: every write (or only those of ``only``) raises the store's own error
+    with SQLite's words; reads still work, as they do on a full disk."""
+
+    READS = (records.kv_get, records.signal_status, records.paper_open_orders)
+
+    def __init__(self, engine: Any, only: tuple[Any, ...] = ()) -> None:
+        self.failing = False
+        self.only = only
+        self._call = engine.store.call
+        engine.store.call = self.call
+
+    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hit = fn in self.only if self.only else fn not in self.READS
+        if self.failing and hit:
+            raise StoreError("database or disk is full")
+        return await self._call(fn, *args, **kwargs)
+
+
+SERVICE_RECORDS = (
+    records.run_all,
+    records.journal_signal,
+    records.set_signal_status,
+    records.save_order,
+)
+
+
+async def test_a_failed_save_stops_entries_and_trading_recovers_by_itself(
+    risk_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    async with service(risk_config()) as engine, api(engine) as client:
+        await open_long(engine, "fs-1")
+        await eventually(lambda: [o for o in engine.shadow.orders.values() if o.reduce_only])
+        # The service's own records fail; the paper exchange stands for a remote
+        # exchange, whose account does not live on our disk, so it keeps working.
+        writes = FailingWrites(engine, only=SERVICE_RECORDS)
+        writes.failing = True
+        with caplog.at_level(logging.CRITICAL):
+            # A fill the shadow state cannot save (a take profit filling at the exchange).
+            mid = engine.hub.book.get("BTCUSDT").mid
+            publish(engine, "BTCUSDT", mid * Decimal("1.06"))
+            await eventually(lambda: engine.sync.unsaved, limit_s=10)
+        assert any("NOT saved" in r.getMessage() for r in caplog.records)
+        assert engine.risk.trading_state.value == "REDUCING"
+        refused = await signal(engine, prepare_msg(engine, "fs-2", "ETHUSDT"))
+        assert refused.reason == "TRADING_HALTED"
+        assert "database" in (refused.message or "")
+        health = (await client.get("/api/health")).json()
+        assert health["status"] == "unhealthy"
+        assert health["database"]["status"] == "unhealthy"
+        assert health["database"]["trading_limited_to"] == "REDUCING"
+        assert (
+            'titan_health_status{component="database"} 0.0' in (await client.get("/metrics")).text
+        )
+        # An exit that cannot be recorded either: nothing from strategies passes.
+        exit_ = await signal(
+            engine, {"type": "CLOSE", "id": 9, "signal_id": "fs-x", "symbol": "BTCUSDT"}
+        )
+        assert exit_.reason in ("BUSY", "INVALID_SIGNAL"), exit_
+        if exit_.reason == "BUSY":
+            assert engine.risk.trading_state.value == "HALTED"
+        writes.failing = False  # space is back
+        await eventually(lambda: engine.risk.trading_state.value == "ACTIVE", limit_s=10)
+        assert not engine.sync.unsaved
+        assert (await client.get("/api/health")).json()["database"]["status"] == "healthy"
+        # what was kept in memory is on disk now
+        saved = await engine.store.call(records.load_positions)
+        assert {r.position.symbol for r in saved} == set(engine.shadow.positions)
+        assert (await signal(engine, prepare_msg(engine, "fs-3", "ETHUSDT"))).status == ("prepared")
+
+
+async def test_flatten_cancels_orders_only_the_broker_knows_and_reports_each_error(
+    risk_config: Callable[..., Config],
+) -> None:
+    async with service(risk_config()) as engine, api(engine) as client:
+        assert engine.broker is not None
+        mid = engine.hub.book.get("SOLUSDT").mid
+        request = OrderRequest(
+            "unknown-to-shadow",
+            "SOLUSDT",
+            Side.BUY,
+            OrderType.LIMIT,
+            Decimal("0.1"),
+            price=engine.instruments["SOLUSDT"].floor_price(mid * Decimal("0.9")),
+            time_in_force=TimeInForce.GTC,
+            leverage=Decimal(5),
+        )
+        await engine.broker.submit(request)
+        # the shadow state never heard of it (its event lost, as across a crash)
+        await eventually(lambda: "unknown-to-shadow" in engine.shadow.orders)
+        engine.shadow.orders.pop("unknown-to-shadow")
+        await open_long(engine, "fl-1")
+        # and one close fails on the way (the database refuses to record it)
+        writes = FailingWrites(engine, only=(records.save_order,))
+        writes.failing = True
+        report = (await client.post("/api/emergency/flatten-all")).json()
+        writes.failing = False
+        assert "unknown-to-shadow" in report["cancelled_orders"]
+        assert [e for e in report["errors"] if "close BTCUSDT" in e and "disk is full" in e]
+        assert report["trading_state"] == "HALTED"
+        # carried on past the error: a second flatten closes what is left
+        second = (await client.post("/api/emergency/flatten-all")).json()
+        assert [p["symbol"] for p in second["closed_positions"]] == ["BTCUSDT"]
+        await eventually(lambda: not engine.shadow.positions)
+        assert not await engine.broker.open_orders()
+
+
+async def test_a_flatten_against_a_broker_that_never_answers_ends_within_its_deadline(
+    risk_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    async with service(risk_config()) as engine, api(engine) as client:
+        await open_long(engine, "slow-1")
+        assert engine.broker is not None
+
+        async def hangs(*args: Any, **kwargs: Any) -> Any:
+            await trio.sleep_forever()
+
+        engine.broker.submit = hangs  # type: ignore[method-assign]
+        engine.broker.cancel = hangs  # type: ignore[method-assign]
+        started = trio.current_time()
+        with caplog.at_level(logging.ERROR, logger="titan.flatten"):
+            report = (await client.post("/api/emergency/flatten-all", timeout=30)).json()
+        elapsed = trio.current_time() - started
+        assert any("did not answer in time" in e for e in report["errors"])
+        assert any("did NOT finish" in r.getMessage() for r in caplog.records)
+        assert elapsed < 30  # bounded by the flatten's own deadline, not the client's
+
+
+async def test_close_right_after_a_resting_confirm_cancels_the_entry(
+    risk_config: Callable[..., Config],
+) -> None:
+    # Phase 1 equity: maker entries rest at the touch until makerTimeoutMs.
+    cfg = risk_config(broker={"initialCapital": 900}, execution={"makerTimeoutMs": 60000})
+    async with service(cfg) as engine:
+        ready = await signal(engine, prepare_msg(engine, "cr-1"))
+        assert ready.status == "prepared" and ready.execution == "maker", ready
+        accepted = await signal(engine, {"type": "CONFIRM", "id": 2, "signal_id": "cr-1"})
+        assert accepted.status == "accepted" and accepted.order_status != "FILLED", accepted
+        entry_id = accepted.client_order_id
+        close = await signal(
+            engine, {"type": "CLOSE", "id": 3, "signal_id": "cr-x", "symbol": "BTCUSDT"}
+        )
+        assert close.status == "closed", close
+        assert close.cancelled_orders == [entry_id]
+        assert "no position" in (close.message or "")
+        # the market now crosses where the entry was: nothing fills, nothing is held
+        mid = engine.hub.book.get("BTCUSDT").mid
+        publish(engine, "BTCUSDT", mid * Decimal("0.995"))
+        await eventually(lambda: entry_id not in engine.shadow.orders)
+        assert not engine.shadow.positions
+        assert not [p for p in await engine.broker.positions() if not p.is_flat]
+        again = await signal(
+            engine, {"type": "CLOSE", "id": 4, "signal_id": "cr-y", "symbol": "BTCUSDT"}
+        )
+        assert again.reason == "INVALID_SIGNAL"  # nothing resting, nothing held
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("take_profits", [1e30]), ("stop_loss", 1.0), ("take_profits", [1e6])],
+)
+async def test_prices_far_from_the_market_are_refused_and_the_service_stays_up(
+    risk_config: Callable[..., Config], field: str, value: Any
+) -> None:
+    async with service(risk_config()) as engine:
+        message = {**prepare_msg(engine, "fat-1"), field: value}
+        refused = await signal(engine, message)
+        assert refused.reason == "INVALID_SIGNAL", refused
+        assert field in (refused.message or "") and "away from the market" in (
+            refused.message or ""
+        )
+        await open_long(engine, "fat-2")  # still trading
