@@ -66,6 +66,8 @@ class BrokerConfig(_Section):
     initial_capital: PositiveFloat = 10000.0
     maker_fee_pct: Pct = 0.02
     taker_fee_pct: Pct = 0.055
+    # No effect: paper fills walk the book's depth (brokers/paper_exchange.py). Still
+    # accepted so that existing configuration files load.
     slippage_pct: Pct = 0.01
 
 

@@ -41,7 +41,6 @@ BTC = Instrument(
 INITIAL = D("10000")
 MAKER_PCT = D("0.02")
 TAKER_PCT = D("0.055")
-SLIPPAGE_PCT = D("0.01")
 
 
 def make_exchange() -> PaperExchange:
@@ -50,7 +49,6 @@ def make_exchange() -> PaperExchange:
         balance=INITIAL,
         maker_fee_pct=MAKER_PCT,
         taker_fee_pct=TAKER_PCT,
-        slippage_pct=SLIPPAGE_PCT,
     )
 
 
@@ -113,22 +111,20 @@ BOOK = quote("30000.0", "30000.1")
 
 
 # ----- market orders ------------------------------------------------------------------
+# Within the touch size a market order fills at the touch; walking the depth has its own
+# tests in test_paper_depth.py.
 
 
 @pytest.mark.parametrize(
-    ("ask", "expected_price", "expected_fee"),
+    ("ask", "expected_fee"),
     [
-        # 30000.3 * 1.0001 = 30003.30003 -> up to the tick: 30003.4
-        # fee = 0.010 * 30003.4 * 0.055 / 100 = 300.034 * 0.00055 = 0.1650187
-        ("30000.3", "30003.4", "0.1650187"),
-        # 30000.0 * 1.0001 = 30003.0 exactly on the tick: no further rounding
-        # fee = 300.03 * 0.00055 = 0.1650165
-        ("30000.0", "30003.0", "0.1650165"),
+        # fee = 0.010 * 30000.3 * 0.055 / 100 = 300.003 * 0.00055 = 0.16500165
+        ("30000.3", "0.16500165"),
+        # fee = 300.00 * 0.00055 = 0.165
+        ("30000.0", "0.165"),
     ],
 )
-def test_market_buy_fills_at_ask_plus_slippage_rounded_up(
-    ask: str, expected_price: str, expected_fee: str
-) -> None:
+def test_market_buy_within_the_touch_fills_at_the_ask(ask: str, expected_fee: str) -> None:
     ex = make_exchange()
     bid = str(D(ask) - D("0.1"))
     order, fills = ex.place(req("m1", BUY, "0.010"), quote(bid, ask), now_ms=1000)
@@ -141,7 +137,7 @@ def test_market_buy_fills_at_ask_plus_slippage_rounded_up(
         symbol="BTCUSDT",
         side=BUY,
         qty=D("0.010"),
-        price=D(expected_price),
+        price=D(ask),
         fee=D(expected_fee),
         is_maker=False,
         ts_ms=1000,
@@ -150,12 +146,12 @@ def test_market_buy_fills_at_ask_plus_slippage_rounded_up(
     assert order.status is S.FILLED
     assert order.history == [S.PENDING_SUBMIT, S.SUBMITTED, S.ACCEPTED]
     assert order.filled_qty == D("0.010")
-    assert order.avg_fill_price == D(expected_price)
+    assert order.avg_fill_price == D(ask)
     assert order.exchange_order_id == "paper-1"
     assert ex.balance == INITIAL - D(expected_fee)
     pos = ex.positions["BTCUSDT"]
     assert pos.size == D("0.010")
-    assert pos.entry_price == D(expected_price)
+    assert pos.entry_price == D(ask)
     assert pos.fees == D(expected_fee)
     assert ex.open_orders() == []
 
@@ -163,23 +159,22 @@ def test_market_buy_fills_at_ask_plus_slippage_rounded_up(
 def test_market_buy_balance_exact() -> None:
     ex = make_exchange()
     ex.place(req("m1", BUY, "0.010"), quote("30000.2", "30000.3"), now_ms=1000)
-    assert ex.balance == D("9999.8349813")  # 10000 - 0.1650187
+    assert ex.balance == D("9999.83499835")  # 10000 - 0.16500165
 
 
-def test_market_sell_fills_at_bid_minus_slippage_rounded_down() -> None:
+def test_market_sell_within_the_touch_fills_at_the_bid() -> None:
     ex = make_exchange()
-    # 30000.3 * 0.9999 = 29997.29997 -> down to the tick: 29997.2
-    # fee = 0.010 * 29997.2 * 0.00055 = 299.972 * 0.00055 = 0.1649846
+    # fee = 0.010 * 30000.3 * 0.00055 = 300.003 * 0.00055 = 0.16500165
     order, fills = ex.place(req("s1", SELL, "0.010"), quote("30000.3", "30000.4"), now_ms=1)
     (fill,) = fills
-    assert fill.price == D("29997.2")
-    assert fill.fee == D("0.1649846")
+    assert fill.price == D("30000.3")
+    assert fill.fee == D("0.16500165")
     assert fill.is_maker is False
     assert order.status is S.FILLED
-    assert ex.balance == D("9999.8350154")
+    assert ex.balance == D("9999.83499835")
     pos = ex.positions["BTCUSDT"]
     assert pos.size == D("-0.010")
-    assert pos.entry_price == D("29997.2")
+    assert pos.entry_price == D("30000.3")
 
 
 # ----- resting limit orders -----------------------------------------------------------
@@ -276,14 +271,13 @@ def test_touch_size_is_shared_best_price_first_then_oldest() -> None:
 @pytest.mark.parametrize(
     ("side", "limit", "expected"),
     [
-        # buy: touch + slippage = 30000.1 * 1.0001 = 30003.10001 -> 30003.2, capped at limit
-        (BUY, "30001.0", "30001.0"),
+        # within the touch size, a crossing limit fills at the touch, however far its limit
+        (BUY, "30001.0", "30000.1"),
         (BUY, "30000.1", "30000.1"),
-        (BUY, "30010.0", "30003.2"),  # limit far away: the modelled price, better
-        # sell: 30000.0 * 0.9999 = 29997.0, floored at the limit
-        (SELL, "29999.0", "29999.0"),
+        (BUY, "30010.0", "30000.1"),
+        (SELL, "29999.0", "30000.0"),
         (SELL, "30000.0", "30000.0"),
-        (SELL, "29990.0", "29997.0"),
+        (SELL, "29990.0", "30000.0"),
     ],
 )
 def test_crossing_limit_fills_at_once_as_taker_never_worse_than_limit(
@@ -307,9 +301,9 @@ def test_crossing_limit_fills_at_once_as_taker_never_worse_than_limit(
 def test_crossing_limit_buy_exact_fee() -> None:
     ex = make_exchange()
     _, (fill,) = ex.place(req("x1", BUY, "0.010", "30001.0"), BOOK, now_ms=1000)
-    # 0.010 * 30001.0 = 300.01; * 0.00055 = 0.1650055
-    assert fill.fee == D("0.1650055")
-    assert ex.balance == D("9999.8349945")
+    # 0.010 * 30000.1 = 300.001; * 0.00055 = 0.16500055
+    assert fill.fee == D("0.16500055")
+    assert ex.balance == D("9999.83499945")
 
 
 def test_ioc_limit_that_does_not_cross_is_canceled_without_fill() -> None:
@@ -377,26 +371,26 @@ def test_reduce_only_on_the_same_side_as_the_position_is_rejected() -> None:
 
 def test_reduce_only_larger_than_position_is_clipped() -> None:
     ex = make_exchange()
-    # open long 0.010: 30000.3 * 1.0001 -> 30003.4, fee 0.1650187
+    # open long 0.010 at the ask 30000.3, fee 0.16500165
     ex.place(req("open", BUY, "0.010"), quote("30000.2", "30000.3"), now_ms=1)
     order, fills = ex.place(
         req("ro", SELL, "0.050", reduce_only=True), quote("30500.0", "30500.1"), now_ms=2
     )
-    # clipped to 0.010; 30500.0 * 0.9999 = 30496.95 -> 30496.9
-    # realized = (30496.9 - 30003.4) * 0.010 = 493.5 * 0.01 = 4.935
-    # fee = 0.010 * 30496.9 * 0.00055 = 304.969 * 0.00055 = 0.16773295
+    # clipped to 0.010, sold at the bid 30500.0
+    # realized = (30500.0 - 30000.3) * 0.010 = 499.7 * 0.01 = 4.997
+    # fee = 0.010 * 30500.0 * 0.00055 = 305 * 0.00055 = 0.16775
     assert order.qty == D("0.010")
     assert order.status is S.FILLED
     (fill,) = fills
     assert (fill.qty, fill.price, fill.realized_pnl, fill.fee) == (
         D("0.010"),
-        D("30496.9"),
-        D("4.935"),
-        D("0.16773295"),
+        D("30500.0"),
+        D("4.997"),
+        D("0.16775"),
     )
     assert ex.positions == {}
-    # 10000 - 0.1650187 + 4.935 - 0.16773295 = 10004.60224835
-    assert ex.balance == D("10004.60224835")
+    # 10000 - 0.16500165 + 4.997 - 0.16775 = 10004.66424835
+    assert ex.balance == D("10004.66424835")
 
 
 def test_resting_reduce_only_is_clipped_and_canceled_when_the_position_closes() -> None:
@@ -553,41 +547,41 @@ def test_cancel_unknown_twice_and_filled() -> None:
 
 def test_round_trip_long() -> None:
     ex = make_exchange()
-    # buy 0.100: 30000.1 * 1.0001 = 30003.10001 -> 30003.2
-    #   fee = 0.1 * 30003.2 * 0.00055 = 3000.32 * 0.00055 = 1.650176
+    # buy 0.100 at the ask 30000.1: fee = 0.1 * 30000.1 * 0.00055 = 3000.01 * 0.00055
+    #   = 1.6500055
     _, (buy,) = ex.place(req("b", BUY, "0.100"), BOOK, now_ms=1)
-    assert (buy.price, buy.fee) == (D("30003.2"), D("1.650176"))
+    assert (buy.price, buy.fee) == (D("30000.1"), D("1.6500055"))
     marks = {"BTCUSDT": D("30000.05")}
-    # unrealized at the mid: (30000.05 - 30003.2) * 0.1 = -0.315
-    assert ex.equity(marks) == INITIAL - D("1.650176") - D("0.315")
+    # unrealized at the mid: (30000.05 - 30000.1) * 0.1 = -0.005
+    assert ex.equity(marks) == INITIAL - D("1.6500055") - D("0.005")
 
-    # sell 0.100: 30500.0 * 0.9999 = 30496.95 -> 30496.9
-    #   realized = (30496.9 - 30003.2) * 0.1 = 49.37
-    #   fee = 0.1 * 30496.9 * 0.00055 = 3049.69 * 0.00055 = 1.6773295
+    # sell 0.100 at the bid 30500.0:
+    #   realized = (30500.0 - 30000.1) * 0.1 = 49.99
+    #   fee = 0.1 * 30500.0 * 0.00055 = 3050 * 0.00055 = 1.6775
     _, (sell,) = ex.place(req("s", SELL, "0.100"), quote("30500.0", "30500.1"), now_ms=2)
     assert (sell.price, sell.realized_pnl, sell.fee) == (
-        D("30496.9"),
-        D("49.37"),
-        D("1.6773295"),
+        D("30500.0"),
+        D("49.99"),
+        D("1.6775"),
     )
     assert ex.positions == {}
-    assert ex.balance == INITIAL + D("49.37") - D("1.650176") - D("1.6773295")
-    assert ex.balance == D("10046.0424945")
+    assert ex.balance == INITIAL + D("49.99") - D("1.6500055") - D("1.6775")
+    assert ex.balance == D("10046.6624945")
     assert ex.equity({}) == ex.balance
     assert ex.used_margin({}) == 0
 
 
 def test_round_trip_short() -> None:
     ex = make_exchange()
-    # sell 0.100: 30000.0 * 0.9999 = 29997.0; fee = 2999.7 * 0.00055 = 1.649835
+    # sell 0.100 at the bid 30000.0; fee = 3000.0 * 0.00055 = 1.65
     ex.place(req("s", SELL, "0.100"), BOOK, now_ms=1)
-    # buy back: 29000.1 * 1.0001 = 29003.00001 -> 29003.1
-    #   realized = (29997.0 - 29003.1) * 0.1 = 99.39
-    #   fee = 2900.31 * 0.00055 = 1.5951705
+    # buy back at the ask 29000.1:
+    #   realized = (30000.0 - 29000.1) * 0.1 = 99.99
+    #   fee = 2900.01 * 0.00055 = 1.5950055
     _, (buy,) = ex.place(req("b", BUY, "0.100"), quote("29000.0", "29000.1"), now_ms=2)
-    assert (buy.price, buy.realized_pnl, buy.fee) == (D("29003.1"), D("99.39"), D("1.5951705"))
+    assert (buy.price, buy.realized_pnl, buy.fee) == (D("29000.1"), D("99.99"), D("1.5950055"))
     assert ex.positions == {}
-    assert ex.balance == D("10096.1449945")  # 10000 + 99.39 - 1.649835 - 1.5951705
+    assert ex.balance == D("10096.7449945")  # 10000 + 99.99 - 1.65 - 1.5950055
 
 
 # ----- persistence --------------------------------------------------------------------
@@ -599,8 +593,8 @@ def _without_history(orders: list[Any]) -> list[Any]:
 
 def test_snapshot_restore_round_trip() -> None:
     ex = make_exchange()
-    # long 0.100 @ 30003.2, fee 1.650176
-    ex.place(req("m1", BUY, "0.100"), BOOK, now_ms=1000)
+    # long 0.100 at the ask 30003.2: fee = 3000.32 * 0.00055 = 1.650176
+    ex.place(req("m1", BUY, "0.100"), quote("30003.1", "30003.2"), now_ms=1000)
     # resting buy 0.100 @ 29900.0, half filled: fee = 0.050 * 29900 * 0.0002 = 0.299
     ex.place(req("r1", BUY, "0.100", "29900.0"), BOOK, now_ms=1100)
     ex.on_quote(quote("29890.0", "29900.0", ask_size="0.050"), 1200)
@@ -679,13 +673,15 @@ def test_snapshot_of_a_fresh_account() -> None:
 
 ticks = st.integers(min_value=-30, max_value=30)
 steps = st.integers(min_value=1, max_value=400).map(lambda n: D(n) * D("0.001"))
+# Depth behind the touch: (ticks beyond the previous level, size), up to two levels.
+depth = st.lists(st.tuples(st.integers(min_value=1, max_value=5), steps), max_size=2)
 
 
 @st.composite
 def actions(draw: st.DrawFn) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     for _ in range(draw(st.integers(min_value=1, max_value=20))):
-        kind = draw(st.sampled_from(["place", "place", "cancel", "quote", "quote"]))
+        kind = draw(st.sampled_from(["place", "place", "cancel", "amend", "quote", "quote"]))
         if kind == "place":
             out.append(
                 (
@@ -702,6 +698,8 @@ def actions(draw: st.DrawFn) -> list[tuple[str, Any]]:
             )
         elif kind == "cancel":
             out.append((kind, draw(st.integers(min_value=0, max_value=10))))
+        elif kind == "amend":
+            out.append((kind, (draw(st.integers(min_value=0, max_value=10)), draw(ticks))))
         else:
             out.append(
                 (
@@ -711,10 +709,21 @@ def actions(draw: st.DrawFn) -> list[tuple[str, Any]]:
                         draw(st.integers(min_value=1, max_value=5)),
                         draw(steps),
                         draw(steps),
+                        draw(depth),
+                        draw(depth),
                     ),
                 )
             )
     return out
+
+
+def _depth(start: D, levels: list[tuple[int, D]], sign: int) -> tuple[tuple[D, D], ...]:
+    out = []
+    price = start
+    for gap, size in levels:
+        price += sign * gap * BTC.tick_size
+        out.append((price, size))
+    return tuple(out)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -726,24 +735,40 @@ def test_random_sessions_keep_the_books_consistent(script: list[tuple[str, Any]]
     now = 0
     all_fills: list[Fill] = []
     placed: list[str] = []
+    # What the current quote's levels gave, by (side taking, level price): never more
+    # than the level holds, whichever orders took it, taker or maker.
+    taken: dict[tuple[Side, D], D] = {}
 
-    def check_taker_fill(fill: Fill, limit: D | None, size_before: D) -> None:
-        assert not fill.is_maker
-        assert fill.qty > 0
-        assert BTC.is_on_step(fill.qty)
-        assert BTC.is_on_tick(fill.price)
-        assert fill.fee == fill.qty * fill.price * TAKER_PCT / 100
-        if limit is not None:  # never worse than the limit
-            assert fill.price <= limit if fill.side is BUY else fill.price >= limit
-        order = ex.orders[fill.client_order_id]
-        if order.reduce_only:
-            pos = ex.positions.get("BTCUSDT")
-            size_after = pos.size if pos else D(0)
-            assert abs(size_after) < abs(size_before)
-            assert size_after * size_before >= 0  # never flips
+    def level_size(side: Side, price: D) -> D:
+        return dict(q.levels(side is BUY)).get(price, D(0))
+
+    def check_taker_fills(fills: list[Fill], limit: D | None, size_before: D) -> None:
+        prices = [f.price for f in fills]
+        for fill in fills:
+            assert not fill.is_maker
+            assert fill.qty > 0
+            assert BTC.is_on_step(fill.qty)
+            assert fill.fee == fill.qty * fill.price * TAKER_PCT / 100
+            # one fill per level, at the level's price, best first
+            assert fill.price in dict(q.levels(fill.side is BUY))
+            if limit is not None:  # never worse than the limit
+                assert fill.price <= limit if fill.side is BUY else fill.price >= limit
+            taken[fill.side, fill.price] = taken.get((fill.side, fill.price), D(0)) + fill.qty
+            assert taken[fill.side, fill.price] <= level_size(fill.side, fill.price)
+        assert len(set(prices)) == len(prices)
+        if fills:
+            assert prices == sorted(prices, reverse=fills[0].side is SELL)
+            order = ex.orders[fills[0].client_order_id]
+            if order.reduce_only:
+                pos = ex.positions.get("BTCUSDT")
+                size_after = pos.size if pos else D(0)
+                assert abs(size_after) < abs(size_before)
+                assert size_after * size_before >= 0  # never flips
 
     for kind, arg in script:
         now += 1
+        pos = ex.positions.get("BTCUSDT")
+        size_before = pos.size if pos else D(0)
         if kind == "place":
             side, qty, offset, tif, reduce_only, lev = arg
             price = None if offset is None else q.mid + D(offset) * BTC.tick_size
@@ -755,17 +780,16 @@ def test_random_sessions_keep_the_books_consistent(script: list[tuple[str, Any]]
                 cid, "BTCUSDT", side, order_type, qty, price, tif, reduce_only, D(lev)
             )
             before = account(ex)
-            pos = ex.positions.get("BTCUSDT")
-            size_before = pos.size if pos else D(0)
             try:
                 order, fills = ex.place(request, q, now)
             except BrokerRejected:
                 assert account(ex) == before
                 continue
             assert order.qty <= qty
-            assert len(fills) <= 1
-            for fill in fills:
-                check_taker_fill(fill, price, size_before)
+            assert len(fills) <= len(q.levels(side is BUY))
+            check_taker_fills(fills, price, size_before)
+            if order_type is OrderType.MARKET or tif is TimeInForce.IOC:
+                assert order.status in (S.FILLED, S.CANCELED)
             all_fills += fills
         elif kind == "cancel":
             if not placed:
@@ -783,23 +807,40 @@ def test_random_sessions_keep_the_books_consistent(script: list[tuple[str, Any]]
                 assert account(ex) == before
             else:
                 assert ex.orders[cid].status is S.CANCELED
+        elif kind == "amend":
+            index, offset = arg
+            if not placed:
+                continue
+            cid = placed[index % len(placed)]
+            price = BTC.floor_price(q.mid + D(offset) * BTC.tick_size)
+            before = account(ex)
+            try:
+                order, fills = ex.amend(cid, price, q, now)
+            except BrokerRejected:
+                assert account(ex) == before
+                continue
+            assert order.price == price
+            check_taker_fills(fills, price, size_before)
+            all_fills += fills
         else:
-            move, spread, bid_size, ask_size = arg
+            move, spread, bid_size, ask_size, bid_depth, ask_depth = arg
             mid_ticks += move
             bid = D(mid_ticks) * BTC.tick_size
+            ask = bid + spread * BTC.tick_size
             q = Quote(
                 "BTCUSDT",
                 bid,
-                bid + spread * BTC.tick_size,
+                ask,
                 bid_size,
                 ask_size,
                 bid,
                 now,
                 "test",
+                _depth(bid, bid_depth, -1),
+                _depth(ask, ask_depth, 1),
             )
-            bought = sold = D(0)
-            pos = ex.positions.get("BTCUSDT")
-            running = pos.size if pos else D(0)
+            taken = {}
+            running = size_before
             fills, canceled = ex.on_quote(q, now)
             for order in canceled:
                 assert order.reduce_only and order.status is S.CANCELED
@@ -815,12 +856,10 @@ def test_random_sessions_keep_the_books_consistent(script: list[tuple[str, Any]]
                 if order.reduce_only:
                     assert abs(running) < abs(size_before)
                     assert running * size_before >= 0  # never flips
-                if fill.side is BUY:
-                    bought += fill.qty
-                else:
-                    sold += fill.qty
-            assert bought <= q.ask_size
-            assert sold <= q.bid_size
+                touch = q.ask if fill.side is BUY else q.bid
+                taken[fill.side, touch] = taken.get((fill.side, touch), D(0)) + fill.qty
+            assert taken.get((BUY, q.ask), D(0)) <= q.ask_size  # at most the touch size
+            assert taken.get((SELL, q.bid), D(0)) <= q.bid_size
             all_fills += fills
 
         # invariants after every step
@@ -843,6 +882,7 @@ def test_random_sessions_keep_the_books_consistent(script: list[tuple[str, Any]]
         for order in ex.open_orders():
             assert order.order_type is OrderType.LIMIT
             assert order.time_in_force is not TimeInForce.IOC
+        assert len({f.exec_id for f in all_fills}) == len(all_fills)
 
 
 def test_take_profits_that_all_cross_at_once_close_the_position_once() -> None:

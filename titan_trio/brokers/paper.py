@@ -67,7 +67,6 @@ class PaperBroker:
             balance=Decimal(repr(cfg.initial_capital)),
             maker_fee_pct=Decimal(repr(cfg.maker_fee_pct)),
             taker_fee_pct=Decimal(repr(cfg.taker_fee_pct)),
-            slippage_pct=Decimal(repr(cfg.slippage_pct)),
         )
         self._send, self.events = trio.open_memory_channel[BrokerEvent](event_buffer)
         self._lock = trio.Lock()  # one change to the account at a time
@@ -133,10 +132,19 @@ class PaperBroker:
                 continue
             stopped = self.exchange.check_stops(quote, now_ms())
             if stopped is not None:
-                order, fill = stopped
-                log.warning("stop loss hit: %s %s closed at %s", symbol, fill.qty, fill.price)
+                order, stop_fills = stopped
+                log.warning(
+                    "stop loss hit: %s %s of %s closed at %s%s",
+                    symbol,
+                    order.filled_qty,
+                    order.qty,
+                    order.avg_fill_price,
+                    ""
+                    if order.filled_qty == order.qty
+                    else "; the book held no more, the stop fires again on the next quote",
+                )
                 canceled.append(order)
-                fills.append(fill)
+                fills += stop_fills
         if fills or canceled:
             try:
                 await self._commit(fills, canceled)

@@ -1,17 +1,42 @@
-"""The paper exchange: a pure matching model over top-of-book quotes.
+"""The paper exchange: a pure matching model over the quotes' depth.
 
 It plays the exchange's part for the paper broker: it holds the account (wallet balance,
-positions, resting orders), accepts or rejects orders with reasons, and fills them:
+positions, resting orders), accepts or rejects orders with reasons, and fills them.
 
-- market orders fill at once at the touch plus modelled slippage, taker fee;
-- limit orders that cross on arrival fill at once at the touch as taker (never worse
-  than their limit); the rest rest and fill at their limit price, maker fee, when a
-  later quote crosses them, at most the touch size per quote (so partial fills happen);
+Taking liquidity. A market order, and a limit order that crosses the touch when placed or
+when amended, walks the opposite side of the current quote (the touch, then the depth,
+best first) with ``domain.quotes.walk_levels``, never past its limit price: one taker
+fill per level, at that level's price, taker fee. The L2 slippage gate estimates with
+the same walk, so for any size the visible book holds, paper's average price is the
+gate's estimate. One fill per level, not one at the average: that is what an exchange
+reports (one execution per level matched), every fill price stays on the tick grid, and
+the order's average price and the P&L follow exactly from the fills.
+
+What the visible book cannot give:
+- a market order (or an IOC limit) keeps what it got and the rest is cancelled, as Bybit
+  does with a market order (an IOC at a protected price): status PARTIALLY_FILLED then
+  CANCELED with the filled quantity on the order, or CANCELED with nothing filled when
+  the book has nothing left. This holds for reduce-only closes too (CLOSE, flatten): the
+  caller sees how much was closed and what is still held. No price is invented beyond
+  the last level (the gate assumes one more spread there; paper fills nothing);
+- a limit order's remainder rests (GTC), as does a limit amended into the book (the taker
+  style's chase): the chase's end cancels what is still resting.
+
+Liquidity taken from a quote is gone for every later order on the same quote, taker or
+maker, until a different quote arrives (``paper_liquidity.QuoteLiquidity``).
+
+Resting orders fill at their limit price, maker fee, when a later quote crosses them, at
+most what is left of the touch size on that quote (so partial fills happen).
+
+Also:
 - post-only orders that would cross on arrival are rejected, as on Bybit;
 - reduce-only orders must reduce: they are clipped to the position and rejected when
   there is nothing to reduce;
 - leverage above the instrument's maximum, or initial margin above the available
-  balance, is rejected.
+  balance, is rejected;
+- a position's stop loss, touched by the mid price, closes it at market through the same
+  walk; a position larger than the book is closed as far as the book goes, and the stop
+  fires again on the next quote for the rest.
 
 No I/O and no clock: the adapter passes ``now_ms`` and persists ``snapshot()``.
 """
@@ -21,6 +46,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from titan_trio.brokers.paper_liquidity import QuoteLiquidity
 from titan_trio.domain.instruments import Instrument
 from titan_trio.domain.orders import (
     Fill,
@@ -33,7 +59,7 @@ from titan_trio.domain.orders import (
     market_close,
 )
 from titan_trio.domain.positions import Position
-from titan_trio.domain.quotes import Quote
+from titan_trio.domain.quotes import Quote, walk_levels
 from titan_trio.errors import BrokerRejected
 
 ZERO = Decimal(0)
@@ -47,13 +73,11 @@ class PaperExchange:
         balance: Decimal,
         maker_fee_pct: Decimal,
         taker_fee_pct: Decimal,
-        slippage_pct: Decimal,
     ) -> None:
         self.instruments = instruments
         self.balance = balance  # wallet balance: deposits + realized P&L - fees
         self.maker_fee_pct = maker_fee_pct
         self.taker_fee_pct = taker_fee_pct
-        self.slippage_pct = slippage_pct
         self.orders: dict[str, Order] = {}  # every order this run has seen, by client id
         self.positions: dict[str, Position] = {}
         self.exec_seq = 0
@@ -64,6 +88,7 @@ class PaperExchange:
         # Orders the exchange cancelled on its own (reduce-only orders left with nothing
         # to reduce when a position went flat), for the adapter to report.
         self.auto_canceled: list[Order] = []
+        self.liquidity = QuoteLiquidity()  # a level's size is taken once per quote
 
     # ----- account -------------------------------------------------------------------
 
@@ -171,7 +196,7 @@ class PaperExchange:
         self.orders[order.client_order_id] = order
         fills: list[Fill] = []
         if crosses:
-            fills.append(self._fill_taker(order, quote, now_ms))
+            fills += self._take(order, quote, now_ms)
         if order.time_in_force is TimeInForce.IOC or order.order_type is OrderType.MARKET:
             if order.status.is_open:
                 order.transition(OrderStatus.CANCELED, now_ms)
@@ -196,7 +221,8 @@ class PaperExchange:
         self, client_order_id: str, price: Decimal, quote: Quote | None, now_ms: int
     ) -> tuple[Order, list[Fill]]:
         """Re-price a resting limit order (as Bybit's order/amend). A post-only order that
-        would cross is refused; any other order that now crosses fills at once as taker."""
+        would cross is refused; any other order that now crosses takes what the book offers
+        up to its new price, as taker, and the rest keeps resting."""
         order = self._open_order(client_order_id)
         if order.order_type is not OrderType.LIMIT:
             raise BrokerRejected("INVALID_PRICE", "only limit orders can be re-priced")
@@ -215,16 +241,15 @@ class PaperExchange:
             )
         order.price = price
         order.updated_ms = now_ms
-        fills = [self._fill_taker(order, quote, now_ms)] if crosses else []
+        fills = self._take(order, quote, now_ms) if crosses else []
         return order, fills
 
     def on_quote(self, quote: Quote, now_ms: int) -> tuple[list[Fill], list[Order]]:
-        """Fill resting orders that this quote crosses, at most the touch size. Returns
-        the fills and the orders cancelled because, reduce-only, they can no longer
-        reduce anything."""
+        """Fill resting orders that this quote crosses, at most what is left of the touch
+        size. Returns the fills and the orders cancelled because, reduce-only, they can no
+        longer reduce anything."""
         fills: list[Fill] = []
         canceled: list[Order] = []
-        bid_left, ask_left = quote.bid_size, quote.ask_size
         resting = [o for o in self.open_orders() if o.symbol == quote.symbol]
         # Best-priced first, then oldest: price-time priority within our own orders.
         resting.sort(key=lambda o: (-(o.price or ZERO) * o.side.sign, o.created_ms))
@@ -233,19 +258,18 @@ class PaperExchange:
                 continue  # cancelled by an earlier fill in this loop (position went flat)
             if order.price is None or not self._crosses(order.side, order.price, quote):
                 continue
-            left = ask_left if order.side is Side.BUY else bid_left
             inst = self.instruments[order.symbol]
-            qty = inst.floor_qty(self._clip_reduce_only(order, min(order.remaining_qty, left)))
+            _, touch_left = self.liquidity.offered(quote, order.side, inst)[0]
+            qty = inst.floor_qty(
+                self._clip_reduce_only(order, min(order.remaining_qty, touch_left))
+            )
             if qty <= 0:
                 if order.reduce_only and self._reducible(order) <= 0:
                     order.transition(OrderStatus.CANCELED, now_ms)
                     canceled.append(order)
                 continue
+            self.liquidity.take(quote, order.side, 0, qty)
             fills.append(self._execute(order, qty, order.price, maker=True, now_ms=now_ms))
-            if order.side is Side.BUY:
-                ask_left -= qty
-            else:
-                bid_left -= qty
         return fills, canceled
 
     # ----- internals -----------------------------------------------------------------
@@ -265,18 +289,21 @@ class PaperExchange:
     def _clip_reduce_only(self, order: Order, qty: Decimal) -> Decimal:
         return min(qty, self._reducible(order)) if order.reduce_only else qty
 
-    def _fill_taker(self, order: Order, quote: Quote, now_ms: int) -> Fill:
-        inst = self.instruments[order.symbol]
-        slip = self.slippage_pct / HUNDRED
-        if order.side is Side.BUY:
-            price = inst.ceil_price(quote.ask * (1 + slip))
-            if order.price is not None:
-                price = min(price, order.price)
-        else:
-            price = inst.floor_price(quote.bid * (1 - slip))
-            if order.price is not None:
-                price = max(price, order.price)
-        return self._execute(order, order.remaining_qty, price, maker=False, now_ms=now_ms)
+    def _take(self, order: Order, quote: Quote, now_ms: int) -> list[Fill]:
+        """Fill as taker through the quote's levels up to the order's limit price, one
+        fill per level at its price. The caller decides what becomes of the rest."""
+        wanted = self._clip_reduce_only(order, order.remaining_qty)
+        takes, _ = walk_levels(
+            self.liquidity.offered(quote, order.side, self.instruments[order.symbol]),
+            wanted,
+            buying=order.side is Side.BUY,
+            limit=order.price,
+        )
+        fills = []
+        for take in takes:
+            self.liquidity.take(quote, order.side, take.level, take.qty)
+            fills.append(self._execute(order, take.qty, take.price, maker=False, now_ms=now_ms))
+        return fills
 
     def _execute(
         self, order: Order, qty: Decimal, price: Decimal, *, maker: bool, now_ms: int
@@ -336,8 +363,11 @@ class PaperExchange:
                 )
         self.stop_losses[symbol] = stop_loss
 
-    def check_stops(self, quote: Quote, now_ms: int) -> tuple[Order, Fill] | None:
-        """Close the position at market if its stop loss is touched by the mid price."""
+    def check_stops(self, quote: Quote, now_ms: int) -> tuple[Order, list[Fill]] | None:
+        """Close the position at market if its stop loss is touched by the mid price, as
+        far as the book goes (the rest of the order is cancelled; the stop stays and fires
+        again on a later quote). Nothing happens while this quote has nothing left to
+        close into."""
         stop = self.stop_losses.get(quote.symbol)
         pos = self.positions.get(quote.symbol)
         if stop is None or pos is None or pos.is_flat:
@@ -345,6 +375,9 @@ class PaperExchange:
         side = pos.side
         assert side is not None
         if (quote.mid > stop) if side is Side.BUY else (quote.mid < stop):
+            return None
+        offered = self.liquidity.offered(quote, side.opposite, self.instruments[quote.symbol])
+        if all(size <= 0 for _, size in offered):
             return None
         self.order_seq += 1
         order = market_close(
@@ -360,7 +393,10 @@ class PaperExchange:
         order.transition(OrderStatus.SUBMITTED, now_ms)
         order.transition(OrderStatus.ACCEPTED, now_ms)
         self.orders[order.client_order_id] = order
-        return order, self._fill_taker(order, quote, now_ms)
+        fills = self._take(order, quote, now_ms)
+        if order.status.is_open:
+            order.transition(OrderStatus.CANCELED, now_ms)
+        return order, fills
 
     # ----- persistence ---------------------------------------------------------------
 
@@ -405,6 +441,7 @@ class PaperExchange:
         }
         self.orders = {o["client_order_id"]: order_from_json(o) for o in open_orders}
         self.stop_losses = {k: Decimal(v) for k, v in snap.get("stop_losses", {}).items()}
+        self.liquidity.forget()
 
 
 def order_to_json(o: Order) -> dict[str, Any]:

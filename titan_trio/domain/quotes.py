@@ -1,7 +1,14 @@
-"""Top-of-book quotes and the price book every component reads."""
+"""Quotes (the touch and the depth behind it), the walk of an order through them, and the
+price book every component reads.
+
+``walk_levels`` is the one place that says what an order of a given size takes from a
+book: the L2 slippage gate estimates with it and the paper exchange fills with it, so
+the gate's estimate and paper's fills cannot drift apart.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -34,6 +41,42 @@ class Quote:
     @property
     def spread_pct(self) -> Decimal:
         return (self.ask - self.bid) / self.mid * 100
+
+
+@dataclass(frozen=True, slots=True)
+class LevelTake:
+    """What an order takes from one level: the level's position (0 is the touch), its
+    price and the quantity taken there."""
+
+    level: int
+    price: Decimal
+    qty: Decimal
+
+
+def walk_levels(
+    levels: Iterable[tuple[Decimal, Decimal]],
+    qty: Decimal,
+    *,
+    buying: bool,
+    limit: Decimal | None = None,
+) -> tuple[list[LevelTake], Decimal]:
+    """Take ``qty`` from ``levels`` (as ``Quote.levels`` gives them, best first), level by
+    level, never past ``limit`` (a buy takes no level above it, a sell none below it).
+    Returns what each level gave (levels giving nothing are left out) and the quantity
+    the levels could not give."""
+    takes: list[LevelTake] = []
+    left = qty
+    for index, (price, size) in enumerate(levels):
+        if left <= 0:
+            break
+        if limit is not None and (price > limit if buying else price < limit):
+            break
+        take = min(left, size)
+        if take <= 0:
+            continue
+        takes.append(LevelTake(index, price, take))
+        left -= take
+    return takes, max(left, Decimal(0))
 
 
 class PriceBook:

@@ -5,6 +5,10 @@ quotes a bid and ask ``spreadTicks`` apart on the instrument's tick grid, a top-
 size worth about ``topSizeNotional`` USDT (varying 50-150 %), and four more levels a side,
 one spread apart and thicker further out. Same seed, same prices:
 tests and demos are repeatable. It reports health like a real feed.
+
+The depth matters: the paper exchange fills market and marketable orders through these
+levels and cancels what they cannot hold, and the L2 slippage gate estimates with the
+same walk.
 """
 
 from __future__ import annotations

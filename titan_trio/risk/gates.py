@@ -12,7 +12,7 @@ from decimal import Decimal
 from ipc.protocol import Reason
 from titan_trio.config import L2Config
 from titan_trio.domain.orders import Side
-from titan_trio.domain.quotes import Quote
+from titan_trio.domain.quotes import Quote, walk_levels
 from titan_trio.risk.sizing import EntryRejected
 
 HUNDRED = Decimal(100)
@@ -39,29 +39,28 @@ class Exposure:
     notional: Decimal
 
 
-def estimated_slippage_pct(quote: Quote, side: Side, qty: Decimal) -> Decimal:
-    """Expected average fill price against the mid, in percent, for ``qty``, walking the
-    book's depth level by level. What the book cannot absorb is assumed to fill one
-    spread beyond its last level (a feed that sends only the touch gets that treatment
-    past the touch size)."""
-    mid = quote.mid
-    spread = quote.ask - quote.bid
+def estimated_average_price(quote: Quote, side: Side, qty: Decimal) -> Decimal:
+    """The average price an order of ``qty`` would fill at, walking the book's depth level
+    by level with ``walk_levels``, the walk the paper exchange fills with. What the book
+    cannot absorb is assumed to fill one spread beyond its last level (a feed that sends
+    only the touch gets that treatment past the touch size): the paper exchange cancels
+    that part instead, so past the visible depth this estimate is the more pessimistic."""
     buying = side is Side.BUY
-    left = qty
-    cost = Decimal(0)
-    last_price = quote.ask if buying else quote.bid
-    for price, size in quote.levels(buying):
-        take = min(left, size)
-        cost += take * price
-        left -= take
-        last_price = price
-        if left <= 0:
-            break
+    levels = quote.levels(buying)
+    takes, left = walk_levels(levels, qty, buying=buying)
+    cost = sum((take.qty * take.price for take in takes), Decimal(0))
     if left > 0:
-        beyond = last_price + spread if buying else last_price - spread
-        cost += left * beyond
-    average = cost / qty if qty > 0 else last_price
-    return abs(average - mid) / mid * HUNDRED
+        spread = quote.ask - quote.bid
+        last_price = levels[-1][0]
+        cost += left * (last_price + spread if buying else last_price - spread)
+    return cost / qty if qty > 0 else levels[0][0]
+
+
+def estimated_slippage_pct(quote: Quote, side: Side, qty: Decimal) -> Decimal:
+    """Expected average fill price against the mid, in percent, for ``qty``
+    (``estimated_average_price``)."""
+    mid = quote.mid
+    return abs(estimated_average_price(quote, side, qty) - mid) / mid * HUNDRED
 
 
 def check_book(
