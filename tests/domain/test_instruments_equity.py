@@ -216,11 +216,8 @@ def test_price_book_same_timestamp_replaces() -> None:
     assert book.get("BTCUSDT") is again
 
 
-def test_price_book_symbols_are_independent_and_age() -> None:
+def test_price_book_symbols_are_independent() -> None:
     book = PriceBook()
     book.update(q(1000, symbol="BTCUSDT"))
     assert book.update(q(10, symbol="ETHUSDT")) is True  # older than BTC's, other symbol
     assert book.symbols() == ["BTCUSDT", "ETHUSDT"]
-    assert book.age_ms("BTCUSDT", 1500) == 500
-    assert book.age_ms("BTCUSDT", 900) == 0  # never negative
-    assert book.age_ms("SOLUSDT", 1500) is None

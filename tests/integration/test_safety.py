@@ -10,6 +10,7 @@ later price is one the test publishes.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -284,3 +285,26 @@ async def test_prices_far_from_the_market_are_refused_and_the_service_stays_up(
             refused.message or ""
         )
         await open_long(engine, "fat-2")  # still trading
+
+
+async def test_a_wall_clock_step_neither_expires_intents_nor_freshens_a_stale_book(
+    risk_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = risk_config(execution={"l2": {"maxAgeMs": 200, "maxSpreadPct": 1}})
+    real_time_ns = time.time_ns
+    async with service(cfg) as engine:
+        publish(engine, "BTCUSDT", engine.hub.book.get("BTCUSDT").mid)
+        ready = await signal(engine, prepare_msg(engine, "step-1"))
+        assert ready.status == "prepared", ready
+        # The system clock steps an hour forward: the intent's 10 s are not over.
+        monkeypatch.setattr(time, "time_ns", lambda: real_time_ns() + 3600 * 10**9)
+        confirmed = await signal(engine, {"type": "CONFIRM", "id": 2, "signal_id": "step-1"})
+        assert confirmed.status == "accepted", confirmed
+        # A quote that arrived, then aged past 200 ms, then the clock steps an hour back:
+        # still stale.
+        monkeypatch.setattr(time, "time_ns", real_time_ns)
+        publish(engine, "ETHUSDT", engine.hub.book.get("ETHUSDT").mid)
+        await trio.sleep(0.3)
+        monkeypatch.setattr(time, "time_ns", lambda: real_time_ns() - 3600 * 10**9)
+        stale = await signal(engine, prepare_msg(engine, "step-2", "ETHUSDT"))
+        assert stale.reason == "L2_STALE", stale

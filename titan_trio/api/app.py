@@ -351,7 +351,6 @@ def orders_view(engine: Engine) -> list[dict[str, Any]]:
 
 def market_view(engine: Engine) -> dict[str, Any]:
     book = engine.hub.book
-    now = now_ms()
     out: dict[str, Any] = {}
     for symbol in book.symbols():
         q = book.get(symbol)
@@ -363,7 +362,7 @@ def market_view(engine: Engine) -> dict[str, Any]:
             "ask_size": q.ask_size,
             "last": q.last,
             "spread_pct": round(q.spread_pct, 6),
-            "age_ms": book.age_ms(symbol, now),
+            "age_ms": engine.hub.age_ms(symbol),
             "source": q.source,
         }
     return out

@@ -104,7 +104,3 @@ class PriceBook:
 
     def symbols(self) -> list[str]:
         return sorted(self._quotes)
-
-    def age_ms(self, symbol: str, now_ms: int) -> int | None:
-        q = self._quotes.get(symbol)
-        return None if q is None else max(0, now_ms - q.ts_ms)

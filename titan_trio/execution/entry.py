@@ -10,6 +10,7 @@ the order's registration as exposure happening with nothing in between.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -17,7 +18,6 @@ from decimal import Decimal
 import trio
 
 from ipc.protocol import Prepare, Reason
-from titan_trio.clock import now_ms
 from titan_trio.config import Config
 from titan_trio.domain.instruments import Instrument
 from titan_trio.domain.orders import Order, OrderType, Side, TimeInForce
@@ -46,7 +46,8 @@ def client_order_id(kind: str, signal_id: str) -> str:
 class PreparedIntent:
     message: Prepare
     side: Side
-    expires_at_ms: int
+    expires_at_ms: int  # wall clock, for the strategy's reply
+    deadline: float = math.inf  # trio.current_time() when it expires: what is checked
     ready: trio.Event = field(default_factory=trio.Event)
     size: Size | None = None
     entry_price: Decimal | None = None
@@ -161,7 +162,7 @@ class EntryChecks:
                 open_notional=exposure.notional,
                 max_total_leverage=self.limits.max_total_leverage,
             )
-            check_book(quote, now_ms(), intent.side, size.qty, self.l2)
+            check_book(quote, self.hub.age_ms(msg.symbol), intent.side, size.qty, self.l2)
         except EntryRejected as exc:
             intent.rejection = (exc.reason, exc.message)
             return
@@ -184,7 +185,7 @@ class EntryChecks:
             self.limits.allow_pyramiding,
         )
         quote = self.hub.book.get(prepare.symbol)
-        check_book(quote, now, intent.side, size.qty, self.l2)
+        check_book(quote, self.hub.age_ms(prepare.symbol), intent.side, size.qty, self.l2)
         assert quote is not None
         zone_min = Decimal(repr(prepare.entry_zone.min))
         zone_max = Decimal(repr(prepare.entry_zone.max))

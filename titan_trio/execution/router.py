@@ -91,20 +91,33 @@ class SignalRouter:
     # ----- the service -----------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Expire prepared intents nobody confirmed, journaling them EXPIRED."""
+        """Expire prepared intents nobody confirmed (on trio's monotonic clock), journaling
+        them EXPIRED; a journal write that fails is tried again on the next round (the
+        intents are gone from memory already, so nothing can confirm them meanwhile)."""
         task_status.started()
+        unrecorded: list[str] = []
         while True:
             await trio.sleep(min(1.0, self.ttl_ms / 1000))
-            now = now_ms()
+            now = trio.current_time()
             expired = [
                 sid
                 for sid, it in self.intents.items()
-                if not it.claimed and it.ready.is_set() and now > it.expires_at_ms
+                if not it.claimed and it.ready.is_set() and now > it.deadline
             ]
             for sid in expired:
                 del self.intents[sid]
-            if expired:
-                await self.store.call(records.expire_signals, expired, now)
+            unrecorded += expired
+            if unrecorded:
+                try:
+                    await self.store.call(records.expire_signals, unrecorded, now_ms())
+                except StoreError as exc:
+                    log.warning(
+                        "%d expired signals not journaled yet (%s); retrying",
+                        len(unrecorded),
+                        exc,
+                    )
+                    continue
+                unrecorded = []
 
     def admit(self, message: Message) -> Job:
         """Synchronous admission in arrival order; returns the work to run."""
@@ -167,7 +180,9 @@ class SignalRouter:
                 )
             )
         side = Side.BUY if msg.direction == "LONG" else Side.SELL
-        intent = PreparedIntent(msg, side, now_ms() + self.ttl_ms)
+        intent = PreparedIntent(
+            msg, side, now_ms() + self.ttl_ms, trio.current_time() + self.ttl_ms / 1000
+        )
         self.intents[msg.signal_id] = intent
         return lambda: self._prepare(intent)
 
@@ -281,12 +296,13 @@ class SignalRouter:
             return _rejected(msg, Reason.UNKNOWN_SIGNAL, f"PREPARE was rejected ({reason}): {text}")
         self._drop(msg.signal_id, intent)
         now = now_ms()
-        if now > intent.expires_at_ms:
+        late_s = trio.current_time() - intent.deadline
+        if late_s > 0:
             await self.store.call(records.set_signal_status, msg.signal_id, "EXPIRED", None, now)
             return _rejected(
                 msg,
                 Reason.EXPIRED,
-                f"signal {msg.signal_id} expired {now - intent.expires_at_ms} ms before CONFIRM",
+                f"signal {msg.signal_id} expired {late_s * 1000:.0f} ms before CONFIRM",
             )
         size = intent.size
         assert size is not None

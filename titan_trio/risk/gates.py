@@ -64,12 +64,13 @@ def estimated_slippage_pct(quote: Quote, side: Side, qty: Decimal) -> Decimal:
 
 
 def check_book(
-    quote: Quote | None, now_ms: int, side: Side, qty: Decimal, limits: L2Limits
+    quote: Quote | None, age_ms: int | None, side: Side, qty: Decimal, limits: L2Limits
 ) -> None:
-    """L2_STALE, SPREAD_TOO_WIDE or SLIPPAGE_TOO_HIGH, or nothing."""
-    if quote is None:
+    """L2_STALE, SPREAD_TOO_WIDE or SLIPPAGE_TOO_HIGH, or nothing. ``age_ms`` is how long
+    ago the quote arrived, on a monotonic clock (MarketHub.age_ms)."""
+    if quote is None or age_ms is None:
         raise EntryRejected(Reason.L2_STALE, "no price for this symbol yet")
-    age = now_ms - quote.ts_ms
+    age = age_ms
     if age > limits.max_age_ms:
         raise EntryRejected(Reason.L2_STALE, f"book is {age} ms old (limit {limits.max_age_ms} ms)")
     spread = quote.spread_pct
