@@ -7,6 +7,10 @@ Guarantees, each a design decision:
   exists and is not a socket is never deleted.
 - At most ``max_connections`` connections; the next one gets a single MAX_CONNECTIONS
   reply and is closed.
+- Running out of file descriptors (EMFILE, ENFILE) or kernel memory on ``accept`` never
+  stops the listener: it backs off (0.1 s doubling to 1 s), logs a rate-limited WARNING,
+  keeps serving the connections it has and accepts again once a descriptor is free
+  (``accept.py``).
 - Requests on one connection are admitted in order (``handler.admit`` runs synchronously
   in arrival order) and run concurrently; replies are written in request order, each
   with its id. Requests from different connections run concurrently.
@@ -35,6 +39,7 @@ from typing import Protocol
 
 import trio
 
+from ipc.accept import BackoffListener
 from ipc.framing import TOO_LONG, LineDecoder
 from ipc.protocol import FrameProblem, Message, Reason, Reply, Status, decode_frame, encode_reply
 
@@ -179,7 +184,7 @@ class IpcListener:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock = self._bind()
-        listener = trio.SocketListener(sock)
+        listener = BackoffListener(trio.SocketListener(sock), log, "IPC listener")
         try:
             async with trio.open_nursery() as nursery:
                 self._jobs = nursery

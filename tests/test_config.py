@@ -104,7 +104,7 @@ def test_out_of_range_names_the_bound_and_the_value(
 def test_unknown_nested_key_lists_the_known_keys() -> None:
     problem = problem_at(problems_of({"api": {"bogus": 1}}), "api.bogus")
     assert "unknown key" in problem
-    assert "expected one of: host, port, token" in problem
+    assert "expected one of: host, keepAliveTimeoutS, maxConnections, port, token" in problem
 
 
 def test_top_level_typo_is_an_unknown_key_listing_the_sections() -> None:

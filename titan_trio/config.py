@@ -35,6 +35,8 @@ class ApiConfig(_Section):
     host: NonEmptyStr = "127.0.0.1"
     port: Port = 8080
     token: NonEmptyStr | None = None
+    keep_alive_timeout_s: PositiveFloat = 5.0
+    max_connections: PositiveInt = 64
 
 
 class IpcConfig(_Section):
