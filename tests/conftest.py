@@ -1,11 +1,14 @@
 """Shared fixtures: a test configuration in a temp directory (loopback, port 0, fast
-simulated market), written as a file for subprocess tests and parsed for in-process ones."""
+simulated market), written as a file for subprocess tests and parsed for in-process ones;
+and a small real disk (tmpfs) to fill up."""
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +65,40 @@ def config_file(tmp_path: Path, config_doc: Callable[..., dict[str, Any]]) -> Ca
         return path
 
     return make
+
+
+SMALL_DISK = "16m"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A fresh tmpfs of SMALL_DISK to fill up, unmounted at the end. Skips where mounting
+    is not permitted (not root, or a container without the right)."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "--lazy", str(where)], check=False)
+
+
+def fill_disk(disk: Path) -> Path:
+    """A file taking every free byte of ``disk``; delete it to give the space back."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for chunk in (1 << 20, 1 << 12, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+    return filler

@@ -1,12 +1,19 @@
-"""Helpers the integration tests share: the service in-process, bounded polling, and
-merging configuration sections."""
+"""Helpers the integration tests share: the service in-process or as a process of its
+own, bounded polling, and merging configuration sections."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 
 from titan_trio.config import Config
@@ -44,3 +51,47 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+# ----- the service as a process of its own ----------------------------------------------
+
+START_LIMIT_S = 20.0
+PROCESS_POLL_S = 0.05
+
+
+def spawn(config: Path, cwd: Path, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "titan_trio", "run", "--config", str(config)],
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[str]) -> dict:
+    deadline = time.monotonic() + START_LIMIT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"service exited early:\n{proc.stdout.read()}")
+        try:
+            body = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).json()
+            if body["status"] == "healthy":
+                return body
+        except httpx.HTTPError:
+            pass
+        time.sleep(PROCESS_POLL_S)
+    raise AssertionError("service did not become healthy in time")
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> tuple[int, float, str]:
+    started = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        out, _ = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"service ignored {sig}:\n{out}") from None
+    return proc.returncode, time.monotonic() - started, out

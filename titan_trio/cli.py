@@ -69,15 +69,25 @@ def _run(cfg: Config, config_path: str) -> int:
     try:
         trio.run(run_service, cfg)
     except BaseException as exc:  # report every leaf once; a traceback only for a bug
-        leaves = _leaves(exc)
-        if all(isinstance(e, KeyboardInterrupt) for e in leaves):
+        leaves = [e for e in _leaves(exc) if not isinstance(e, KeyboardInterrupt)]
+        if not leaves:
             return EXIT_OK
+        # What failed in cleanup after the stop began is a consequence: logged first, so
+        # that the last line names what stopped the service.
+        consequences = [e for e in leaves if _raised_while_stopping(e)]
+        for leaf in consequences:
+            if isinstance(leaf, TitanError):
+                log.error("while stopping: %s", leaf)
+            else:
+                log.error("while stopping, an unexpected error (a bug): %r", leaf, exc_info=leaf)
         for leaf in leaves:
+            if leaf in consequences:
+                continue
             if isinstance(leaf, StartupError):
                 log.error("start-up failed: %s", leaf)
             elif isinstance(leaf, TitanError):
                 log.critical("stopped: %s", leaf)
-            elif not isinstance(leaf, KeyboardInterrupt):
+            else:
                 log.critical("stopped by an unexpected error (a bug): %r", leaf, exc_info=leaf)
         return EXIT_FAIL
     return EXIT_OK
@@ -87,6 +97,20 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
     return [exc]
+
+
+def _raised_while_stopping(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while a cancellation (or Ctrl-C) was unwinding: by a
+    task's cleanup once the service had begun to stop, not by what stopped it."""
+    import trio
+
+    context, seen = exc.__context__, set()
+    while context is not None and id(context) not in seen:
+        if isinstance(context, (trio.Cancelled, KeyboardInterrupt)):
+            return True
+        seen.add(id(context))
+        context = context.__context__
+    return False
 
 
 # ----- config -------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from titan_trio.brokers.paper import PaperBroker
 from titan_trio.clock import now_ms
 from titan_trio.config import Config
 from titan_trio.domain.instruments import Instrument
-from titan_trio.errors import StartupError
+from titan_trio.errors import StartupError, StoreError
 from titan_trio.execution.executor import Executor
 from titan_trio.execution.flatten import Flattener
 from titan_trio.execution.placement import OrderPlacer
@@ -53,6 +53,7 @@ log = logging.getLogger("titan.engine")
 
 # A feed is stale when it has been silent this long (and at least 10 publish intervals).
 FEED_STALE_S = 5.0
+STOP_RECORD_S = 1.0  # the stop record's bound: shutdown never waits longer on the disk
 
 
 def instruments_from_config(cfg: Config) -> dict[str, Instrument]:
@@ -139,9 +140,21 @@ class Engine:
                         self.ready.set()
                         task_status.started(self)
                 finally:
+                    # Best effort, bounded, and never in place of what stopped the service:
+                    # a full disk must neither fail a clean stop nor hide a crash's cause.
                     if self.ready.is_set():
-                        with trio.CancelScope(shield=True), trio.move_on_after(1):
-                            await self._journal("INFO", "stop", "stopped")
+                        with (
+                            trio.CancelScope(shield=True),
+                            trio.move_on_after(STOP_RECORD_S) as limit,
+                        ):
+                            try:
+                                await self._journal("INFO", "stop", "stopped")
+                            except StoreError as exc:
+                                log.warning("the stop record could not be written: %s", exc)
+                        if limit.cancelled_caught:
+                            log.warning(
+                                "the stop record could not be written within %s s", STOP_RECORD_S
+                            )
         finally:
             lock.release()
 
@@ -291,6 +304,7 @@ class Engine:
             "last_commit_age_s": None if age is None else round(age, 3),
             "commits": stats.commits,
             "last_error": stats.last_error,
+            "write_failures": stats.write_failures,
         }
 
     def _ipc_health(self) -> dict[str, Any]:

@@ -132,6 +132,13 @@ class StateCollector(Collector):
         yield age
 
         yield CounterMetricFamily(
+            "titan_database_write_failures",
+            "Database writes that failed (disk full, write lock held, I/O error...); "
+            "the cause is the database component's last_error in /api/health",
+            value=engine.store.stats.write_failures,
+        )
+
+        yield CounterMetricFamily(
             "titan_process_cpu_seconds",
             "CPU time used by the service",
             value=process_cpu_seconds(),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from tests.integration.test_process import spawn, stop, wait_healthy
+from tests.helpers import spawn, stop, wait_healthy
 
 pytestmark = pytest.mark.slow
 TOKEN = "cli-test-token-0123456789"

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,48 +13,9 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.helpers import spawn, stop, wait_healthy
 
 pytestmark = pytest.mark.slow
-START_LIMIT_S = 20.0
-POLL_S = 0.05
-
-
-def spawn(config: Path, cwd: Path, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "titan_trio", "run", "--config", str(config)],
-        cwd=cwd,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def wait_healthy(port: int, proc: subprocess.Popen[str]) -> dict:
-    deadline = time.monotonic() + START_LIMIT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"service exited early:\n{proc.stdout.read()}")
-        try:
-            body = httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).json()
-            if body["status"] == "healthy":
-                return body
-        except httpx.HTTPError:
-            pass
-        time.sleep(POLL_S)
-    raise AssertionError("service did not become healthy in time")
-
-
-def stop(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> tuple[int, float, str]:
-    started = time.monotonic()
-    proc.send_signal(sig)
-    try:
-        out, _ = proc.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        raise AssertionError(f"service ignored {sig}:\n{out}") from None
-    return proc.returncode, time.monotonic() - started, out
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -1,9 +1,12 @@
 """The store: one database thread, group commit, all-or-nothing jobs, clean shutdown,
-exact decimals, and schema migrations."""
+exact decimals, schema migrations, and a database that fails (a full disk, a write lock
+held elsewhere, a WAL past its bound) and recovers without a restart."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -16,6 +19,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.conftest import fill_disk
 from tests.helpers import eventually
 from tests.state.test_shadow import fill, open_order
 from titan_trio.domain.orders import Order, OrderStatus, OrderType, Side, TimeInForce
@@ -23,7 +27,7 @@ from titan_trio.errors import IllegalTransition, StoreError
 from titan_trio.state import records
 from titan_trio.state.schema import SCHEMA_VERSION, Entities, migrate
 from titan_trio.state.shadow import ShadowState
-from titan_trio.state.store import Store, plain_sql
+from titan_trio.state.store import WAL_TRUNCATE_BYTES, Store, plain_sql
 
 
 @asynccontextmanager
@@ -474,6 +478,10 @@ class _CommitFails:
     def in_transaction(self) -> bool:
         return self.conn.in_transaction
 
+    @property
+    def total_changes(self) -> int:
+        return self.conn.total_changes
+
     def close(self) -> None:
         self.conn.close()
 
@@ -590,3 +598,153 @@ async def test_inline_connection_that_cannot_roll_back_is_replaced(tmp_path: Pat
         assert store._raw is not broken
         await store.call(records.kv_set, "other", 4, 4)  # the lock was released
         assert await store.call(all_kv) == {"k": 3, "other": 4}
+
+
+# ----- the database failing: a full disk, a write lock held elsewhere ------------------------
+
+
+def wal_bytes(path: Path) -> int:
+    wal = Path(f"{path}-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def cap_pages(e: Entities, pages: int) -> None:
+    """On the store thread's connection: no file beyond ``pages`` pages (at least its size
+    now), so a write that needs a new page fails with SQLITE_FULL, as on a full disk."""
+    e.db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def set_busy_timeout(e: Entities, ms: int) -> None:
+    e.db.execute(f"PRAGMA busy_timeout = {ms}")
+
+
+def big_event(e: Entities, i: int) -> None:
+    records.add_event(e, i, "INFO", "test", "x" * 20_000)  # a pony entity: store thread
+
+
+async def test_full_disk_fails_calls_clearly_and_the_store_recovers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite's max_page_count, on both connections, stands in for a full disk: a write
+    needing a new page fails with SQLITE_FULL. A real full disk: the tmpfs test below and
+    tests/integration/test_database_failures.py."""
+    caplog.set_level(logging.INFO, "titan.store")
+    path = tmp_path / "t.db"
+    async with open_store(path) as store:
+        await store.call(records.kv_set, "k", 0, 0, urgent=True)  # the inline connection
+        raw = store._raw
+        assert raw is not None
+        await store.call(cap_pages, 1)  # (raised to the file's size by SQLite)
+        raw.conn.execute("PRAGMA max_page_count = 1")
+
+        with pytest.raises(StoreError) as on_thread:
+            await store.call(big_event, 1)
+        with pytest.raises(StoreError) as inline:
+            await store.call(records.kv_set, "big", "x" * 20_000, 1, urgent=True)
+        for info in (on_thread, inline):  # SQLite's words, not pony's wrapper classes
+            assert str(info.value) == "database or disk is full (SQLITE_FULL)"
+        assert wal_bytes(path) == 0  # the store truncated the WAL to make room
+        assert store.stats.write_failures == 2
+        # A read succeeds, but proves nothing about writes: still failing.
+        assert await store.call(records.kv_get, "k") == 0
+        assert store.stats.last_error == "database or disk is full (SQLITE_FULL)"
+
+        # Space returns: both connections write again, no restart.
+        await store.call(cap_pages, 1_000_000)
+        raw.conn.execute("PRAGMA max_page_count = 1000000")
+        await store.call(records.kv_set, "big", "y" * 20_000, 2, urgent=True)
+        assert store._raw is raw and store.stats.last_error is None
+        await store.call(big_event, 2)
+        assert (await store.call(records.table_counts))["system_events"] == 1
+        assert (await store.call(records.kv_get, "big")) == "y" * 20_000
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["database write failed: database or disk is full (SQLITE_FULL)"]
+    assert any("database writes succeed again" in r.getMessage() for r in caplog.records)
+
+
+async def test_write_lock_held_elsewhere_fails_the_batch_once_and_then_clears(
+    tmp_path: Path,
+) -> None:
+    """Another process holding the write lock past the busy timeout: the waiting batch
+    fails as a whole, at once (not job by job, each waiting out the timeout again), with
+    SQLite's cause; once the lock is released the next calls commit."""
+    path = tmp_path / "t.db"
+    async with open_store(path) as store:
+        await store.call(records.kv_set, "k", 0, 0, urgent=True)
+        raw = store._raw
+        await store.call(set_busy_timeout, 50)  # 5 s in service; a test need not wait
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        entered, gate = threading.Event(), threading.Event()
+
+        def hold_the_store_thread(_e: Entities) -> None:
+            entered.set()
+            assert gate.wait(10), "gate never opened"
+
+        errors: list[StoreError] = []
+
+        async def write(i: int) -> None:
+            with pytest.raises(StoreError) as info:
+                await store.call(records.kv_set, f"k{i}", i, i)
+            errors.append(info.value)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store.call, hold_the_store_thread)
+                await trio.to_thread.run_sync(entered.wait, 10)
+                for i in range(1, 6):
+                    nursery.start_soon(write, i)
+                await trio.testing.wait_all_tasks_blocked()
+                failed_before = store.stats.failed_batches
+                gate.set()
+            assert [str(e) for e in errors] == ["database is locked (SQLITE_BUSY)"] * 5
+            assert store.stats.failed_batches == failed_before + 1
+            assert store.stats.last_error == "database is locked (SQLITE_BUSY)"
+            assert store.stats.write_failures == 5
+        finally:
+            other.execute("COMMIT")
+            other.close()
+        await store.call(records.kv_set, "k", 6, 6, urgent=True)  # inline, the same connection
+        assert store._raw is raw and store.stats.last_error is None
+        await store.call(records.add_event, 7, "INFO", "test", "on the store thread")
+        assert await store.call(all_kv) == {"k": 6}
+
+
+async def test_wal_is_truncated_past_its_bound(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    largest = 0
+    async with open_store(path) as store:
+        for i in range(150):  # ~10 MB of WAL frames, inline and on the store thread
+            value = f"{i:08d}" * 8192  # 64 KiB, new content each time
+            await store.call(records.kv_set, f"k{i % 10}", value, i, urgent=i % 2 == 0)
+            largest = max(largest, wal_bytes(path))
+        await eventually(lambda: wal_bytes(path) <= WAL_TRUNCATE_BYTES)
+    assert WAL_TRUNCATE_BYTES <= largest < 2 * WAL_TRUNCATE_BYTES
+
+
+def rewrite_all(e: Entities, keys: int, version: int) -> None:
+    for k in range(keys):
+        records.kv_set(e, f"k{k}", f"{version:04d}" * 1000, version)
+
+
+async def test_full_disk_is_met_by_truncating_the_wal(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real full disk whose space the WAL holds: the write that fails for it checkpoints
+    and truncates the WAL, which frees that space, and is run again, successfully."""
+    caplog.set_level(logging.INFO, "titan.store")
+    path = small_disk / "t.db"
+    async with open_store(path) as store:
+        await store.call(rewrite_all, 50, 0)  # the pages every later version rewrites
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for version in range(1, 6):  # a WAL of rewritten pages only, well below the bound
+            await store.call(rewrite_all, 50, version)
+        held = wal_bytes(path)
+        assert 500_000 < held < WAL_TRUNCATE_BYTES
+        fill_disk(path.parent)
+        await store.call(rewrite_all, 50, 6)
+        assert wal_bytes(path) < held
+        assert await store.call(records.kv_get, "k49") == "0006" * 1000
+        assert store.stats.write_failures == 0 and store.stats.last_error is None
+    assert any("the WAL was truncated" in r.getMessage() for r in caplog.records)

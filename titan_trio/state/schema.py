@@ -174,7 +174,9 @@ def define_entities(db: orm.Database) -> Entities:
     )
 
 
-def _pragmas(synchronous: str) -> Callable[[Any, sqlite3.Connection], None]:
+def _pragmas(
+    synchronous: str, on_connect: Callable[[sqlite3.Connection], None] | None
+) -> Callable[[Any, sqlite3.Connection], None]:
     def set_pragmas(_db: Any, connection: sqlite3.Connection) -> None:
         cursor = connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -184,9 +186,12 @@ def _pragmas(synchronous: str) -> Callable[[Any, sqlite3.Connection], None]:
         # fsync per commit and survives power loss too, at about twice the latency.
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA busy_timeout=5000")
-        # Checkpoints run on the store thread only, never inside an inline commit.
+        # Checkpoints run on the store thread only, never inside an inline commit; the
+        # store bounds the WAL itself (store.py: WAL_TRUNCATE_BYTES).
         cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.execute("PRAGMA foreign_keys=ON")
+        if on_connect is not None:
+            on_connect(connection)
 
     return set_pragmas
 
@@ -237,14 +242,19 @@ def migrate(
         conn.close()
 
 
-def open_database(path: str, synchronous: str = "NORMAL") -> Entities:
+def open_database(
+    path: str,
+    synchronous: str = "NORMAL",
+    on_connect: Callable[[sqlite3.Connection], None] | None = None,
+) -> Entities:
     """Migrate, then bind pony to ``path`` and create missing tables. Call from the thread
-    that will use the database."""
+    that will use the database. ``on_connect`` is given every sqlite3 connection pony
+    opens, on the thread that opens it (the store reads its change counter)."""
     if synchronous not in ("NORMAL", "FULL"):
         raise StoreError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
     migrate(path)
     db = orm.Database()
-    db.on_connect(provider="sqlite")(_pragmas(synchronous))
+    db.on_connect(provider="sqlite")(_pragmas(synchronous, on_connect))
     entities = define_entities(db)
     try:
         db.bind(provider="sqlite", filename=path, create_db=True)

@@ -9,9 +9,36 @@ Guarantees:
 - ``await store.call(fn, *args)`` returns only after ``fn``'s changes are committed, so
   what the service acknowledges is on disk.
 - A job that raises changes nothing: its whole batch rolls back and the other jobs are
-  run again one by one, so one bad write cannot take its neighbours down with it.
+  run again one by one, so one bad write cannot take its neighbours down with it (when
+  the database itself failed, see below, they fail with it instead).
 - ``fn`` runs inside a db_session on the store thread and must return plain data, never
   pony entities.
+
+When the database itself fails (the disk is full, another process holds the write lock
+past the busy timeout, the file turned read-only, an I/O error), every caller in the batch
+gets a StoreError naming SQLite's cause, e.g. "database or disk is full (SQLITE_FULL)",
+never pony's wrapper class. Such a batch is not re-run job by job: each job would meet
+the same wall (and, for a lock, wait out the busy timeout again).
+
+Retry policy: the store retries on its own in one case only. After SQLITE_FULL it
+checkpoints the WAL with TRUNCATE, which gives the WAL's space back to the disk, and if
+that freed any it runs the batch once more (an inline write that meets a full disk is
+handed to the store thread for this). Anything else is for the caller to decide: a
+request fails to its sender (who may retry with the same ids), a background writer
+retries at its next tick. Nothing needs a restart: both connections (pony's on the store
+thread, the plain one for inline writes) write again as soon as space returns or the
+lock is released (one that cannot even roll back is replaced). While writes fail,
+``stats.last_error`` holds the cause (the health check says unhealthy) and
+``stats.write_failures`` counts them (a metric); the next transaction that writes a row
+clears the error (a read proves nothing). One WARNING per new cause, one INFO when
+writes succeed again.
+
+WAL bound: automatic checkpoints are off (schema.py) so that no commit on the trio thread
+ever pays for one. The store thread checkpoints PASSIVE every CHECKPOINT_EVERY commits
+(the WAL is then reused from its start), and TRUNCATE as soon as the -wal file has grown
+past WAL_TRUNCATE_BYTES. Without that bound the file only grows (measured: about 9 KB
+per one-row commit, 18 MB after 2,000 commits with no checkpoint) and keeps its size
+after space returns, so a disk it filled stays full.
 """
 
 from __future__ import annotations
@@ -23,8 +50,8 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -33,6 +60,8 @@ import trio
 from pony import orm
 
 from titan_trio.errors import StoreError, TitanError
+from titan_trio.state.failures import as_store_error, database_failure, describe
+from titan_trio.state.raw import Deferred, RawDatabase
 from titan_trio.state.schema import Entities, open_database
 
 log = logging.getLogger("titan.store")
@@ -50,11 +79,24 @@ class _Job:
     abandoned: bool = False  # the caller stopped waiting
 
 
+@dataclass(frozen=True)
+class _Checkpoint:
+    mode: str  # PASSIVE or TRUNCATE
+
+
 _STOP = object()
-_CHECKPOINT = object()
+_PASSIVE = _Checkpoint("PASSIVE")
+_TRUNCATE = _Checkpoint("TRUNCATE")
 INLINE_SHARE = 0.2  # of the trio thread's time, at most, for inline commits
 INLINE_BURST_S = 0.001
-CHECKPOINT_EVERY = 500  # commits between WAL checkpoints (run on the store thread)
+CHECKPOINT_EVERY = 500  # commits between PASSIVE WAL checkpoints (on the store thread)
+# Past this the -wal file is checkpointed and truncated to zero. 4 MiB is SQLite's own
+# automatic checkpoint point (1000 pages of 4 KiB); a TRUNCATE of that much takes about
+# 10 ms on the store thread (measured: 40 ms for 18 MB), and a few MB is nothing to a
+# disk but bounds what the WAL can take from a full one.
+WAL_TRUNCATE_BYTES = 4 * 1024 * 1024
+WAL_CHECK_EVERY = 8  # inline commits between looks at the WAL's size (a stat, ~3 us)
+CHECKPOINT_BUSY_S = 0.5  # how long a checkpoint waits for a writer or an old reader
 
 
 @dataclass
@@ -65,7 +107,8 @@ class StoreStats:
     last_commit_monotonic: float | None = None
     last_batch_seconds: float = 0.0
     max_batch_seconds: float = 0.0
-    last_error: str | None = None
+    last_error: str | None = None  # set while writes fail; cleared by one that succeeds
+    write_failures: int = 0  # calls the database failed (a TitanError a job raises is not one)
 
 
 class Store:
@@ -89,10 +132,16 @@ class Store:
         self._closing = False
         self._outstanding = 0  # jobs queued or running on the store thread
         self._since_checkpoint = 0
+        self.wal_path = self.path + "-wal"
+        self._truncate_at = WAL_TRUNCATE_BYTES  # raised while a reader blocks a TRUNCATE
+        self._checkpoint_queued = False
+        self._checkpoint_error: str | None = None  # logged once, not at every attempt
+        self._inline_commits = 0
+        self._pony = threading.local()  # .conn: pony's sqlite3 connection on this thread
         # With FULL every commit fsyncs: that wait belongs on the store thread, never on
         # the trio thread, so nothing runs inline then.
         self.inline = inline and synchronous == "NORMAL"
-        self._raw: _RawDatabase | None = None  # urgent writes on the calling thread
+        self._raw: RawDatabase | None = None  # urgent writes on the calling thread
         # Every call inline: for tests under trio's MockClock, where waiting on another
         # thread would let virtual time run ahead of the work.
         self.always_inline = always_inline
@@ -153,7 +202,7 @@ class Store:
 
     def _thread_main(self, on_open: Callable[[BaseException | None], None]) -> None:
         try:
-            self.entities = open_database(self.path, self.synchronous)
+            self.entities = open_database(self.path, self.synchronous, self._pony_connected)
         except BaseException as exc:  # reported to the trio side, which raises it
             self._to_trio(on_open, exc)
             self._to_trio(self._closed.set)
@@ -183,45 +232,83 @@ class Store:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is not _STOP and item is not _CHECKPOINT:
+                if isinstance(item, _Job):
                     self._deliver(item, outcome.Error(StoreError("the database is closing")))
 
     def _serve(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            if first is _CHECKPOINT:
-                self._checkpoint()
-                continue
-            batch = [first]
+            batch: list[_Job] = []
+            checkpoint: _Checkpoint | None = None
             stop = False
-            while len(batch) < MAX_BATCH:
+            item = self._queue.get()
+            while True:
+                if item is _STOP:
+                    stop = True
+                    break
+                if isinstance(item, _Checkpoint):  # after the batch: one, the stronger
+                    checkpoint = item if checkpoint is None or item is _TRUNCATE else checkpoint
+                else:
+                    batch.append(item)
+                    if len(batch) >= MAX_BATCH:
+                        break
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP:
-                    stop = True
-                    break
-                if item is _CHECKPOINT:
-                    continue  # the batch commit below is as good a moment; next time
-                batch.append(item)
-            self._run_batch(batch)
+            if batch:
+                self._run_batch(batch)
             if stop:
                 return
+            if checkpoint is not None:
+                self._checkpoint(checkpoint.mode)
 
-    def _checkpoint(self) -> None:
-        """Move the WAL into the database without blocking writers (PASSIVE)."""
+    def _checkpoint(self, mode: str) -> bool:
+        """Move the WAL into the database (store thread only); return whether it all went.
+
+        PASSIVE never waits. TRUNCATE waits up to CHECKPOINT_BUSY_S for a writer and for
+        readers of older snapshots, then empties the -wal file, which gives its space back
+        to the disk. One a reader kept from completing is tried again only once the WAL
+        has grown by another bound, never after every commit. A failure is logged (once
+        per cause) and never fails a job."""
+        self._checkpoint_queued = False
         try:
             # Its own connection: pony's may hold a read transaction, which pins the WAL.
-            with contextlib.closing(sqlite3.connect(self.path, timeout=1.0)) as conn:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error as exc:  # retried after the next CHECKPOINT_EVERY commits
-            log.warning("WAL checkpoint failed: %s", exc)
+            with contextlib.closing(sqlite3.connect(self.path, timeout=CHECKPOINT_BUSY_S)) as conn:
+                busy = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
+        except sqlite3.Error as exc:  # retried at the next bound or CHECKPOINT_EVERY commits
+            text = describe(exc)
+            if text != self._checkpoint_error:
+                log.warning("WAL checkpoint (%s) failed: %s", mode, text)
+            self._checkpoint_error = text
+            return False
+        self._checkpoint_error = None
+        if mode == "TRUNCATE":
+            self._truncate_at = WAL_TRUNCATE_BYTES + (self._wal_bytes() if busy else 0)
+        return busy == 0
 
-    def _run_batch(self, batch: list[_Job]) -> None:
+    def _wal_bytes(self) -> int:
+        try:
+            return os.stat(self.wal_path).st_size
+        except OSError:  # none yet, or just removed by the last connection closing
+            return 0
+
+    def _request_checkpoint(self, checkpoint: _Checkpoint) -> None:
+        if not self._checkpoint_queued and not self._closing:
+            self._checkpoint_queued = True
+            self._queue.put(checkpoint)
+
+    def _make_room(self) -> bool:
+        """After SQLITE_FULL: checkpoint and truncate the WAL, whose space then goes back
+        to the disk. Whether a write might fit now (it completed and freed something)."""
+        before = self._wal_bytes()
+        freed = before - self._wal_bytes() if self._checkpoint("TRUNCATE") else 0
+        if freed > 0:
+            log.info("disk full: the WAL was truncated (%d KiB freed); writing again", freed >> 10)
+        return freed > 0
+
+    def _run_batch(self, batch: list[_Job], *, may_make_room: bool = True) -> None:
         started = time.perf_counter()
+        before = self._pony_changes()
         try:
             results = []
             with orm.db_session(strict=True):
@@ -229,17 +316,40 @@ class Store:
                     results.append(job.fn(self.entities, *job.args))
         except Exception as exc:
             self.stats.failed_batches += 1
-            if len(batch) > 1:
-                for job in batch:  # rolled back together; now find the culprit
-                    self._run_batch([job])
+            code = database_failure(exc)
+            if code == sqlite3.SQLITE_FULL and may_make_room and self._make_room():
+                self._run_batch(batch, may_make_room=False)
                 return
-            self._to_trio(self._failed, exc)
-            self._deliver(batch[0], outcome.Error(_as_store_error(exc)))
+            if code is None and len(batch) > 1:
+                for job in batch:  # rolled back together; now find the culprit
+                    self._run_batch([job], may_make_room=may_make_room)
+                return
+            self._to_trio(self._failed, exc, len(batch))
+            for job in batch:  # each caller its own exception object to raise
+                self._deliver(job, outcome.Error(as_store_error(exc)))
             return
         elapsed = time.perf_counter() - started
-        self._to_trio(self._committed, elapsed, len(batch))
+        wrote = before is None or self._pony_changes() != before
+        self._to_trio(self._committed, elapsed, len(batch), wrote)
         for job, result in zip(batch, results, strict=True):
             self._deliver(job, outcome.Value(result))
+        if self._wal_bytes() > self._truncate_at:
+            self._checkpoint("TRUNCATE")
+
+    def _pony_connected(self, conn: sqlite3.Connection) -> None:
+        """schema.open_database's hook: pony opened ``conn`` on this thread."""
+        self._pony.conn = conn
+
+    def _pony_changes(self) -> tuple[sqlite3.Connection, int] | None:
+        """This thread's pony connection and its count of rows changed so far: compared
+        before and after a transaction, whether it wrote anything."""
+        conn = getattr(self._pony, "conn", None)
+        if conn is None:
+            return None
+        try:
+            return conn, conn.total_changes
+        except sqlite3.ProgrammingError:  # closed; pony opens another
+            return None
 
     def _deliver(self, job: _Job, result: outcome.Outcome) -> None:
         def finish() -> None:
@@ -278,8 +388,8 @@ class Store:
         ):
             try:
                 return self._run_here(fn, args, raw=True)
-            except _Busy:
-                pass  # another process holds the write lock: wait on the store thread
+            except Deferred:
+                pass  # nothing was done: the store thread waits for the lock or makes room
         if self.always_inline:
             return self._run_here(fn, args, raw=False)
         job = _Job(fn, args)
@@ -320,39 +430,60 @@ class Store:
         try:
             if raw:
                 if self._raw is None or self._raw.closed:
-                    self._raw = _RawDatabase(self.path, self.synchronous)
+                    self._raw = RawDatabase(self.path, self.synchronous)
+                changes = self._raw.conn.total_changes
                 with self._raw.transaction() as entities:
                     result = fn(entities, *args)
+                wrote = self._raw.conn.total_changes != changes
             else:
+                before = self._pony_changes()
                 with orm.db_session(strict=True):
                     result = fn(self.entities, *args)
-        except _Busy:
+                wrote = before is None or self._pony_changes() != before
+        except Deferred:
             raise
         except Exception as exc:
+            if raw and database_failure(exc) == sqlite3.SQLITE_FULL:
+                # Rolled back, nothing done; the store thread can truncate the WAL and retry.
+                raise Deferred(str(exc)) from exc
             self._failed(exc)
-            raise _as_store_error(exc) from exc
+            raise as_store_error(exc) from exc
         elapsed = time.perf_counter() - started
         self._inline_budget -= elapsed
-        self._committed(elapsed, 1)
+        self._committed(elapsed, 1, wrote)
+        if raw:
+            self._inline_commits += 1
+            if (
+                self._inline_commits % WAL_CHECK_EVERY == 0
+                and self._wal_bytes() > self._truncate_at
+            ):
+                self._request_checkpoint(_TRUNCATE)
         return result
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException, jobs: int = 1) -> None:
         """A refusal the caller asked for (a TitanError) says nothing about the database;
-        anything else is its health until the next commit succeeds."""
-        if not isinstance(exc, TitanError):
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        anything else is its health until a transaction that writes succeeds."""
+        if isinstance(exc, TitanError):
+            return
+        text = str(as_store_error(exc))
+        self.stats.write_failures += jobs
+        if text != self.stats.last_error:
+            log.warning("database write failed: %s", text)
+        self.stats.last_error = text
 
-    def _committed(self, elapsed: float, jobs: int) -> None:
-        self.stats.last_error = None
+    def _committed(self, elapsed: float, jobs: int, wrote: bool = True) -> None:
+        if wrote and self.stats.last_error is not None:
+            log.info("database writes succeed again (after: %s)", self.stats.last_error)
+            self.stats.last_error = None
         self.stats.commits += 1
         self.stats.jobs += jobs
         self.stats.last_commit_monotonic = time.monotonic()
         self.stats.last_batch_seconds = elapsed
         self.stats.max_batch_seconds = max(self.stats.max_batch_seconds, elapsed)
         self._since_checkpoint += 1
-        if self._since_checkpoint >= CHECKPOINT_EVERY and not self._closing:
+        if self._since_checkpoint >= CHECKPOINT_EVERY:
             self._since_checkpoint = 0
-            self._queue.put(_CHECKPOINT)
+            self._request_checkpoint(_PASSIVE)
 
     @property
     def last_commit_age_s(self) -> float | None:
@@ -366,76 +497,6 @@ class Store:
             and os.access(os.path.dirname(self.path) or ".", os.W_OK)
             and (not os.path.exists(self.path) or os.access(self.path, os.W_OK))
         )
-
-
-class _RawSql:
-    """The slice of pony's Database API the urgent record functions use (SQLite binds
-    ``$name`` parameters from a dict natively)."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def execute(self, sql: str, params: dict[str, Any]) -> sqlite3.Cursor:
-        return self.conn.execute(sql, params)
-
-    def exists(self, sql: str, params: dict[str, Any]) -> bool:
-        return self.conn.execute(f"SELECT {sql} LIMIT 1", params).fetchone() is not None
-
-    def select(self, sql: str, params: dict[str, Any]) -> list[Any]:
-        rows = self.conn.execute(f"SELECT {sql}", params).fetchall()
-        return [row[0] for row in rows] if rows and len(rows[0]) == 1 else rows
-
-
-@dataclass
-class _RawEntities:
-    db: _RawSql
-
-
-class _Busy(Exception):
-    """Another connection holds the write lock; nothing was done."""
-
-
-RAW_BUSY_TIMEOUT_MS = 20  # the trio thread never waits longer than this for the lock
-
-
-class _RawDatabase:
-    def __init__(self, path: str, synchronous: str) -> None:
-        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
-        for pragma in (
-            "journal_mode=WAL",
-            f"synchronous={synchronous}",
-            f"busy_timeout={RAW_BUSY_TIMEOUT_MS}",
-            "wal_autocheckpoint=0",
-        ):
-            self.conn.execute(f"PRAGMA {pragma}")
-        self.entities = _RawEntities(_RawSql(self.conn))
-        self.closed = False  # the store opens a new one in its place
-
-    @contextmanager
-    def transaction(self) -> Iterator[_RawEntities]:
-        """BEGIN IMMEDIATE ... COMMIT; anything failing, the COMMIT included (a full disk
-        shows there), rolls back, so the connection never keeps the write lock; one that
-        cannot even roll back is closed."""
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise _Busy(str(exc)) from exc
-            raise
-        try:
-            yield self.entities
-            self.conn.execute("COMMIT")
-        except BaseException:
-            if self.conn.in_transaction:  # SQLite may have rolled back already
-                try:
-                    self.conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    self.close()  # the original error is the one to report
-            raise
-
-    def close(self) -> None:
-        self.closed = True
-        self.conn.close()
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -456,11 +517,3 @@ def plain_sql(fn: Callable[..., Any], args: tuple[Any, ...] = ()) -> bool:
     carries is)."""
     mark = getattr(fn, "plain_sql", False)
     return bool(mark(*args)) if callable(mark) else mark is True
-
-
-def _as_store_error(exc: BaseException) -> BaseException:
-    if isinstance(exc, TitanError):
-        return exc
-    err = StoreError(f"{type(exc).__name__}: {exc}")
-    err.__cause__ = exc
-    return err

@@ -1,0 +1,51 @@
+"""``titan run``'s account of a stop: whatever else failed on the way down, the last log
+line names what stopped the service."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import trio
+import trio.testing
+
+from titan_trio import cli, engine
+from titan_trio.config import Config
+from titan_trio.errors import StoreError, TitanError
+
+
+class FeedDied(TitanError):
+    pass
+
+
+async def crash_with_a_failing_cleanup(_cfg: Config) -> None:
+    """One service fails; another, cancelled because of it, fails again in its cleanup
+    (a write on a full disk): trio reports both, the cause first."""
+
+    async def cleanup_fails() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise StoreError("database or disk is full (SQLITE_FULL)")
+
+    async def crash() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        raise FeedDied("the market feed died")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cleanup_fails)
+        nursery.start_soon(crash)
+
+
+def test_last_line_of_a_stop_names_its_cause(
+    make_config: Callable[..., Config],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(engine, "run_service", crash_with_a_failing_cleanup)
+    assert cli._run(make_config(), "config.json") == cli.EXIT_FAIL
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "titan"]
+    assert lines[-2:] == [
+        ("ERROR", "while stopping: database or disk is full (SQLITE_FULL)"),
+        ("CRITICAL", "stopped: the market feed died"),
+    ]
