@@ -104,7 +104,7 @@ class FeedDied(TitanError):
 async def test_what_stopped_the_service_survives_a_failing_stop_record(
     make_config: Callable[..., Config],
 ) -> None:
-    async def crash() -> None:
+    async def crash(*mark: object) -> None:
         raise FeedDied("the real cause")
 
     with pytest.RaisesGroup(
@@ -113,16 +113,22 @@ async def test_what_stopped_the_service_survives_a_failing_stop_record(
         async with service(make_config()) as engine:
             await quiet(engine)
             await engine.store.call(read_only)
-            engine.equity_monitor.listeners.append(crash)  # told after every mark
+            engine.equity_monitor.on_mark = crash  # told of every mark
             await trio.sleep_forever()
 
 
 # ----- a real small disk, filled and emptied under a running service ------------------------
 
 
-def prepare(client: SignalClient, signal_id: str) -> tuple[Status, Reason | None]:
-    """A PREPARE, journaled whether its gates pass or not: a write on the request path."""
-    reply = client.prepare(signal_id, "BTCUSDT", "LONG", (100, 101), 99, [110], 80, 5)
+def prepare(client: SignalClient, signal_id: str, port: int) -> tuple[Status, Reason | None]:
+    """A PREPARE near the market, journaled before it is answered: a write on the request
+    path (one the database cannot record is answered BUSY)."""
+    market = httpx.get(f"http://127.0.0.1:{port}/api/market", timeout=2).json()["BTCUSDT"]
+    mid = (float(market["bid"]) + float(market["ask"])) / 2
+    zone = (round(mid * 0.999, 1), round(mid * 1.001, 1))
+    reply = client.prepare(
+        signal_id, "BTCUSDT", "LONG", zone, round(mid * 0.99, 1), [round(mid * 1.02, 1)], 80, 5
+    )
     return reply.status, reply.reason
 
 
@@ -145,7 +151,7 @@ def test_service_on_a_full_disk_keeps_running_and_recovers(
         with SignalClient(str(tmp_path / "titan-ipc.sock")) as client:
             # Until a write needs space the disk no longer has (the WAL may have room left).
             for n in range(500):
-                if prepare(client, f"full-{n}") == (Status.REJECTED, Reason.BUSY):
+                if prepare(client, f"full-{n}", port) == (Status.REJECTED, Reason.BUSY):
                     break
             else:
                 raise AssertionError("no write failed on a full disk")
@@ -160,9 +166,9 @@ def test_service_on_a_full_disk_keeps_running_and_recovers(
                 assert proc.poll() is None, "the service stopped"
                 assert time.monotonic() < deadline, f"still unhealthy: {db}"
                 n += 1
-                prepare(client, f"after-{n}")  # the next write, as a strategy would send
+                prepare(client, f"after-{n}", port)  # the next write, as a strategy would send
                 time.sleep(PROCESS_POLL_S)
-            assert prepare(client, "after-recovery")[1] is not Reason.BUSY
+            assert prepare(client, "after-recovery", port)[1] is not Reason.BUSY
     finally:
         code, _took, out = stop(proc, signal.SIGTERM)
     assert code == 0, out
