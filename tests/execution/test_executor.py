@@ -3,6 +3,7 @@ timeout and the taker chase run in virtual time (no real waiting)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -287,3 +288,41 @@ async def test_a_stop_the_market_already_passed_closes_the_position(
             while "BTCUSDT" in r.shadow.positions:  # noqa: ASYNC110
                 await trio.sleep(0.01)
         assert await r.broker.positions() == []
+
+
+async def test_a_take_profit_that_cannot_be_placed_leaves_the_stop_and_the_service_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with rig(tmp_path) as r, trio.open_nursery() as nursery:
+        protector = Protector(r.broker, r.executor.placer, {"BTCUSDT": BTC}, r.hub)
+        await nursery.start(protector.run)
+        market = Order(
+            "buy-tp",
+            "BTCUSDT",
+            Side.BUY,
+            OrderType.MARKET,
+            D("0.010"),
+            time_in_force=TimeInForce.IOC,
+            leverage=D(5),
+            stop_loss=D("94000.0"),
+            take_profits=(D("1e30"),),  # no tick grid holds it: the arithmetic fails
+        )
+        await r.executor.placer.place(market, OrderPurpose.ENTRY)
+        with trio.fail_after(1):
+            while market.filled_qty == 0:  # noqa: ASYNC110 - the shadow sync updates it
+                await trio.sleep(0.01)
+        await r.broker.set_stop_loss("BTCUSDT", D("94000.0"))
+        with caplog.at_level(logging.ERROR, logger="titan.protection"):
+            protector.notice_order_finished(market)
+            with trio.fail_after(1):
+                while not caplog.records:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+        assert "take profits of BTCUSDT" in caplog.records[0].getMessage()
+        assert r.executor.placer.metrics.protection_failures._value.get() == 1
+        assert await r.broker.stop_loss("BTCUSDT") == D("94000.0")  # the stop stays
+        # the protector (and the service around it) still works for the next position
+        protector.notice_order_finished(market)
+        with trio.fail_after(1):
+            while len(caplog.records) < 2:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
