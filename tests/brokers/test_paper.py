@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.brokers.test_paper_depth import book
 from tests.helpers import eventually
 from titan_trio.brokers.paper import PaperBroker
 from titan_trio.clock import now_ms
 from titan_trio.config import BrokerConfig
 from titan_trio.domain.instruments import Instrument
 from titan_trio.domain.orders import OrderRequest, OrderStatus, OrderType, Side
-from titan_trio.domain.quotes import Quote
 from titan_trio.execution.flatten import Flattener
 from titan_trio.execution.placement import OrderPlacer
 from titan_trio.feeds.hub import MarketHub
@@ -40,22 +40,7 @@ class Rig:
     flattener: Flattener
 
     def publish(self, bids: list[tuple[str, str]], asks: list[tuple[str, str]]) -> None:
-        (bid, bid_size), *bid_depth = bids
-        (ask, ask_size), *ask_depth = asks
-        self.hub.publish(
-            Quote(
-                "BTCUSDT",
-                D(bid),
-                D(ask),
-                D(bid_size),
-                D(ask_size),
-                D(bid),
-                now_ms(),
-                "test",
-                tuple((D(p), D(s)) for p, s in bid_depth),
-                tuple((D(p), D(s)) for p, s in ask_depth),
-            )
-        )
+        self.hub.publish(book(bids, asks, now_ms()))
 
     async def open_long(self, qty: str) -> None:
         self.publish([("30000.0", "10")], [("30000.1", "10")])
