@@ -24,7 +24,13 @@ class StartupError(TitanError):
 
 
 class StoreError(TitanError):
-    """The database refused or failed an operation."""
+    """The database refused or failed an operation. ``database_failing`` tells the
+    database failing (full, locked, read-only: every write would meet it, so try again
+    later) from one job's own error (a constraint, a bug: that write will never pass)."""
+
+    def __init__(self, message: str, *, database_failing: bool = True) -> None:
+        super().__init__(message)
+        self.database_failing = database_failing
 
 
 class IllegalTransition(TitanError):

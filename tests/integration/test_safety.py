@@ -22,7 +22,7 @@ from tests.helpers import eventually, service
 from tests.integration.test_risk import api, open_long, prepare_msg, publish, signal
 from titan_trio.config import Config
 from titan_trio.domain.orders import OrderRequest, OrderType, Side, TimeInForce
-from titan_trio.errors import StoreError
+from titan_trio.errors import BrokerRejected, StoreError
 from titan_trio.state import records
 
 
@@ -119,14 +119,15 @@ class FailingWrites:
 
     READS = (records.kv_get, records.signal_status, records.paper_open_orders)
 
-    def __init__(self, engine: Any, only: tuple[Any, ...] = ()) -> None:
+    def __init__(self, engine: Any, only: tuple[Any, ...] = (), everything: bool = False) -> None:
         self.failing = False
         self.only = only
+        self.everything = everything  # reads too, as when they share a failing batch
         self._call = engine.store.call
         engine.store.call = self.call
 
     async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        hit = fn in self.only if self.only else fn not in self.READS
+        hit = fn in self.only if self.only else self.everything or fn not in self.READS
         if self.failing and hit:
             raise StoreError("database or disk is full")
         return await self._call(fn, *args, **kwargs)
@@ -308,3 +309,104 @@ async def test_a_wall_clock_step_neither_expires_intents_nor_freshens_a_stale_bo
         monkeypatch.setattr(time, "time_ns", lambda: real_time_ns() - 3600 * 10**9)
         stale = await signal(engine, prepare_msg(engine, "step-2", "ETHUSDT"))
         assert stale.reason == "L2_STALE", stale
+
+
+async def test_a_close_that_cannot_cancel_the_resting_entry_does_not_say_closed(
+    risk_config: Callable[..., Config],
+) -> None:
+    cfg = risk_config(broker={"initialCapital": 900}, execution={"makerTimeoutMs": 60000})
+    async with service(cfg) as engine:
+        assert engine.broker is not None
+        ready = await signal(engine, prepare_msg(engine, "cf-1"))
+        assert ready.execution == "maker", ready
+        accepted = await signal(engine, {"type": "CONFIRM", "id": 2, "signal_id": "cf-1"})
+        assert accepted.status == "accepted" and accepted.order_status != "FILLED", accepted
+        cancel = engine.broker.cancel
+
+        async def unavailable(*args: Any) -> Any:
+            raise BrokerRejected("EXCHANGE_UNAVAILABLE", "the exchange cannot record changes")
+
+        engine.broker.cancel = unavailable  # type: ignore[method-assign]
+        close = await signal(
+            engine, {"type": "CLOSE", "id": 3, "signal_id": "cf-x", "symbol": "BTCUSDT"}
+        )
+        assert (close.status, close.reason) == ("rejected", "BROKER_REJECTED"), close
+        assert accepted.client_order_id in (close.message or "")
+        engine.broker.cancel = cancel  # type: ignore[method-assign]
+        retry = await signal(
+            engine, {"type": "CLOSE", "id": 4, "signal_id": "cf-y", "symbol": "BTCUSDT"}
+        )
+        assert retry.status == "closed" and retry.cancelled_orders == [accepted.client_order_id]
+
+
+async def test_a_close_racing_an_entry_on_its_way_to_the_exchange_leaves_nothing(
+    risk_config: Callable[..., Config],
+) -> None:
+    cfg = risk_config(broker={"initialCapital": 900}, execution={"makerTimeoutMs": 60000})
+    async with service(cfg) as engine:
+        assert engine.broker is not None
+        submit = engine.broker.submit
+
+        async def slow_submit(request: OrderRequest) -> Any:
+            await trio.sleep(0.3)  # an exchange that takes its time to acknowledge
+            return await submit(request)
+
+        engine.broker.submit = slow_submit  # type: ignore[method-assign]
+        assert (await signal(engine, prepare_msg(engine, "race-1"))).status == "prepared"
+        replies: dict[str, Any] = {}
+
+        async def confirm() -> None:
+            replies["confirm"] = await signal(
+                engine, {"type": "CONFIRM", "id": 2, "signal_id": "race-1"}
+            )
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(confirm)
+            await eventually(lambda: engine.shadow.orders)  # the entry is on its way
+            replies["close"] = await signal(
+                engine, {"type": "CLOSE", "id": 3, "signal_id": "race-x", "symbol": "BTCUSDT"}
+            )
+        confirmed, closed = replies["confirm"], replies["close"]
+        assert closed.status == "closed", closed
+        if confirmed.status == "accepted":  # it reached the exchange first: cancelled
+            assert closed.cancelled_orders == [confirmed.client_order_id]
+        else:  # or it was never sent
+            assert confirmed.reason == "INVALID_SIGNAL", confirmed
+        mid = engine.hub.book.get("BTCUSDT").mid
+        publish(engine, "BTCUSDT", mid * Decimal("0.995"))  # where the entry would fill
+        await eventually(lambda: not engine.shadow.orders)
+        assert not await engine.broker.open_orders()
+        assert not [p for p in await engine.broker.positions() if not p.is_flat]
+
+
+async def test_the_paper_exchange_survives_a_database_that_refuses_reads_too(
+    risk_config: Callable[..., Config],
+) -> None:
+    async with service(risk_config()) as engine:
+        assert engine.broker is not None
+        mid = engine.hub.book.get("SOLUSDT").mid
+        price = engine.instruments["SOLUSDT"].floor_price(mid * Decimal("0.99"))
+        await engine.broker.submit(
+            OrderRequest(
+                "rest-1",
+                "SOLUSDT",
+                Side.BUY,
+                OrderType.LIMIT,
+                Decimal("0.1"),
+                price=price,
+                time_in_force=TimeInForce.GTC,
+                leverage=Decimal(5),
+            )
+        )
+        failing = FailingWrites(engine, everything=True)
+        failing.failing = True
+        below = price - engine.instruments["SOLUSDT"].tick_size  # its ask meets the order
+        publish(engine, "SOLUSDT", below)  # would fill it: the save fails, so does the undo
+        await eventually(lambda: engine.broker._stale)
+        with pytest.raises(BrokerRejected) as refused:
+            await engine.broker.cancel("SOLUSDT", "rest-1")
+        assert refused.value.reason == "EXCHANGE_UNAVAILABLE"
+        failing.failing = False
+        publish(engine, "SOLUSDT", below - Decimal("0.01"))  # next quote: reload, then match
+        await eventually(lambda: "SOLUSDT" in engine.shadow.positions)
+        assert (await signal(engine, {"type": "PING", "id": 1})).status == "pong"

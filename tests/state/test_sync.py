@@ -14,6 +14,7 @@ from tests.state.test_shadow import fill, open_order
 from titan_trio.brokers.base import BrokerEvent, FillEvent, OrderEvent
 from titan_trio.clock import now_ms
 from titan_trio.domain.orders import Side
+from titan_trio.state import records
 from titan_trio.state.shadow import RecentExecIds, ShadowState
 from titan_trio.state.store import Store
 from titan_trio.state.sync import ShadowSync, restore_shadow
@@ -80,3 +81,24 @@ async def test_a_replayed_fill_older_than_memory_is_refused_by_the_database(
         assert restored.positions["BTCUSDT"].position.size == D("0.4")
         await sync.apply([FillEvent(fill("e4", Side.BUY, "0.1", "30000", ts=base + 4))])
         assert restored.positions["BTCUSDT"].position.size == D("0.5")
+
+
+def never_passes(e: object) -> None:
+    """A write that fails by itself (a bug or a constraint), never the database."""
+    raise ValueError("CHECK constraint failed")
+
+
+async def test_a_write_that_can_never_pass_is_set_aside_and_later_saves_go_on(
+    tmp_path: Path,
+) -> None:
+    shadow = ShadowState(D("10000"))
+    failures: list[str] = []
+    async with synced(tmp_path / "t.db", shadow) as (store, sync):
+        sync.on_storage_failure = failures.append
+        sync.unsaved = [(never_passes, ())]  # kept from an earlier failed save
+        await sync.apply([OrderEvent(open_order("c1", Side.BUY, "sig-1"))])
+        await sync.apply([FillEvent(fill("e1", Side.BUY, "0.1", "30000", ts=now_ms()))])
+        assert sync.unsaved == [] and sync.bad_writes == 1
+        assert failures == []  # the database works: trading is not narrowed
+        saved = await store.call(records.load_positions)
+        assert [r.position.size for r in saved] == [D("0.1")]

@@ -71,6 +71,7 @@ class PaperBroker:
         self._send, self.events = trio.open_memory_channel[BrokerEvent](event_buffer)
         self._lock = trio.Lock()  # one change to the account at a time
         self.last_latency_s: float | None = None
+        self._stale = False  # memory may be ahead of the saved account: reload first
         self._matched: dict[str, Quote] = {}  # each quote's size is offered to resting orders once
         self.resumed = False
 
@@ -110,12 +111,37 @@ class PaperBroker:
                 raise
             except StoreError as exc:
                 self.exchange.auto_canceled = []
-                await self._reload(await self.store.call(records.kv_get, ACCOUNT_KEY))
+                self._stale = True
+                await self._refresh()
                 raise PaperStorageFailed(str(exc)) from None
+
+    async def _ready(self) -> None:
+        """Before a request: the account as saved, or EXCHANGE_UNAVAILABLE."""
+        try:
+            await self._refresh()
+        except PaperStorageFailed as exc:
+            raise _unavailable(exc) from None
+
+    async def _refresh(self) -> None:
+        """Reload the account as last saved when memory may be ahead of it (a change
+        that could not be saved); PaperStorageFailed while even that read fails (on a
+        full disk, reads share the store's batches with failing writes)."""
+        if not self._stale:
+            return
+        try:
+            await self._reload(await self.store.call(records.kv_get, ACCOUNT_KEY))
+        except StoreError as exc:
+            raise PaperStorageFailed(f"the account cannot be reloaded: {exc}") from None
+        self._stale = False
+        log.warning("paper exchange: account reloaded as last saved")
 
     async def _match(self) -> None:
         """Match resting orders and stops on the newest quotes; a change the database
         cannot record waits for the next quote."""
+        try:
+            await self._refresh()
+        except PaperStorageFailed:
+            return  # tried again on the next quote
         fills: list[Fill] = []
         canceled: list[Order] = []
         for symbol in sorted({o.symbol for o in self.exchange.open_orders()}):
@@ -199,6 +225,7 @@ class PaperBroker:
             # Optimistic: place in memory, and let the commit refuse an id used before
             # (it checks the paper_orders table in the same transaction); then undo by
             # reloading the account as last saved, which is the state before this order.
+            await self._ready()
             quote = self.hub.book.get(request.symbol)
             order, fills = self.exchange.place(request, quote, now_ms())  # may raise
             try:
@@ -217,6 +244,7 @@ class PaperBroker:
 
     async def cancel(self, symbol: str, client_order_id: str) -> Order:
         async with self._lock:
+            await self._ready()
             order = self.exchange.cancel(client_order_id, now_ms())
             try:
                 await self._commit([], [order], urgent=True)
@@ -226,6 +254,7 @@ class PaperBroker:
 
     async def amend(self, symbol: str, client_order_id: str, price: Decimal) -> Order:
         async with self._lock:
+            await self._ready()
             quote = self.hub.book.get(symbol)
             order, fills = self.exchange.amend(client_order_id, price, quote, now_ms())
             try:
@@ -236,6 +265,7 @@ class PaperBroker:
 
     async def set_stop_loss(self, symbol: str, stop_loss: Decimal | None) -> None:
         async with self._lock:
+            await self._ready()
             self.exchange.set_stop_loss(symbol, stop_loss, self.hub.book.get(symbol))
             try:
                 await self._commit([], [], urgent=True)

@@ -185,25 +185,29 @@ class EntryChecks:
             self.limits.allow_pyramiding,
         )
         quote = self.hub.book.get(prepare.symbol)
-        check_book(quote, self.hub.age_ms(prepare.symbol), intent.side, size.qty, self.l2)
-        assert quote is not None
         zone_min = Decimal(repr(prepare.entry_zone.min))
         zone_max = Decimal(repr(prepare.entry_zone.max))
         equity = self.equity()
         rules = phase_rules(equity, self.limits)
         style = choose_style(rules.execution, prepare.velocity, self.cfg.execution.taker_velocity)
-        price = entry_price(style, intent.side, quote, zone_min, zone_max)
+        price = (
+            None if quote is None else entry_price(style, intent.side, quote, zone_min, zone_max)
+        )
+        # SPEC §6's order: the leverage cap before the L2 checks.
+        if price is not None:
+            room = equity * self.limits.max_total_leverage - exposure.notional
+            if size.qty * price > room:
+                raise EntryRejected(
+                    Reason.LEVERAGE_CAP,
+                    f"notional {size.qty * price:.2f} exceeds the room left under "
+                    f"{self.limits.max_total_leverage}x total leverage ({room:.2f})",
+                )
+        check_book(quote, self.hub.age_ms(prepare.symbol), intent.side, size.qty, self.l2)
+        assert quote is not None
         if price is None:
             raise EntryRejected(
                 Reason.SLIPPAGE_TOO_HIGH,
                 f"the book ({quote.bid}/{quote.ask}) has left the entry zone {zone_min}-{zone_max}",
-            )
-        room = equity * self.limits.max_total_leverage - exposure.notional
-        if size.qty * price > room:
-            raise EntryRejected(
-                Reason.LEVERAGE_CAP,
-                f"notional {size.qty * price:.2f} exceeds the room left under "
-                f"{self.limits.max_total_leverage}x total leverage ({room:.2f})",
             )
         leverage = min(
             Decimal(repr(prepare.leverage)),

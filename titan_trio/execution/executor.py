@@ -81,8 +81,12 @@ class Executor:
         """Until the order is finished (the shadow state updates it) or the time is up."""
         step = self.cfg.chase_interval_ms / 1000
         with trio.move_on_after(timeout_s):
-            while order.status.is_open:  # noqa: ASYNC110 - updated by the shadow sync
+            while order.status.is_open:
                 await trio.sleep(step)
+                refusal = self.placer.gate(OrderPurpose.ENTRY)
+                if refusal is not None:  # paused or halted: a resting entry adds no more
+                    log.info("%s no longer rests: %s", order.client_order_id, refusal)
+                    return
 
     async def _chase(self, order: Order, plan: EntryPlan) -> None:
         step = self.cfg.chase_interval_ms / 1000

@@ -17,7 +17,9 @@ cannot be committed either, everything from strategies stops (HALTED).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from ipc.protocol import Reason
 from titan_trio.brokers.base import Broker
@@ -52,6 +54,26 @@ class OrderPlacer:
         # (flatten, the breaker) while the order was being journaled.
         self.gate = gate
         self.storage_failed = storage_failed
+        self._closing: Counter[str] = Counter()  # symbols a CLOSE is working on
+
+    @contextmanager
+    def closing(self, symbol: str) -> Iterator[None]:
+        """While a CLOSE works on ``symbol``, no entry of it is sent."""
+        self._closing[symbol] += 1
+        try:
+            yield
+        finally:
+            self._closing[symbol] -= 1
+            if not self._closing[symbol]:
+                del self._closing[symbol]
+
+    def _refusal(self, order: Order, purpose: OrderPurpose) -> tuple[Reason, str] | None:
+        refusal = self.gate(purpose)
+        if refusal is not None:
+            return Reason.TRADING_HALTED, refusal
+        if purpose is OrderPurpose.ENTRY and order.symbol in self._closing:
+            return Reason.INVALID_SIGNAL, f"a CLOSE of {order.symbol} is in progress"
+        return None
 
     async def place(
         self, order: Order, purpose: OrderPurpose, *, signal_status: str | None = None
@@ -81,12 +103,11 @@ class OrderPlacer:
                 else:
                     self.storage_failed("exits", TradingState.HALTED, str(exc))
             raise
-        refusal = self.gate(purpose)
-        if refusal is not None:  # no await between this check and the submit below
-            await self._reject(
-                order, f"TRADING_HALTED: {refusal}", signal_status, Reason.TRADING_HALTED
-            )
-            raise EntryRejected(Reason.TRADING_HALTED, refusal)
+        refused = self._refusal(order, purpose)
+        if refused is not None:  # no await between this check and the submit below
+            reason, text = refused
+            await self._reject(order, f"{reason.value}: {text}", signal_status, reason)
+            raise EntryRejected(reason, text)
         order.transition(OrderStatus.SUBMITTED, now_ms())
         request = OrderRequest(
             client_order_id=order.client_order_id,

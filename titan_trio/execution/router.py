@@ -33,9 +33,9 @@ from titan_trio.brokers.base import Broker
 from titan_trio.clock import now_ms
 from titan_trio.config import Config
 from titan_trio.domain.instruments import Instrument
-from titan_trio.domain.orders import Order, Side, market_close
+from titan_trio.domain.orders import Order, OrderStatus, Side, market_close
 from titan_trio.domain.positions import Position
-from titan_trio.errors import BrokerRejected, StoreError
+from titan_trio.errors import BrokerRejected, StoreError, TitanError
 from titan_trio.execution.entry import EntryChecks, PreparedIntent, client_order_id
 from titan_trio.execution.executor import Executor
 from titan_trio.execution.styles import EntryPlan
@@ -49,6 +49,8 @@ from titan_trio.state.shadow import ShadowState
 from titan_trio.state.store import Store
 
 log = logging.getLogger("titan.router")
+IN_FLIGHT = frozenset({OrderStatus.PENDING_SUBMIT, OrderStatus.SUBMITTED})
+IN_FLIGHT_WAIT_S = 2.0  # how long a CLOSE waits for an entry on its way to the exchange
 _encoder = msgspec.json.Encoder()
 
 
@@ -150,11 +152,16 @@ class SignalRouter:
                     self.risk.storage_failed("exits", TradingState.HALTED, str(exc))
                 elif isinstance(message, Prepare | Confirm):
                     self.risk.storage_failed("entries", TradingState.REDUCING, str(exc))
+                retry = (
+                    "PREPARE again with a new signal id"
+                    if isinstance(message, Confirm)  # its intent is gone
+                    else "retrying with the same ids is safe"
+                )
                 return _rejected(
                     message,
                     Reason.BUSY,
                     f"the database refused to record this request ({exc}); nothing was "
-                    "sent; retrying with the same ids is safe",
+                    f"sent; {retry}",
                 )
 
         return guarded
@@ -405,6 +412,12 @@ class SignalRouter:
         """Exit a position: the symbol's resting entries are cancelled first, whatever
         the position (an entry resting when the strategy decides to get out must not
         fill later), then what the exchange holds is closed reduce-only at market."""
+        # From here on no entry of this symbol is sent (the placer asks, right before
+        # each submit): one in flight behind us cannot slip past the cancels below.
+        with self.placer.closing(msg.symbol):
+            return await self._close_now(msg)
+
+    async def _close_now(self, msg: Close) -> Reply:
         started = time.perf_counter()
         rejection: tuple[Reason, str] | None = None
         refusal = self.risk.refusal(OrderPurpose.CLOSE)
@@ -431,7 +444,24 @@ class SignalRouter:
             )
         if rejection is not None:
             return _rejected(msg, *rejection)
-        cancelled = await self._cancel_entries(msg.symbol)
+        cancelled, still_resting = await self._cancel_entries(msg.symbol)
+        if still_resting:
+            text = (
+                f"could not cancel the resting entry orders of {msg.symbol} "
+                f"({'; '.join(still_resting)}); nothing was closed: retry the CLOSE with a "
+                "new signal id"
+            )
+            await self.store.call(
+                records.set_signal_status,
+                msg.signal_id,
+                "REJECTED",
+                Reason.BROKER_REJECTED.value,
+                now_ms(),
+            )
+            log.warning("CLOSE %s refused: %s", msg.signal_id, text)
+            reply = _rejected(msg, Reason.BROKER_REJECTED, text)
+            reply.cancelled_orders = cancelled or None
+            return reply
         position = await self._held(msg.symbol)
         if position is None:
             await self.store.call(
@@ -490,15 +520,35 @@ class SignalRouter:
             return rec.position
         return None
 
-    async def _cancel_entries(self, symbol: str) -> list[str]:
-        cancelled = []
-        for order in self._resting_entries(symbol):
+    async def _cancel_entries(self, symbol: str) -> tuple[list[str], list[str]]:
+        """Cancel the symbol's entry orders: the ids cancelled, and what is still resting
+        (or may be: an exchange that does not answer), each with why."""
+        entries = self._resting_entries(symbol)
+        # An entry still on its way to the exchange is waited for (bounded): cancelling
+        # it before the exchange has it would find nothing, and it would rest after.
+        with trio.move_on_after(IN_FLIGHT_WAIT_S):
+            while any(o.status in IN_FLIGHT for o in entries):  # noqa: ASYNC110
+                await trio.sleep(0.005)  # the shadow sync moves it on
+        cancelled: list[str] = []
+        still_resting: list[str] = []
+        for order in entries:
+            coid = order.client_order_id
+            if order.status is OrderStatus.REJECTED:
+                continue  # refused before it was sent
+            if order.status in IN_FLIGHT:
+                still_resting.append(f"{coid}: sent, the exchange has not answered yet")
+                continue
             try:
-                await self.broker.cancel(symbol, order.client_order_id)
-                cancelled.append(order.client_order_id)
+                await self.broker.cancel(symbol, coid)
+                cancelled.append(coid)
             except BrokerRejected as exc:
-                log.info("cancel of %s before CLOSE: %s", order.client_order_id, exc)
-        return cancelled
+                if exc.reason in ("ORDER_NOT_OPEN", "ORDER_NOT_FOUND"):
+                    log.info("cancel of %s before CLOSE: %s", coid, exc)
+                else:
+                    still_resting.append(f"{coid}: {exc}")
+            except TitanError as exc:
+                still_resting.append(f"{coid}: {exc}")
+        return cancelled, still_resting
 
     # ----- helpers ---------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ log = logging.getLogger("titan.risk")
 STATE_KEY = "risk.state"
 LEGACY_TRACKER_KEY = "equity.tracker"  # where peak and day start lived before
 STORAGE_PROBE_S = 2.0
+SAVE_DEADLINE_S = 1.0  # what an operator's flatten waits for its record before it acts
 
 
 class RiskController:
@@ -85,6 +86,7 @@ class RiskController:
         self.storage_faults: dict[str, tuple[TradingState, str]] = {}
         self.unsaved = False  # the record in memory is ahead of the database
         self._probing = False
+        self._fault_generation = 0
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -164,9 +166,10 @@ class RiskController:
     async def mark(self, equity: Decimal, ts_ms: int) -> None:
         """A new equity mark: track peak and day start (saved when they change), then
         judge the breaker on it."""
-        if self.state.mark(equity, utc_day(ts_ms)) or self.unsaved:
+        changed = self.state.mark(equity, utc_day(ts_ms))
+        await self.check()  # judged before any write: a slow database never delays a trip
+        if changed or self.unsaved:
             await self._save()
-        await self.check()
 
     async def check(self) -> None:
         """Evaluate the breaker on the latest equity mark and losing streak."""
@@ -180,21 +183,25 @@ class RiskController:
         await self.check()
 
     async def _trip(self, trip: Trip) -> None:
+        """HALTED in memory at once (every order asks the gateway), the flatten started
+        before any write (a locked database must not delay it), then the record saved: a
+        crash before that restarts with the same peak and day start, and trips again on
+        the first mark."""
         if not self.state.trip_breaker(trip, now_ms()):
             return
-        saved = await self._save()  # on disk before anything else: a crash stays tripped
         log.critical(
-            "Circuit breaker tripped: %s; trading HALTED%s%s",
+            "Circuit breaker tripped: %s; trading HALTED%s",
             trip.message,
             ", flattening all positions" if self.cfg.flatten_on_breaker else "",
-            "" if saved else " (NOT yet saved: the database refuses writes)",
         )
+        flatten = self.cfg.flatten_on_breaker and self.flatten is not None
+        if flatten and self._nursery is not None:
+            self._nursery.start_soon(self._flatten, "circuit breaker")
+        if not await self._save():
+            log.critical("Circuit breaker trip NOT yet saved: the database refuses writes")
         await self._event("CRITICAL", "breaker", trip.message)
-        if self.cfg.flatten_on_breaker and self.flatten is not None:
-            if self._nursery is not None:
-                self._nursery.start_soon(self._flatten, "circuit breaker")
-            else:
-                await self._flatten("circuit breaker")
+        if flatten and self._nursery is None:
+            await self._flatten("circuit breaker")
 
     async def _flatten(self, reason: str) -> FlattenReport:
         """Shielded, so a client that hangs up or a shutdown cannot abandon it half-way;
@@ -216,6 +223,7 @@ class RiskController:
 
     def storage_failed(self, source: str, state: TradingState, cause: str) -> None:
         """``source``'s writes fail: trade no further than ``state`` until they work."""
+        self._fault_generation += 1  # a probe that started before this must not clear it
         known = self.storage_faults.get(source)
         if known is not None and known[0].severity >= state.severity:
             return
@@ -236,6 +244,7 @@ class RiskController:
         try:
             while self.storage_faults:
                 await trio.sleep(STORAGE_PROBE_S)
+                generation = self._fault_generation
                 try:
                     if self.storage_probe is not None:
                         await self.storage_probe()
@@ -244,6 +253,8 @@ class RiskController:
                     log.info("database still failing (%s); next try in %s s", exc, STORAGE_PROBE_S)
                     continue
                 self.unsaved = False
+                if generation != self._fault_generation:
+                    continue  # a new failure while probing: probe again
                 sources = ", ".join(sorted(self.storage_faults))
                 self.storage_faults.clear()
                 log.warning(
@@ -293,8 +304,11 @@ class RiskController:
         assert self.flatten is not None
         with trio.CancelScope(shield=True):
             self.state.halt(who, now_ms())
-            await self._save()
             log.warning("emergency flatten requested by %s: trading HALTED", who)
+            with trio.move_on_after(SAVE_DEADLINE_S) as saving:
+                await self._save()
+            if saving.cancelled_caught:
+                self.unsaved = True  # HALTED holds in memory; written at the next change
             return await self._flatten(f"operator {who}")
 
     def view(self) -> dict[str, Any]:

@@ -84,9 +84,10 @@ def as_store_error(exc: BaseException) -> BaseException:
     if isinstance(exc, TitanError):
         return exc
     root = root_cause(exc)
+    failing = database_failure(exc) is not None
     if isinstance(root, sqlite3.Error):
-        err = StoreError(describe(root))
+        err = StoreError(describe(root), database_failing=failing)
     else:
-        err = StoreError(f"{type(root).__name__}: {root}")
+        err = StoreError(f"{type(root).__name__}: {root}", database_failing=failing)
     err.__cause__ = exc
     return err

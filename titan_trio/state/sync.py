@@ -92,6 +92,7 @@ class ShadowSync:
         self.on_storage_failure: Callable[[str], None] = lambda cause: None
         self.unsaved: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._saving = trio.Lock()  # a flush and a save never write the same changes
+        self.bad_writes = 0  # writes dropped because they can never pass
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -116,6 +117,9 @@ class ShadowSync:
             try:
                 await self.store.call(records.run_all, writes, urgent=len(writes) <= INLINE_WRITES)
             except StoreError as exc:
+                if not exc.database_failing:
+                    writes = await self._set_aside_bad_writes(writes)
+                    continue
                 if attempt == SAVE_ATTEMPTS:
                     log.critical(
                         "shadow state NOT saved after %d attempts (%s): %d changes kept in "
@@ -135,6 +139,30 @@ class ShadowSync:
                 self.unsaved = []
                 return
 
+    async def _set_aside_bad_writes(
+        self, writes: list[tuple[Callable[..., Any], tuple[Any, ...]]]
+    ) -> list[tuple[Callable[..., Any], tuple[Any, ...]]]:
+        """One write that can never pass (its own error, not the database's) must not
+        hold every later save back: find it by trying each alone, drop it (CRITICAL: the
+        memory state has it, the database will not), keep the rest in order."""
+        kept = []
+        for write in writes:
+            try:
+                await self.store.call(records.run_all, [write])
+            except StoreError as exc:
+                if exc.database_failing:
+                    kept.append(write)  # the database itself: saved later with the rest
+                else:
+                    self.bad_writes += 1
+                    log.critical(
+                        "a shadow state change can never be saved (%s): %s%r dropped; "
+                        "reconcile with the exchange",
+                        exc,
+                        getattr(write[0], "__name__", write[0]),
+                        write[1][:1],
+                    )
+        return kept
+
     async def flush_unsaved(self) -> None:
         """Write the changes a failed save kept; raises StoreError while it still fails."""
         async with self._saving:
@@ -146,10 +174,27 @@ class ShadowSync:
         log.warning("shadow state saved again: %d kept changes written", len(writes))
 
     async def _recorded_long_ago(self, fill: Fill) -> bool:
-        """A replayed fill older than the exec ids memory holds: the database decides."""
+        """A replayed fill older than the exec ids memory holds: the database decides.
+        When the database cannot answer (after a few tries), it counts as recorded: a
+        fill that old is almost surely a replay, and applying one twice is the worse error
+        (a missed fill is fetched again by reconciliation)."""
         if not self.shadow.seen_exec_ids.needs_database_check(fill):
             return False
-        return await self.store.call(records.fill_recorded, fill.exec_id, urgent=True)
+        for attempt in range(1, SAVE_ATTEMPTS + 1):
+            try:
+                return await self.store.call(records.fill_recorded, fill.exec_id, urgent=True)
+            except StoreError as exc:
+                if attempt == SAVE_ATTEMPTS:
+                    log.critical(
+                        "fill %s (%s) not applied: the database cannot tell whether it was "
+                        "(%s); reconcile with the exchange",
+                        fill.exec_id,
+                        fill.client_order_id,
+                        exc,
+                    )
+                    return True
+                await trio.sleep(0.5 * attempt)
+        return True  # not reached
 
     async def apply(self, events: list[BrokerEvent]) -> None:
         """Apply events in order in memory, commit everything they changed in one
