@@ -36,6 +36,7 @@ from titan_trio.state.store import Store
 
 log = logging.getLogger("titan.broker.paper")
 ACCOUNT_KEY = "paper.account"
+COMMIT_DEADLINE_S = 10.0  # a save that hangs longer (a stalled disk) counts as failed
 
 
 class PaperStorageFailed(TitanError):
@@ -103,8 +104,11 @@ class PaperBroker:
         """Save and report a change the exchange already made in memory. Shielded: once
         the exchange has changed, being cancelled half-way would save it without telling
         the shadow state (a fill it never hears of). The save either lands, or the change
-        is undone and PaperStorageFailed raised."""
-        with trio.CancelScope(shield=True):
+        is undone and PaperStorageFailed raised. Bounded: a save that hangs past
+        COMMIT_DEADLINE_S counts as failed and the account is reloaded before its next
+        use (if that save lands late, its change is in the reloaded account without its
+        events: reconciliation with the broker is what settles that)."""
+        with trio.move_on_after(COMMIT_DEADLINE_S, shield=True) as bounded:
             try:
                 await self._save_and_report(*args, **kwargs)
             except records.DuplicateOrderId:
@@ -114,6 +118,10 @@ class PaperBroker:
                 self._stale = True
                 await self._refresh()
                 raise PaperStorageFailed(str(exc)) from None
+        if bounded.cancelled_caught:  # the database hangs: memory is not to be trusted
+            self.exchange.auto_canceled = []
+            self._stale = True
+            raise PaperStorageFailed(f"the save did not finish within {COMMIT_DEADLINE_S:g} s")
 
     async def _ready(self) -> None:
         """Before a request: the account as saved, or EXCHANGE_UNAVAILABLE."""

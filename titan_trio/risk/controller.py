@@ -56,7 +56,10 @@ log = logging.getLogger("titan.risk")
 STATE_KEY = "risk.state"
 LEGACY_TRACKER_KEY = "equity.tracker"  # where peak and day start lived before
 STORAGE_PROBE_S = 2.0
-SAVE_DEADLINE_S = 1.0  # what an operator's flatten waits for its record before it acts
+SAVE_DEADLINE_S = 1.0
+# The flatten bounds itself (execution.flatten.FLATTEN_DEADLINE_S); this is the outer
+# bound on the shielded wait for it, so no shutdown ever waits longer.
+FLATTEN_BOUND_S = 10.0  # what an operator's flatten waits for its record before it acts
 
 
 class RiskController:
@@ -207,7 +210,8 @@ class RiskController:
         """Shielded, so a client that hangs up or a shutdown cannot abandon it half-way;
         the flatten bounds itself with its own deadline."""
         assert self.flatten is not None
-        with trio.CancelScope(shield=True):
+        report = FlattenReport(errors=[f"flatten did not answer within {FLATTEN_BOUND_S:g} s"])
+        with trio.move_on_after(FLATTEN_BOUND_S, shield=True):
             report = await self.flatten(reason)
         self.last_flatten = report
         return report
