@@ -90,11 +90,13 @@ _TRUNCATE = _Checkpoint("TRUNCATE")
 INLINE_SHARE = 0.2  # of the trio thread's time, at most, for inline commits
 INLINE_BURST_S = 0.001
 CHECKPOINT_EVERY = 500  # commits between PASSIVE WAL checkpoints (on the store thread)
-# Past this the -wal file is checkpointed and truncated to zero. 4 MiB is SQLite's own
-# automatic checkpoint point (1000 pages of 4 KiB); a TRUNCATE of that much takes about
-# 10 ms on the store thread (measured: 40 ms for 18 MB), and a few MB is nothing to a
-# disk but bounds what the WAL can take from a full one.
-WAL_TRUNCATE_BYTES = 4 * 1024 * 1024
+# Past this the -wal file is checkpointed and truncated to zero. The PASSIVE checkpoint
+# every CHECKPOINT_EVERY commits already keeps the WAL's content short (the file is then
+# reused from its start); this bound catches the file itself growing, and is set above
+# what 500 commits of a busy signal stream write (about 20 MB at 100 signal pairs/s), so
+# a TRUNCATE, which waits for the disk, stays rare: at 4 MiB the IPC benchmark's p99
+# CONFIRM round trip tripled. A full disk truncates at once, whatever the size.
+WAL_TRUNCATE_BYTES = 64 * 1024 * 1024
 WAL_CHECK_EVERY = 8  # inline commits between looks at the WAL's size (a stat, ~3 us)
 CHECKPOINT_BUSY_S = 0.5  # how long a checkpoint waits for a writer or an old reader
 
@@ -120,6 +122,7 @@ class Store:
         inline: bool = True,
         always_inline: bool = False,
         inline_burst_s: float = INLINE_BURST_S,
+        wal_truncate_bytes: int = WAL_TRUNCATE_BYTES,
     ) -> None:
         self.path = os.path.abspath(path)
         self.synchronous = synchronous
@@ -133,7 +136,8 @@ class Store:
         self._outstanding = 0  # jobs queued or running on the store thread
         self._since_checkpoint = 0
         self.wal_path = self.path + "-wal"
-        self._truncate_at = WAL_TRUNCATE_BYTES  # raised while a reader blocks a TRUNCATE
+        self.wal_truncate_bytes = wal_truncate_bytes
+        self._truncate_at = wal_truncate_bytes  # raised while a reader blocks a TRUNCATE
         self._checkpoint_queued = False
         self._checkpoint_error: str | None = None  # logged once, not at every attempt
         self._inline_commits = 0
@@ -283,7 +287,7 @@ class Store:
             return False
         self._checkpoint_error = None
         if mode == "TRUNCATE":
-            self._truncate_at = WAL_TRUNCATE_BYTES + (self._wal_bytes() if busy else 0)
+            self._truncate_at = self.wal_truncate_bytes + (self._wal_bytes() if busy else 0)
         return busy == 0
 
     def _wal_bytes(self) -> int:
