@@ -200,7 +200,7 @@ class Metrics:
         feeds the fill-rate window (SPEC §9: take profits and stops cancelled with their
         position, and orders refused before or by the exchange, do not count)."""
         self.orders.labels(status=order.status.value).inc()
-        if not order.reduce_only and order.status is not OrderStatus.REJECTED:
+        if not order.reduce_only and order.status not in (OrderStatus.REJECTED, OrderStatus.DENIED):
             self.recent_orders.append(order.filled_qty > 0)
 
     def restore_fill_window(self, outcomes: list[bool]) -> None:

@@ -13,8 +13,10 @@ from titan_trio.domain.orders import (
     TERMINAL,
     TRANSITIONS,
     Order,
+    OrderEventKind,
     OrderStatus,
     OrderType,
+    OrderUpdate,
     Side,
 )
 from titan_trio.errors import IllegalTransition
@@ -50,7 +52,7 @@ def _ids(pairs: list[tuple[OrderStatus, OrderStatus]]) -> list[str]:
 def test_every_status_has_an_entry_and_terminal_states_are_dead_ends() -> None:
     assert set(TRANSITIONS) == set(S)
     assert {s for s, targets in TRANSITIONS.items() if not targets} == set(TERMINAL)
-    assert TERMINAL == {S.FILLED, S.CANCELED, S.REJECTED, S.EXPIRED}
+    assert TERMINAL == {S.FILLED, S.CANCELED, S.REJECTED, S.EXPIRED, S.DENIED}
     for s in S:
         assert s.is_terminal is (s in TERMINAL)
         assert s.is_open is (s not in TERMINAL)
@@ -61,6 +63,7 @@ def test_spec_transitions_are_present() -> None:
     expected_legal = [
         (S.PENDING_SUBMIT, S.SUBMITTED),
         (S.PENDING_SUBMIT, S.REJECTED),
+        (S.PENDING_SUBMIT, S.DENIED),  # refused by our own checks, never sent
         (S.SUBMITTED, S.ACCEPTED),
         (S.SUBMITTED, S.FILLED),
         (S.ACCEPTED, S.PARTIALLY_FILLED),
@@ -252,3 +255,84 @@ def test_random_transition_sequences_respect_the_table(
         assert order.history == expected_history
         if prev.is_terminal:
             assert order.status is prev
+
+
+# ----- events (Order.apply) -------------------------------------------------------------
+
+K = OrderEventKind
+
+
+def test_a_stale_accepted_after_filled_is_refused_and_changes_nothing() -> None:
+    order = make_order(S.SUBMITTED)
+    assert order.apply(OrderUpdate(K.FILLED, 5, D("1.0"), D("100")))
+    assert order.status is S.FILLED
+    before = copy.deepcopy(order)
+    assert not order.apply(OrderUpdate(K.ACCEPTED, 6, D("0"), exchange_order_id="x"))
+    assert order == before
+
+
+def test_cumulative_fills_move_status_and_never_go_back() -> None:
+    order = make_order(S.SUBMITTED)
+    assert order.apply(OrderUpdate(K.ACCEPTED, 2))
+    assert order.apply(OrderUpdate(K.FILLED, 3, D("0.4"), D("100")))
+    assert order.status is S.PARTIALLY_FILLED and order.filled_qty == D("0.4")
+    assert not order.apply(OrderUpdate(K.FILLED, 4, D("0.2"), D("100")))  # an older view
+    assert order.filled_qty == D("0.4")
+    assert order.apply(OrderUpdate(K.FILLED, 5, D("1.0"), D("100.5")))
+    assert order.status is S.FILLED
+
+
+def test_a_cancel_request_is_pending_until_the_exchange_answers() -> None:
+    order = make_order(S.ACCEPTED)
+    assert order.apply(OrderUpdate(K.CANCEL_REQUESTED, 2))
+    assert order.status is S.PENDING_CANCEL and order.status.is_open
+    assert order.apply(OrderUpdate(K.CANCEL_REFUSED, 3))  # the exchange kept it
+    assert order.status is S.ACCEPTED
+    assert order.apply(OrderUpdate(K.CANCEL_REQUESTED, 4))
+    assert order.apply(OrderUpdate(K.FILLED, 5, D("1.0"), D("100")))  # lost the race
+    assert order.status is S.FILLED
+
+
+def test_a_local_refusal_is_denied_not_rejected() -> None:
+    order = make_order()
+    assert order.apply(OrderUpdate(K.DENIED, 2, reason="trading is HALTED"))
+    assert order.status is S.DENIED and order.reject_reason == "trading is HALTED"
+    assert not make_order(S.SUBMITTED).apply(OrderUpdate(K.DENIED, 2))  # it was sent
+
+
+def test_a_snapshot_stands_for_the_event_of_its_status() -> None:
+    for status, kind in (
+        (S.SUBMITTED, K.SUBMITTED),
+        (S.ACCEPTED, K.ACCEPTED),
+        (S.PARTIALLY_FILLED, K.FILLED),
+        (S.FILLED, K.FILLED),
+        (S.PENDING_CANCEL, K.CANCEL_REQUESTED),
+        (S.CANCELED, K.CANCELED),
+        (S.REJECTED, K.REJECTED),
+        (S.EXPIRED, K.EXPIRED),
+        (S.DENIED, K.DENIED),
+    ):
+        assert OrderUpdate.from_snapshot(make_order(status)).kind is kind
+
+
+updates = st.builds(
+    OrderUpdate,
+    kind=st.sampled_from(list(K)),
+    ts_ms=st.integers(0, 10),
+    filled_qty=st.one_of(st.none(), st.sampled_from([D(0), D("0.3"), D("0.6"), D("1.0")])),
+)
+
+
+@given(st.lists(updates, max_size=12))
+def test_no_event_sequence_reopens_a_final_order_or_takes_fills_back(
+    sequence: list[OrderUpdate],
+) -> None:
+    order = make_order()
+    for update in sequence:
+        before = (order.status, order.filled_qty)
+        applied = order.apply(update)
+        if before[0].is_terminal:
+            assert not applied and (order.status, order.filled_qty) == before
+        assert order.filled_qty >= before[1]
+        if order.status is not before[0]:
+            assert order.status in TRANSITIONS[before[0]]

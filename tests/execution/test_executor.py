@@ -236,7 +236,7 @@ async def test_no_strategy_order_is_sent_once_trading_halted(tmp_path: Path) -> 
         with pytest.raises(EntryRejected) as info:
             await placer.place(order, OrderPurpose.ENTRY)
         assert info.value.reason.value == "TRADING_HALTED"
-        assert order.status is OrderStatus.REJECTED
+        assert order.status is OrderStatus.DENIED  # refused by our own checks
         assert order.client_order_id not in r.broker.exchange.orders  # never sent
         assert not r.shadow.orders
 
@@ -326,3 +326,33 @@ async def test_a_take_profit_that_cannot_be_placed_leaves_the_stop_and_the_servi
             while len(caplog.records) < 2:  # noqa: ASYNC110
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_cancel_is_pending_until_answered_and_undone_when_refused(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path) as r:
+        placer = r.executor.placer
+        order, _plan = entry(Style.MAKER, "94990.0")
+        await placer.place(order, OrderPurpose.ENTRY)
+        with trio.fail_after(1):
+            while order.status is not OrderStatus.ACCEPTED:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        cancel = r.broker.cancel
+        seen: list[OrderStatus] = []
+
+        async def refused(symbol: str, coid: str) -> Order:
+            seen.append(order.status)
+            raise BrokerRejected("EXCHANGE_UNAVAILABLE", "try later")
+
+        r.broker.cancel = refused  # type: ignore[method-assign]
+        with pytest.raises(BrokerRejected):
+            await placer.cancel("BTCUSDT", order.client_order_id)
+        assert seen == [OrderStatus.PENDING_CANCEL]  # while the request was out
+        assert order.status is OrderStatus.ACCEPTED  # the exchange kept it
+        r.broker.cancel = cancel  # type: ignore[method-assign]
+        await placer.cancel("BTCUSDT", order.client_order_id)
+        with trio.fail_after(1):
+            while order.status is not OrderStatus.CANCELED:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        assert order.history[-2:] == [OrderStatus.ACCEPTED, OrderStatus.PENDING_CANCEL]

@@ -3,17 +3,20 @@ database, across a restart too."""
 
 from __future__ import annotations
 
+import copy
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 import trio
 
 from tests.state.test_shadow import fill, open_order
 from titan_trio.brokers.base import BrokerEvent, FillEvent, OrderEvent
 from titan_trio.clock import now_ms
-from titan_trio.domain.orders import Side
+from titan_trio.domain.orders import OrderStatus, Side
 from titan_trio.state import records
 from titan_trio.state.shadow import RecentExecIds, ShadowState
 from titan_trio.state.store import Store
@@ -102,3 +105,26 @@ async def test_a_write_that_can_never_pass_is_set_aside_and_later_saves_go_on(
         assert failures == []  # the database works: trading is not narrowed
         saved = await store.call(records.load_positions)
         assert [r.position.size for r in saved] == [D("0.1")]
+
+
+async def test_a_stale_accepted_after_filled_does_not_reopen_the_order(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shadow = ShadowState(D("10000"))
+    async with synced(tmp_path / "t.db", shadow) as (store, sync):
+        accepted = open_order("c1", Side.BUY, "sig-1")
+        stale = copy.copy(accepted)  # the broker's ACCEPTED view, delivered late
+        await sync.apply([OrderEvent(accepted)])
+        filled = copy.copy(accepted)
+        filled.status, filled.filled_qty, filled.avg_fill_price = (
+            OrderStatus.FILLED,
+            D("100"),
+            D("30000"),
+        )
+        await sync.apply([OrderEvent(filled)])
+        assert "c1" not in shadow.orders
+        with caplog.at_level(logging.WARNING, logger="titan.state"):
+            await sync.apply([OrderEvent(stale)])  # late, from before the fill
+        assert "c1" not in shadow.orders  # still finished, not re-opened
+        assert any("stale" in r.getMessage() for r in caplog.records)
+        assert await store.call(records.load_open_orders) == []

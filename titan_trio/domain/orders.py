@@ -1,8 +1,15 @@
 """Orders and their state machine (SPEC §6).
 
+An order changes state only by applying an event (``OrderUpdate``: submitted, accepted,
+filled, cancel requested or refused, cancelled, rejected, expired, denied) through the
+transition table. ``Order.apply`` refuses an event the table does not allow (a stale
+ACCEPTED after FILLED) and returns False: the caller logs it and ignores it, so no event
+ever re-opens a finished order, and the filled quantity never goes back. Our own code's
+steps (``transition``) raise IllegalTransition instead: for them it is a bug.
+
 An order is REJECTED only when the exchange's answer proves it was not accepted; anything
-ambiguous leaves it in flight. Illegal transitions raise IllegalTransition instead of
-silently corrupting the record.
+ambiguous leaves it in flight. An order our own checks refused before it was sent is
+DENIED, never REJECTED.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ class OrderStatus(enum.StrEnum):
     CANCELED = "CANCELED"
     REJECTED = "REJECTED"
     EXPIRED = "EXPIRED"
+    DENIED = "DENIED"  # refused by our own checks before it was sent
 
     @property
     def is_terminal(self) -> bool:
@@ -59,9 +67,9 @@ class OrderStatus(enum.StrEnum):
 
 
 S = OrderStatus
-TERMINAL = frozenset({S.FILLED, S.CANCELED, S.REJECTED, S.EXPIRED})
+TERMINAL = frozenset({S.FILLED, S.CANCELED, S.REJECTED, S.EXPIRED, S.DENIED})
 TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
-    S.PENDING_SUBMIT: frozenset({S.SUBMITTED, S.REJECTED}),
+    S.PENDING_SUBMIT: frozenset({S.SUBMITTED, S.REJECTED, S.DENIED}),
     S.SUBMITTED: frozenset(
         {
             S.ACCEPTED,
@@ -78,12 +86,77 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
         {S.PARTIALLY_FILLED, S.FILLED, S.PENDING_CANCEL, S.CANCELED, S.EXPIRED}
     ),
     # A cancel can lose the race against a fill, or be refused (back to ACCEPTED).
-    S.PENDING_CANCEL: frozenset({S.CANCELED, S.PARTIALLY_FILLED, S.FILLED, S.ACCEPTED, S.EXPIRED}),
+    S.PENDING_CANCEL: frozenset(
+        {S.CANCELED, S.PARTIALLY_FILLED, S.FILLED, S.ACCEPTED, S.SUBMITTED, S.EXPIRED}
+    ),
     S.FILLED: frozenset(),
     S.CANCELED: frozenset(),
     S.REJECTED: frozenset(),
     S.EXPIRED: frozenset(),
+    S.DENIED: frozenset(),
 }
+
+
+class OrderEventKind(enum.StrEnum):
+    SUBMITTED = "submitted"
+    ACCEPTED = "accepted"
+    FILLED = "filled"  # partly or wholly: the cumulative filled quantity says which
+    CANCEL_REQUESTED = "cancel_requested"
+    CANCEL_REFUSED = "cancel_refused"  # the exchange kept it: back to what it was
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    DENIED = "denied"
+
+
+_FINAL_KIND = {
+    OrderEventKind.CANCELED: S.CANCELED,
+    OrderEventKind.REJECTED: S.REJECTED,
+    OrderEventKind.EXPIRED: S.EXPIRED,
+    OrderEventKind.DENIED: S.DENIED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUpdate:
+    """One event about an order, from the broker's answer, its stream, reconciliation or
+    our own steps. ``filled_qty`` is cumulative (what the exchange reports), so an event
+    seen twice, or late, never adds a fill twice; fills themselves are de-duplicated by
+    execution id elsewhere."""
+
+    kind: OrderEventKind
+    ts_ms: int = 0
+    filled_qty: Decimal | None = None
+    avg_fill_price: Decimal | None = None
+    exchange_order_id: str | None = None
+    reason: str | None = None
+    qty: Decimal | None = None  # amended
+    price: Decimal | None = None  # amended
+
+    @classmethod
+    def from_snapshot(cls, order: Order) -> OrderUpdate:
+        """The event a broker's view of an order stands for."""
+        status = order.status
+        if status in (S.PARTIALLY_FILLED, S.FILLED):
+            kind = OrderEventKind.FILLED
+        elif status is S.PENDING_CANCEL:
+            kind = OrderEventKind.CANCEL_REQUESTED
+        elif status in (S.PENDING_SUBMIT, S.SUBMITTED):
+            kind = OrderEventKind.SUBMITTED
+        elif status is S.ACCEPTED:
+            kind = OrderEventKind.ACCEPTED
+        else:
+            kind = {v: k for k, v in _FINAL_KIND.items()}[status]
+        return cls(
+            kind,
+            order.updated_ms,
+            order.filled_qty,
+            order.avg_fill_price,
+            order.exchange_order_id,
+            order.reject_reason,
+            order.qty,
+            order.price,
+        )
 
 
 @dataclass(slots=True)
@@ -116,17 +189,62 @@ class Order:
     def remaining_qty(self) -> Decimal:
         return self.qty - self.filled_qty
 
-    def update_from(self, other: Order) -> None:
-        """Take the exchange's view of this order (status, fills, ids), keeping what only
-        we know (signal, stop and targets)."""
-        self.status = other.status
-        self.filled_qty = other.filled_qty
-        self.avg_fill_price = other.avg_fill_price
-        self.exchange_order_id = other.exchange_order_id or self.exchange_order_id
-        self.reject_reason = other.reject_reason or self.reject_reason
-        self.qty = other.qty
-        self.price = other.price
-        self.updated_ms = other.updated_ms or self.updated_ms
+    def target_of(self, update: OrderUpdate) -> OrderStatus:
+        """The status ``update`` asks for, from this order's status."""
+        kind = update.kind
+        if kind is OrderEventKind.SUBMITTED:
+            return S.SUBMITTED
+        if kind is OrderEventKind.ACCEPTED:
+            # an acceptance that already carries fills is a fill
+            filled = update.filled_qty if update.filled_qty is not None else self.filled_qty
+            return S.ACCEPTED if filled <= 0 else self._filled_status(filled, update.qty)
+        if kind is OrderEventKind.FILLED:
+            filled = update.filled_qty if update.filled_qty is not None else self.filled_qty
+            return self._filled_status(filled, update.qty)
+        if kind is OrderEventKind.CANCEL_REQUESTED:
+            return S.PENDING_CANCEL
+        if kind is OrderEventKind.CANCEL_REFUSED:
+            if self.status is not S.PENDING_CANCEL:
+                return self.status
+            before = self.history[-1] if self.history else S.ACCEPTED
+            return S.PARTIALLY_FILLED if self.filled_qty > 0 else before
+        return _FINAL_KIND[kind]
+
+    def _filled_status(self, filled: Decimal, qty: Decimal | None) -> OrderStatus:
+        total = qty if qty is not None else self.qty
+        if filled <= 0:
+            return self.status if self.status is not S.SUBMITTED else S.ACCEPTED
+        return S.FILLED if filled >= total else S.PARTIALLY_FILLED
+
+    def apply(self, update: OrderUpdate) -> bool:
+        """Apply one event through the transition table; False (nothing changed) when
+        the table refuses it. Repeating the current state is allowed (more fills, an
+        amend) but a final order never changes again, and the filled quantity never
+        goes back."""
+        new = self.target_of(update)
+        if new is not self.status and new not in TRANSITIONS[self.status]:
+            return False
+        if self.status.is_terminal:
+            return False  # even the same final status: nothing may change on it
+        if update.filled_qty is not None and update.filled_qty < self.filled_qty:
+            return False  # an older view than we have
+        if new is not self.status:
+            self.history.append(self.status)
+            self.status = new
+        if update.filled_qty is not None:
+            self.filled_qty = update.filled_qty
+        if update.avg_fill_price is not None:
+            self.avg_fill_price = update.avg_fill_price
+        self.exchange_order_id = update.exchange_order_id or self.exchange_order_id
+        if update.reason and new in (S.REJECTED, S.DENIED, S.EXPIRED):
+            self.reject_reason = update.reason
+        if update.qty is not None:
+            self.qty = update.qty
+        if update.price is not None:
+            self.price = update.price
+        if update.ts_ms:
+            self.updated_ms = update.ts_ms
+        return True
 
     def transition(self, new: OrderStatus, now_ms: int = 0) -> None:
         if new not in TRANSITIONS[self.status]:

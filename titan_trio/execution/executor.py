@@ -127,7 +127,7 @@ class Executor:
 
     async def _cancel_rest(self, order: Order, plan: EntryPlan) -> None:
         try:
-            ack = await self.broker.cancel(order.symbol, order.client_order_id)
+            ack = await self.placer.cancel(order.symbol, order.client_order_id)
         except BrokerRejected as exc:
             if exc.reason not in ("ORDER_NOT_OPEN", "ORDER_NOT_FOUND"):
                 log.warning("cancel of %s failed: %s", order.client_order_id, exc)

@@ -99,7 +99,7 @@ class Flattener:
                 targets.setdefault(order.client_order_id, order.symbol)
         for coid, symbol in targets.items():
             try:
-                await self.broker.cancel(symbol, coid)
+                await self.placer.cancel(symbol, coid)
                 report.cancelled_orders.append(coid)
             except BrokerRejected as exc:
                 if exc.reason not in ("ORDER_NOT_OPEN", "ORDER_NOT_FOUND"):

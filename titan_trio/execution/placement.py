@@ -24,7 +24,13 @@ from contextlib import contextmanager
 from ipc.protocol import Reason
 from titan_trio.brokers.base import Broker
 from titan_trio.clock import now_ms
-from titan_trio.domain.orders import Order, OrderRequest, OrderStatus
+from titan_trio.domain.orders import (
+    Order,
+    OrderEventKind,
+    OrderRequest,
+    OrderStatus,
+    OrderUpdate,
+)
 from titan_trio.errors import BrokerRejected, StoreError
 from titan_trio.metrics import Metrics
 from titan_trio.risk.breaker import OrderPurpose, TradingState
@@ -34,6 +40,8 @@ from titan_trio.state.shadow import ShadowState
 from titan_trio.state.store import Store
 
 log = logging.getLogger("titan.orders")
+# A cancel refused with these: the order is already finished at the exchange.
+FINISHED_ANSWERS = frozenset({"ORDER_NOT_OPEN", "ORDER_NOT_FOUND"})
 
 
 class OrderPlacer:
@@ -106,7 +114,9 @@ class OrderPlacer:
         refused = self._refusal(order, purpose)
         if refused is not None:  # no await between this check and the submit below
             reason, text = refused
-            await self._reject(order, f"{reason.value}: {text}", signal_status, reason)
+            await self._reject(
+                order, f"{reason.value}: {text}", signal_status, reason, OrderStatus.DENIED
+            )
             raise EntryRejected(reason, text)
         order.transition(OrderStatus.SUBMITTED, now_ms())
         request = OrderRequest(
@@ -149,13 +159,35 @@ class OrderPlacer:
         )
         return ack
 
+    async def cancel(self, symbol: str, client_order_id: str) -> Order:
+        """Ask the broker to cancel an order; the broker's view is returned. The order,
+        when we track it, is PENDING_CANCEL until the exchange's answer or event settles
+        it, and goes back to what it was when the exchange refuses (BrokerRejected other
+        than "not open" / "not found"); an answer that never comes leaves it pending, for
+        reconciliation to settle."""
+        ours = self.shadow.orders.get(client_order_id)
+        if ours is not None:
+            ours.apply(OrderUpdate(OrderEventKind.CANCEL_REQUESTED, now_ms()))
+        try:
+            return await self.broker.cancel(symbol, client_order_id)
+        except BrokerRejected as exc:
+            if ours is not None and exc.reason not in FINISHED_ANSWERS:
+                ours.apply(OrderUpdate(OrderEventKind.CANCEL_REFUSED, now_ms()))
+            raise
+
     async def _reject(
-        self, order: Order, why: str, signal_status: str | None, reason: Reason
+        self,
+        order: Order,
+        why: str,
+        signal_status: str | None,
+        reason: Reason,
+        status: OrderStatus = OrderStatus.REJECTED,
     ) -> None:
-        """Record that ``order`` was refused: it holds no exposure, and its signal (when
-        the order carried one) is REJECTED in the same commit."""
+        """Record that ``order`` was refused (REJECTED by the exchange, DENIED by our own
+        checks before it was sent): it holds no exposure, and its signal (when the order
+        carried one) is REJECTED in the same commit."""
         order.reject_reason = why
-        order.transition(OrderStatus.REJECTED, now_ms())
+        order.transition(status, now_ms())
         self.shadow.apply_order(order)
         if order.signal_id is not None and signal_status is not None:
             await self.store.call(

@@ -539,7 +539,7 @@ class SignalRouter:
                 still_resting.append(f"{coid}: sent, the exchange has not answered yet")
                 continue
             try:
-                await self.broker.cancel(symbol, coid)
+                await self.placer.cancel(symbol, coid)
                 cancelled.append(coid)
             except BrokerRejected as exc:
                 if exc.reason in ("ORDER_NOT_OPEN", "ORDER_NOT_FOUND"):

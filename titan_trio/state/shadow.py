@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from titan_trio.domain.orders import Fill, Order, Side
+from titan_trio.domain.orders import Fill, Order, OrderUpdate, Side
 from titan_trio.domain.positions import Position
 from titan_trio.domain.quotes import PriceBook
 
@@ -126,6 +126,7 @@ class ShadowState:
         self.unsettled: dict[str, Order] = {}
         self.applied_qty: dict[str, Decimal] = {}  # fill quantity applied, per tracked order
         self.seen_exec_ids = RecentExecIds()
+        self.refused_updates = 0  # order events the transition table refused
 
     # ----- reads -----------------------------------------------------------------------
 
@@ -170,8 +171,10 @@ class ShadowState:
         self.applied_qty.setdefault(order.client_order_id, ZERO)
 
     def apply_order(self, order: Order) -> Order:
-        """Merge the broker's view of an order into ours and return the merged order;
-        open orders are kept, finished ones drop out of the open set."""
+        """Apply the broker's view of an order to ours, as an event through the
+        transition table, and return ours; open orders are kept, finished ones drop out
+        of the open set. An event the table refuses changes nothing (counted in
+        ``refused_updates`` unless it merely repeats a final status)."""
         coid = order.client_order_id
         ours = self.orders.get(coid) or self.unsettled.get(coid)
         if ours is None:
@@ -179,8 +182,12 @@ class ShadowState:
             # restart; its fills follow, so follow it like our own.
             ours = order
             self.applied_qty.setdefault(coid, ZERO)
-        else:
-            ours.update_from(order)
+        elif ours is not order:  # (our own object: its step is already taken)
+            update = OrderUpdate.from_snapshot(order)
+            if not ours.apply(update):
+                # Refused by the transition table (a stale event): ignored.
+                if ours.target_of(update) is not ours.status or not ours.status.is_terminal:
+                    self.refused_updates += 1
         if ours.status.is_open:
             self.orders[coid] = ours
             return ours

@@ -205,7 +205,16 @@ class ShadowSync:
         for event in events:
             if isinstance(event, OrderEvent):
                 was_open = event.order.client_order_id in self.shadow.orders
+                refused = self.shadow.refused_updates
                 merged = self.shadow.apply_order(event.order)
+                if self.shadow.refused_updates != refused:
+                    log.warning(
+                        "order %s: %s event ignored, the order is %s (a stale event)",
+                        merged.client_order_id,
+                        event.order.status,
+                        merged.status,
+                    )
+                    continue
                 writes.append((records.save_order, (merged,)))
                 if was_open and merged.status.is_terminal:
                     finished.append(merged)
