@@ -129,3 +129,31 @@ async def test_a_failing_equity_snapshot_is_retried_and_never_stops_the_service(
         writes.failing = False
         assert await engine.equity_monitor.snapshot() is True
         await open_long(engine, "snap-1")  # the service carries on
+
+
+async def test_a_position_left_without_its_stop_and_targets_gets_them_back_at_start(
+    risk_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = risk_config()
+    async with service(cfg) as engine:
+        await open_long(engine, "prot-1")
+        assert engine.broker is not None
+        stops = engine.broker.exchange.stop_losses
+        stop = await eventually(lambda: stops.get("BTCUSDT"))
+        await eventually(lambda: [o for o in engine.shadow.orders.values() if o.reduce_only])
+        # As if the service had stopped right after the fill: no stop, no targets.
+        for order in await engine.broker.open_orders():
+            await engine.broker.cancel("BTCUSDT", order.client_order_id)
+        await engine.broker.set_stop_loss("BTCUSDT", None)
+        await eventually(lambda: not engine.shadow.orders)
+    with caplog.at_level(logging.WARNING, logger="titan.protection"):
+        async with service(cfg) as engine:
+            assert engine.broker is not None
+            assert await engine.broker.stop_loss("BTCUSDT") == stop
+            targets = [o for o in await engine.broker.open_orders() if o.reduce_only]
+            assert (
+                sum(o.qty for o in targets) == engine.shadow.positions["BTCUSDT"].position.abs_size
+            )
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("had no stop loss" in line for line in lines)
+    assert any("had no take profits" in line for line in lines)

@@ -29,12 +29,12 @@ import trio
 from titan_trio.brokers.base import Broker
 from titan_trio.clock import now_ms
 from titan_trio.domain.instruments import Instrument
-from titan_trio.domain.orders import Order, OrderType, TimeInForce, market_close
+from titan_trio.domain.orders import Order, OrderType, Side, TimeInForce, market_close
 from titan_trio.errors import TitanError
 from titan_trio.execution.placement import OrderPlacer
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.risk.breaker import OrderPurpose
-from titan_trio.state.shadow import FillChanges
+from titan_trio.state.shadow import FillChanges, PositionRecord
 
 log = logging.getLogger("titan.protection")
 
@@ -167,27 +167,49 @@ class Protector:
             log.error("position %s is NOT protected and could not be closed: %s", symbol, exc)
 
     async def _place_targets(self, entry: Order) -> None:
-        instrument = self.instruments[entry.symbol]
-        parts = split_targets(entry.filled_qty, len(entry.take_profits), instrument)
-        targets = list(entry.take_profits)[: len(parts)]
-        if len(parts) < len(entry.take_profits):
-            targets = [entry.take_profits[-1]]  # too small to split: all at the last target
-        for n, (price, qty) in enumerate(zip(targets, parts, strict=True), start=1):
-            digest = hashlib.sha256(f"{entry.client_order_id}|tp|{n}".encode()).hexdigest()
+        await self._place_targets_for(
+            entry.symbol,
+            entry.side,
+            entry.filled_qty,
+            list(entry.take_profits),
+            entry.leverage,
+            entry.signal_id,
+            entry.client_order_id,
+        )
+
+    async def _place_targets_for(
+        self,
+        symbol: str,
+        side: Side,
+        qty: Decimal,
+        take_profits: list[Decimal],
+        leverage: Decimal,
+        signal_id: str | None,
+        seed: str,
+    ) -> None:
+        """Reduce-only limits splitting ``qty`` of a ``side`` position over its targets;
+        their ids derive from ``seed`` (the entry's id), so they are never placed twice."""
+        instrument = self.instruments[symbol]
+        parts = split_targets(qty, len(take_profits), instrument)
+        targets = take_profits[: len(parts)]
+        if len(parts) < len(take_profits):
+            targets = [take_profits[-1]]  # too small to split: all at the last target
+        for n, (price, part) in enumerate(zip(targets, parts, strict=True), start=1):
+            digest = hashlib.sha256(f"{seed}|tp|{n}".encode()).hexdigest()
             now = now_ms()
             order = Order(
                 client_order_id=f"ttt{digest[:32]}",
-                symbol=entry.symbol,
-                side=entry.side.opposite,
+                symbol=symbol,
+                side=side.opposite,
                 order_type=OrderType.LIMIT,
-                qty=qty,
+                qty=part,
                 price=instrument.floor_price(price)
-                if entry.side.sign > 0
+                if side.sign > 0
                 else instrument.ceil_price(price),
                 time_in_force=TimeInForce.GTC,
                 reduce_only=True,
-                leverage=entry.leverage,
-                signal_id=entry.signal_id,
+                leverage=leverage,
+                signal_id=signal_id,
                 created_ms=now,
                 updated_ms=now,
                 close_reason=f"take profit {n}",
@@ -196,4 +218,54 @@ class Protector:
                 await self.placer.place(order, OrderPurpose.PROTECTION)
             except TitanError as exc:
                 self.placer.metrics.protection_failures.inc()
-                log.error("take profit %d of %s refused: %s", n, entry.symbol, exc)
+                log.error("take profit %d of %s refused: %s", n, symbol, exc)
+
+    async def protect_held(self, known: dict[str, PositionRecord]) -> list[str]:
+        """At start: every position the exchange holds gets back the stop loss and take
+        profits its record asks for when the exchange has none (a stop never set because
+        the service stopped right after the fill, targets never placed). Each one placed
+        again is a WARNING; a position with no stop and none known is an ERROR and
+        counted (reconciliation decides what to do with positions we have no record of).
+        Returns what was placed again."""
+        placed: list[str] = []
+        held = {p.symbol: p for p in await self.broker.positions() if not p.is_flat}
+        resting = await self.broker.open_orders()
+        for symbol, position in sorted(held.items()):
+            side = position.side
+            if side is None or symbol not in self.instruments:
+                continue
+            rec = known.get(symbol)
+            if await self.broker.stop_loss(symbol) is None:
+                if rec is None or rec.stop_loss is None:
+                    self.placer.metrics.protection_failures.inc()
+                    log.error(
+                        "position %s has no stop loss and none is known: NOT protected", symbol
+                    )
+                else:
+                    log.warning(
+                        "position %s had no stop loss at the exchange: placing %s again",
+                        symbol,
+                        rec.stop_loss,
+                    )
+                    await self._set_stop(symbol, rec.stop_loss)
+                    placed.append(f"stop loss {symbol}")
+            targets_rest = any(
+                o.symbol == symbol and o.reduce_only and o.side is side.opposite for o in resting
+            )
+            if rec is not None and rec.take_profits and not targets_rest:
+                log.warning(
+                    "position %s had no take profits at the exchange: placing %s again",
+                    symbol,
+                    ", ".join(str(tp) for tp in rec.take_profits),
+                )
+                await self._place_targets_for(
+                    symbol,
+                    side,
+                    position.abs_size,
+                    list(rec.take_profits),
+                    position.leverage,
+                    rec.signal_id,
+                    f"{symbol}|{rec.signal_id}|restart|{now_ms()}",
+                )
+                placed.append(f"take profits {symbol}")
+        return placed
