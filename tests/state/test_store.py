@@ -759,3 +759,26 @@ async def test_full_disk_is_met_by_truncating_the_wal(
         assert await store.call(records.kv_get, "k49") == "0006" * 1000
         assert store.stats.write_failures == 0 and store.stats.last_error is None
     assert any("the WAL was truncated" in r.getMessage() for r in caplog.records)
+
+
+def damage_page(path: Path, page: int) -> None:
+    """Overwrite one 4 KiB page with garbage, as a failing disk leaves it."""
+    with open(path, "r+b") as f:
+        f.seek(4096 * page)
+        f.write(b"\xde\xad\xbe\xef" * 1024)
+
+
+async def test_a_damaged_database_stops_the_start_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    async with open_store(path) as store:
+        for k in range(200):  # a few pages of rows
+            await store.call(records.kv_set, f"k{k}", "x" * 200, k)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    damage_page(path, 2)
+    with pytest.RaisesGroup(
+        pytest.RaisesExc(StoreError, match=rf"{path}.*damaged.*titan restore --latest"),
+        flatten_subgroups=True,
+    ):
+        async with open_store(path):
+            pass

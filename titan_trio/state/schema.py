@@ -196,6 +196,27 @@ def _pragmas(
     return set_pragmas
 
 
+RESTORE_ADVICE = (
+    "stop here and restore the latest good backup (`titan restore --latest`), or move the "
+    "file aside to start an empty account; the exchange is the truth for what is held"
+)
+
+
+def check_integrity(conn: sqlite3.Connection, path: str) -> None:
+    """``PRAGMA quick_check`` at start: a damaged database stops the service before
+    anything is read from it, with what to do about it (StoreError)."""
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"database {path} is damaged ({exc}): {RESTORE_ADVICE}") from None
+    problems = [str(r[0]) for r in rows if r[0] != "ok"]
+    if problems:
+        shown = "; ".join(problems[:3]) + (
+            f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        )
+        raise StoreError(f"database {path} failed its integrity check ({shown}): {RESTORE_ADVICE}")
+
+
 def migrate(
     path: str, migrations: dict[int, Migration] | None = None, target: int = SCHEMA_VERSION
 ) -> int:
@@ -207,6 +228,7 @@ def migrate(
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open database {path}: {exc}") from None
     try:
+        check_integrity(conn, path)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         row = conn.execute("SELECT version FROM schema_version").fetchone()
