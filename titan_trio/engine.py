@@ -45,6 +45,7 @@ from titan_trio.risk.breaker import TradingState, most_restrictive
 from titan_trio.risk.controller import RiskController
 from titan_trio.state import records
 from titan_trio.state.equity_monitor import EquityMonitor
+from titan_trio.state.reconcile import settle_in_flight
 from titan_trio.state.shadow import ShadowState
 from titan_trio.state.store import Store
 from titan_trio.state.sync import ShadowSync, restore_shadow
@@ -177,6 +178,7 @@ class Engine:
         await nursery.start(self.broker.run)
         initial_capital = Decimal(repr(cfg.broker.initial_capital))
         self.shadow = shadow = await restore_shadow(self.store, await self.broker.balance())
+        await settle_in_flight(shadow, self.broker, self.store)
         self.risk = risk = RiskController(
             cfg.risk, self.store, initial_capital, lambda: shadow.equity(self.hub.book)
         )

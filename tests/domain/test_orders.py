@@ -330,9 +330,20 @@ def test_no_event_sequence_reopens_a_final_order_or_takes_fills_back(
     order = make_order()
     for update in sequence:
         before = (order.status, order.filled_qty)
+        steps = len(order.history)
         applied = order.apply(update)
-        if before[0].is_terminal:
+        if before[0].is_terminal or not applied:
             assert not applied and (order.status, order.filled_qty) == before
         assert order.filled_qty >= before[1]
-        if order.status is not before[0]:
-            assert order.status in TRANSITIONS[before[0]]
+        path = [*order.history[steps:], order.status]  # every step it took, legal
+        for a, b in zip([before[0], *path], path, strict=False):
+            assert a is b or b in TRANSITIONS[a]
+
+
+def test_an_exchange_answer_about_an_unrecorded_send_implies_it_was_sent() -> None:
+    order = make_order()  # PENDING_SUBMIT: journaled, the send not recorded
+    assert order.apply(OrderUpdate(K.ACCEPTED, 2))
+    assert order.status is S.ACCEPTED and order.history == [S.PENDING_SUBMIT, S.SUBMITTED]
+    unsent = make_order()
+    assert unsent.apply(OrderUpdate(K.EXPIRED, 2, reason="never sent"))
+    assert unsent.status is S.EXPIRED

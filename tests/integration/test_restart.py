@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from tests.helpers import eventually, service
-from tests.integration.test_risk import api, open_long, signal
+from tests.integration.test_risk import api, open_long, prepare_msg, signal
 from tests.integration.test_safety import FailingWrites
 from titan_trio.clock import now_ms
 from titan_trio.config import Config
@@ -157,3 +157,53 @@ async def test_a_position_left_without_its_stop_and_targets_gets_them_back_at_st
     lines = [r.getMessage() for r in caplog.records]
     assert any("had no stop loss" in line for line in lines)
     assert any("had no take profits" in line for line in lines)
+
+
+async def test_an_order_journaled_but_never_sent_expires_at_start_and_retries_learn_it(
+    risk_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = risk_config()
+    async with trio.open_nursery() as outer:
+        async with service(cfg) as engine:
+            assert engine.broker is not None
+
+            async def never_answers(*args: Any) -> Any:
+                await trio.sleep_forever()
+
+            engine.broker.submit = never_answers  # type: ignore[method-assign]
+            ready = await signal(engine, prepare_msg(engine, "lost-1"))
+            assert ready.status == "prepared", ready
+
+            async def confirm() -> None:
+                with contextlib.suppress(Exception):  # the service stops under it
+                    await signal(engine, {"type": "CONFIRM", "id": 2, "signal_id": "lost-1"})
+
+            outer.start_soon(confirm)
+            await eventually(lambda: engine.executor.placer.sending)
+            # ... and the service stops between the journal write and the exchange's answer
+    with caplog.at_level(logging.WARNING, logger="titan.reconcile"):
+        async with service(cfg) as engine:
+            assert not engine.shadow.orders  # settled: it no longer holds the symbol
+            again = await signal(engine, {"type": "CONFIRM", "id": 3, "signal_id": "lost-1"})
+            assert again.reason == "EXPIRED" and "never reached" in (again.message or ""), again
+            assert (await signal(engine, prepare_msg(engine, "lost-2"))).status == "prepared"
+    assert any(
+        "Reconciliation" in r.getMessage() and "never sent" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+async def test_a_repeated_confirm_and_close_tell_the_state_of_their_orders(
+    risk_config: Callable[..., Config],
+) -> None:
+    async with service(risk_config()) as engine:
+        await open_long(engine, "rep-1")
+        again = await signal(engine, {"type": "CONFIRM", "id": 2, "signal_id": "rep-1"})
+        assert (again.reason, again.order_status) == ("DUPLICATE_SIGNAL", "FILLED"), again
+        assert again.client_order_id and again.filled_qty == again.size
+        close = {"type": "CLOSE", "id": 3, "signal_id": "rep-x", "symbol": "BTCUSDT"}
+        first = await signal(engine, close)
+        assert first.status == "closed", first
+        second = await signal(engine, close)
+        assert second.reason == "DUPLICATE_SIGNAL" and second.order_status == "FILLED"
+        assert second.client_order_id == first.client_order_id

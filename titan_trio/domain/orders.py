@@ -222,12 +222,24 @@ class Order:
         amend) but a final order never changes again, and the filled quantity never
         goes back."""
         new = self.target_of(update)
-        if new is not self.status and new not in TRANSITIONS[self.status]:
+        # The exchange answers about an order still PENDING_SUBMIT: it was sent (the
+        # SUBMITTED step was lost, e.g. the service stopped between sending and
+        # recording it), so that step is implied.
+        implied = (
+            self.status is S.PENDING_SUBMIT
+            and new not in TRANSITIONS[S.PENDING_SUBMIT]
+            and new in TRANSITIONS[S.SUBMITTED]
+        )
+        start = S.SUBMITTED if implied else self.status
+        if new is not start and new not in TRANSITIONS[start]:
             return False
         if self.status.is_terminal:
             return False  # even the same final status: nothing may change on it
         if update.filled_qty is not None and update.filled_qty < self.filled_qty:
             return False  # an older view than we have
+        if implied:
+            self.history.append(self.status)
+            self.status = S.SUBMITTED
         if new is not self.status:
             self.history.append(self.status)
             self.status = new

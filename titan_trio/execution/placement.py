@@ -63,6 +63,9 @@ class OrderPlacer:
         self.gate = gate
         self.storage_failed = storage_failed
         self._closing: Counter[str] = Counter()  # symbols a CLOSE is working on
+        # Orders being placed right now: their outcome is this process's to record, so
+        # nothing else may settle them meanwhile (a repeated CONFIRM, reconciliation).
+        self.sending: set[str] = set()
 
     @contextmanager
     def closing(self, symbol: str) -> Iterator[None]:
@@ -88,6 +91,13 @@ class OrderPlacer:
     ) -> Order:
         """Send ``order``; returns the broker's view. Raises BrokerRejected (recorded),
         EntryRejected (TRADING_HALTED, recorded) or StoreError (not sent)."""
+        self.sending.add(order.client_order_id)
+        try:
+            return await self._place(order, purpose, signal_status)
+        finally:
+            self.sending.discard(order.client_order_id)
+
+    async def _place(self, order: Order, purpose: OrderPurpose, signal_status: str | None) -> Order:
         self.shadow.track(order)
         try:
             if signal_status is not None and order.signal_id is not None:

@@ -45,6 +45,7 @@ from titan_trio.risk.breaker import OrderPurpose, TradingState
 from titan_trio.risk.controller import RiskController
 from titan_trio.risk.sizing import EntryRejected
 from titan_trio.state import records
+from titan_trio.state.reconcile import settle_in_flight
 from titan_trio.state.shadow import ShadowState
 from titan_trio.state.store import Store
 
@@ -285,6 +286,9 @@ class SignalRouter:
                 msg, Reason.EXPIRED, f"signal {msg.signal_id} expired before it was confirmed"
             )
         if status == "CONFIRMED":
+            repeat = await self._repeat_answer(msg, msg.signal_id)
+            if repeat is not None:
+                return repeat
             return _rejected(
                 msg, Reason.DUPLICATE_SIGNAL, f"signal {msg.signal_id} was already confirmed"
             )
@@ -357,6 +361,47 @@ class SignalRouter:
             size=str(ack.qty),
             execution=None if plan is None else plan.style.value,
         )
+
+    async def _repeat_answer(self, msg: Confirm | Close, signal_id: str) -> Reply | None:
+        """A repeated CONFIRM or CLOSE (a strategy retrying after a lost reply) learns
+        what its order is now: DUPLICATE_SIGNAL with the order's id and current state
+        (status, filled quantity, average price); or EXPIRED when the order was journaled
+        but never reached the exchange (it is not sent again). None when the signal placed
+        no order."""
+        stored = await self.store.call(records.signal_order, signal_id)
+        if stored is None:
+            return None
+        coid = stored.client_order_id
+        if coid in self.placer.sending:
+            return _rejected(
+                msg,
+                Reason.DUPLICATE_SIGNAL,
+                f"signal {signal_id}'s order {coid} is being sent right now; ask again",
+            )
+        order = self.shadow.orders.get(coid) or self.shadow.unsettled.get(coid) or stored
+        if order.status in (OrderStatus.PENDING_SUBMIT, OrderStatus.SUBMITTED):
+            await settle_in_flight(self.shadow, self.broker, self.store, [order])
+        kind = "CONFIRM" if isinstance(msg, Confirm) else "CLOSE"
+        if order.status is OrderStatus.EXPIRED and order.filled_qty == 0:
+            return _rejected(
+                msg,
+                Reason.EXPIRED,
+                f"repeated {kind}: the order of signal {signal_id} ({coid}) never reached "
+                "the exchange and is EXPIRED; it is not sent again: send a new signal",
+            )
+        reply = _rejected(
+            msg,
+            Reason.DUPLICATE_SIGNAL,
+            f"repeated {kind}: signal {signal_id} already placed order {coid}, which is "
+            f"{order.status.value} now (filled {order.filled_qty} of {order.qty})",
+        )
+        reply.symbol = order.symbol
+        reply.client_order_id = coid
+        reply.order_status = order.status.value
+        reply.filled_qty = str(order.filled_qty)
+        reply.avg_price = None if order.avg_fill_price is None else str(order.avg_fill_price)
+        reply.size = str(order.qty)
+        return reply
 
     # ----- ABORT -----------------------------------------------------------------------
 
@@ -439,6 +484,9 @@ class SignalRouter:
             now_ms(),
         )
         if not fresh:
+            repeat = await self._repeat_answer(msg, msg.signal_id)
+            if repeat is not None:
+                return repeat
             return _rejected(
                 msg, Reason.DUPLICATE_SIGNAL, f"signal {msg.signal_id} was already used"
             )

@@ -159,6 +159,15 @@ def signal_status(e: Entities, signal_id: str) -> tuple[str, str | None] | None:
     return None if row is None else (row.status, row.reason)
 
 
+def signal_order(e: Entities, signal_id: str) -> Order | None:
+    """The order a signal placed (CONFIRM's entry, CLOSE's exit), as last saved."""
+    row = e.Signal.get(signal_id=signal_id)
+    if row is None or not row.client_order_id:
+        return None
+    order = e.Order.get(client_order_id=row.client_order_id)
+    return None if order is None else _order_from_row(order)
+
+
 @plain_sql_function
 def set_signal_status(
     e: Entities,
