@@ -129,8 +129,14 @@ class IpcListener:
         self.connections = 0
         self.pending = 0
         self.listening = False
+        self.admitting = True  # False once the service is stopping: nothing new starts
         self._inode: int | None = None
         self._jobs: trio.Nursery | None = None
+
+    def stop_admitting(self) -> None:
+        """From now on every request is answered BUSY ("stopping") without being run; the
+        ones already admitted finish and are answered."""
+        self.admitting = False
 
     # ----- socket file -----------------------------------------------------------------
 
@@ -265,6 +271,17 @@ class IpcListener:
             )
             return slot
         slot.message_type = type(decoded).__name__.upper()
+        if not self.admitting:
+            slot.finish(
+                rejected(
+                    decoded.id,
+                    Reason.BUSY,
+                    "the service is stopping: nothing was done; retry with the same ids once "
+                    "it is back",
+                    getattr(decoded, "signal_id", None),
+                )
+            )
+            return slot
         if self.pending >= self.max_pending:
             slot.finish(
                 rejected(

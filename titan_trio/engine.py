@@ -54,6 +54,8 @@ log = logging.getLogger("titan.engine")
 
 # A feed is stale when it has been silent this long (and at least 10 publish intervals).
 FEED_STALE_S = 5.0
+# A clean stop lets the requests already admitted finish for at most this long.
+DRAIN_S = 5.0
 STOP_RECORD_S = 1.0  # the stop record's bound: shutdown never waits longer on the disk
 
 
@@ -113,6 +115,7 @@ class Engine:
         self.hub = MarketHub()
         self.metrics = Metrics(lambda: self)
         self.feeds: list[Any] = []
+        self._feeds_scope: trio.CancelScope | None = None
         self.broker: PaperBroker | None = None
         # Built during start-up from the restored state, in dependency order.
         self.shadow: ShadowState
@@ -166,10 +169,7 @@ class Engine:
                 raise StartupError(
                     f"feed {name!r} is not available in this version; use 'simulated'"
                 )
-            feed = SimulatedFeed(self.hub, self.instruments, cfg.symbols, cfg.simulation)
-            await nursery.start(feed.run)
-            self.feeds.append(feed)
-            log.info("market feed started: %s (%s)", name, ", ".join(cfg.symbols))
+        self._feeds_scope = await nursery.start(self._run_feeds)
         if cfg.broker.name != "paper":
             raise StartupError(
                 f"broker {cfg.broker.name!r} is not available in this version; use 'paper'"
@@ -202,7 +202,7 @@ class Engine:
         )
         sync.on_trade = risk.on_trade
         sync.order_finished_listeners.append(self.metrics.order_finished)
-        protector = Protector(self.broker, placer, self.instruments, self.hub)
+        self.protector = protector = Protector(self.broker, placer, self.instruments, self.hub)
         await nursery.start(protector.run)
         sync.fill_listeners.append(protector.notice_fill)
         sync.order_finished_listeners.append(protector.notice_order_finished)
@@ -260,9 +260,57 @@ class Engine:
             self.api_url,
         )
 
+    async def _run_feeds(
+        self, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The market feeds, in a scope of their own: a clean stop ends them first, so
+        no new price moves the (paper) account while the rest finishes."""
+        cfg = self.cfg
+        async with trio.open_nursery() as feeds:
+            for name in cfg.feeds:
+                feed = SimulatedFeed(self.hub, self.instruments, cfg.symbols, cfg.simulation)
+                await feeds.start(feed.run)
+                self.feeds.append(feed)
+                log.info("market feed started: %s (%s)", name, ", ".join(cfg.symbols))
+            task_status.started(feeds.cancel_scope)
+            await trio.sleep_forever()
+
     async def _journal(self, level: str, kind: str, message: str) -> None:
         """A line in the system_events table: the service's own history on disk."""
         await self.store.call(records.add_event, now_ms(), level, kind, message)
+
+    async def drain(self, limit_s: float = DRAIN_S) -> bool:
+        """The first part of a clean stop: admit nothing new, let the requests already
+        admitted finish (their orders sent, their replies written) and the broker's
+        events be committed, at most ``limit_s``. False (logged) when time ran out."""
+        if self.ipc is not None:
+            self.ipc.stop_admitting()
+        if hasattr(self, "executor"):
+            self.executor.stop_following()  # resting entries are the next start's
+        with trio.move_on_after(limit_s):
+            while not self._drained():  # noqa: ASYNC110 - work finishing in other tasks
+                await trio.sleep(0.01)
+            if self._feeds_scope is not None:
+                self._feeds_scope.cancel()  # no new prices: nothing more fills or marks
+            while not self._drained():  # noqa: ASYNC110 - the last events committed
+                await trio.sleep(0.01)
+            return True
+        log.warning(
+            "stopping with work unfinished after %g s: %d requests in progress, %d orders "
+            "being sent; the next start settles them",
+            limit_s,
+            0 if self.ipc is None else self.ipc.pending,
+            len(self.executor.placer.sending) if hasattr(self, "executor") else 0,
+        )
+        return False
+
+    def _drained(self) -> bool:
+        pending = 0 if self.ipc is None else self.ipc.pending
+        sending = self.executor.placer.sending if hasattr(self, "executor") else set()
+        sent = 0 if self.broker is None else self.broker.events_sent
+        synced = self.sync.idle(sent) if hasattr(self, "sync") else True
+        protecting = self.protector.active if hasattr(self, "protector") else 0
+        return not pending and not sending and synced and not protecting
 
     # ----- health ----------------------------------------------------------------------
 
@@ -353,14 +401,26 @@ def _money(value: Decimal) -> str:
 
 
 async def run_service(cfg: Config) -> None:
-    """Run until SIGINT or SIGTERM, then shut down cleanly."""
+    """Run until SIGINT or SIGTERM, then shut down cleanly: first drain (nothing new is
+    admitted; what was admitted finishes, is answered and committed; at most DRAIN_S),
+    then cancel everything. A second signal stops at once."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             engine = Engine(cfg)
             await nursery.start(engine.run)
 
-            async for signum in signals:
-                log.info("received %s: shutting down", signal.Signals(signum).name)
+            async def drain_then_stop() -> None:
+                await engine.drain()
                 nursery.cancel_scope.cancel()
-                break
+
+            stopping = False
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if stopping:
+                    log.warning("received %s again: stopping now", name)
+                    nursery.cancel_scope.cancel()
+                    break
+                stopping = True
+                log.info("received %s: shutting down", name)
+                nursery.start_soon(drain_then_stop)
     log.info("stopped cleanly")

@@ -347,3 +347,10 @@ def test_an_exchange_answer_about_an_unrecorded_send_implies_it_was_sent() -> No
     unsent = make_order()
     assert unsent.apply(OrderUpdate(K.EXPIRED, 2, reason="never sent"))
     assert unsent.status is S.EXPIRED
+
+
+def test_a_cancel_request_for_an_order_not_yet_sent_is_refused() -> None:
+    order = make_order()  # journaled, about to be sent (or denied)
+    assert not order.apply(OrderUpdate(K.CANCEL_REQUESTED, 2))
+    assert order.status is S.PENDING_SUBMIT
+    order.transition(S.DENIED, 3)  # our own gate can still refuse it

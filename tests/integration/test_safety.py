@@ -410,3 +410,37 @@ async def test_the_paper_exchange_survives_a_database_that_refuses_reads_too(
         publish(engine, "SOLUSDT", below - Decimal("0.01"))  # next quote: reload, then match
         await eventually(lambda: "SOLUSDT" in engine.shadow.positions)
         assert (await signal(engine, {"type": "PING", "id": 1})).status == "pong"
+
+
+async def test_a_clean_stop_finishes_and_answers_what_it_admitted_and_refuses_the_rest(
+    risk_config: Callable[..., Config],
+) -> None:
+    async with service(risk_config()) as engine:
+        assert engine.broker is not None
+        submit = engine.broker.submit
+
+        async def slow_submit(request: OrderRequest) -> Any:
+            await trio.sleep(0.3)  # an exchange that takes its time to acknowledge
+            return await submit(request)
+
+        engine.broker.submit = slow_submit  # type: ignore[method-assign]
+        assert (await signal(engine, prepare_msg(engine, "drain-1"))).status == "prepared"
+        replies: dict[str, Any] = {}
+
+        async def confirm() -> None:
+            replies["confirm"] = await signal(
+                engine, {"type": "CONFIRM", "id": 2, "signal_id": "drain-1"}
+            )
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(confirm)
+            await eventually(lambda: engine.executor.placer.sending)  # on its way
+            nursery.start_soon(engine.drain)
+            await eventually(lambda: not engine.ipc.admitting)
+            late = await signal(engine, prepare_msg(engine, "drain-2", "ETHUSDT"))
+        assert late.reason == "BUSY" and "stopping" in (late.message or ""), late
+        assert replies["confirm"].status == "accepted", replies["confirm"]
+        # sent, answered and committed before the stop goes on
+        saved = await engine.store.call(records.signal_order, "drain-1")
+        assert saved is not None and saved.status.value in ("ACCEPTED", "FILLED")
+        assert await engine.store.call(records.signal_status, "drain-2") is None

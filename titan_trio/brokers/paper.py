@@ -72,6 +72,7 @@ class PaperBroker:
         self._send, self.events = trio.open_memory_channel[BrokerEvent](event_buffer)
         self._lock = trio.Lock()  # one change to the account at a time
         self.last_latency_s: float | None = None
+        self.events_sent = 0  # a clean stop waits until the shadow sync applied them all
         self._stale = False  # memory may be ahead of the saved account: reload first
         self._matched: dict[str, Quote] = {}  # each quote's size is offered to resting orders once
         self.resumed = False
@@ -226,6 +227,7 @@ class PaperBroker:
                 self._send.send_nowait(event)
             except trio.WouldBlock:
                 await self._send.send(event)
+            self.events_sent += 1
 
     async def submit(self, request: OrderRequest) -> Order:
         started = time.perf_counter()

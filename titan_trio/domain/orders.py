@@ -85,9 +85,10 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.PARTIALLY_FILLED: frozenset(
         {S.PARTIALLY_FILLED, S.FILLED, S.PENDING_CANCEL, S.CANCELED, S.EXPIRED}
     ),
-    # A cancel can lose the race against a fill, or be refused (back to ACCEPTED).
+    # A cancel can lose the race against a fill, or be refused (back to what it was); one
+    # asked while the send was still unanswered can meet the exchange's refusal of it.
     S.PENDING_CANCEL: frozenset(
-        {S.CANCELED, S.PARTIALLY_FILLED, S.FILLED, S.ACCEPTED, S.SUBMITTED, S.EXPIRED}
+        {S.CANCELED, S.PARTIALLY_FILLED, S.FILLED, S.ACCEPTED, S.SUBMITTED, S.EXPIRED, S.REJECTED}
     ),
     S.FILLED: frozenset(),
     S.CANCELED: frozenset(),
@@ -115,6 +116,19 @@ _FINAL_KIND = {
     OrderEventKind.EXPIRED: S.EXPIRED,
     OrderEventKind.DENIED: S.DENIED,
 }
+
+
+# What only the exchange can say about an order (so it must have been sent); a cancel
+# request or refusal, and a denial, are our own steps.
+_FROM_EXCHANGE = frozenset(
+    {
+        OrderEventKind.ACCEPTED,
+        OrderEventKind.FILLED,
+        OrderEventKind.CANCELED,
+        OrderEventKind.REJECTED,
+        OrderEventKind.EXPIRED,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +241,7 @@ class Order:
         # recording it), so that step is implied.
         implied = (
             self.status is S.PENDING_SUBMIT
+            and update.kind in _FROM_EXCHANGE
             and new not in TRANSITIONS[S.PENDING_SUBMIT]
             and new in TRANSITIONS[S.SUBMITTED]
         )

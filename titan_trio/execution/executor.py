@@ -37,6 +37,8 @@ class Executor:
         self.hub = hub
         self._nursery: trio.Nursery | None = None
         self.following: dict[str, EntryPlan] = {}
+        self.following_allowed = True
+        self._scopes: set[trio.CancelScope] = set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -50,12 +52,28 @@ class Executor:
         """Send the entry; returns the exchange's acknowledgement (BrokerRejected when
         refused). A resting order is followed in the background."""
         ack = await self.placer.place(order, OrderPurpose.ENTRY, signal_status=signal_status)
-        if ack.status.is_open and self._nursery is not None:
+        if ack.status.is_open and self._nursery is not None and self.following_allowed:
             self.following[order.client_order_id] = plan
             self._nursery.start_soon(self._follow, order, plan)
         return ack
 
+    def stop_following(self) -> None:
+        """A clean stop: every follower ends at once (between broker calls, never inside
+        one: they are shielded in the broker), and no new one starts. The orders they
+        leave resting are for the next start, like any order in flight."""
+        self.following_allowed = False
+        for scope in list(self._scopes):
+            scope.cancel()
+
     async def _follow(self, order: Order, plan: EntryPlan) -> None:
+        with trio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                await self._work(order, plan)
+            finally:
+                self._scopes.discard(scope)
+
+    async def _work(self, order: Order, plan: EntryPlan) -> None:
         try:
             if plan.style is Style.MAKER:
                 await self._wait_done(order, self.cfg.maker_timeout_ms / 1000)

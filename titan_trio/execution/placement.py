@@ -21,6 +21,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import trio
+
 from ipc.protocol import Reason
 from titan_trio.brokers.base import Broker
 from titan_trio.clock import now_ms
@@ -42,6 +44,7 @@ from titan_trio.state.store import Store
 log = logging.getLogger("titan.orders")
 # A cancel refused with these: the order is already finished at the exchange.
 FINISHED_ANSWERS = frozenset({"ORDER_NOT_OPEN", "ORDER_NOT_FOUND"})
+CANCELLED_SAVE_S = 1.0  # to record, while stopping, that an order was never sent
 
 
 class OrderPlacer:
@@ -94,8 +97,25 @@ class OrderPlacer:
         self.sending.add(order.client_order_id)
         try:
             return await self._place(order, purpose, signal_status)
+        except trio.Cancelled:
+            if order.status is OrderStatus.PENDING_SUBMIT:  # stopped before it was sent
+                with trio.move_on_after(CANCELLED_SAVE_S, shield=True):
+                    await self._never_sent(order)
+            raise
         finally:
             self.sending.discard(order.client_order_id)
+
+    async def _never_sent(self, order: Order) -> None:
+        """The service is stopping between recording an order and sending it: record
+        that it was never sent (EXPIRED), so nothing waits for it and nothing sends it."""
+        order.apply(
+            OrderUpdate(OrderEventKind.EXPIRED, now_ms(), reason="not sent: the service stopped")
+        )
+        self.shadow.apply_order(order)
+        try:
+            await self.store.call(records.save_order, order)
+        except StoreError as exc:  # the next start settles it with the broker instead
+            log.warning("order %s: 'never sent' not recorded (%s)", order.client_order_id, exc)
 
     async def _place(self, order: Order, purpose: OrderPurpose, signal_status: str | None) -> Order:
         self.shadow.track(order)

@@ -65,6 +65,7 @@ class Protector:
         self.placer = placer
         self.instruments = instruments
         self._nursery: trio.Nursery | None = None
+        self.active = 0  # protection work scheduled and not finished (a clean stop waits)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -85,6 +86,7 @@ class Protector:
             or self._nursery is None
         ):
             return
+        self.active += 1
         self._nursery.start_soon(
             self._contained,
             f"stop loss of {order.symbol}",
@@ -101,6 +103,7 @@ class Protector:
             or self._nursery is None
         ):
             return
+        self.active += 1
         self._nursery.start_soon(
             self._contained, f"take profits of {order.symbol}", self._place_targets, order
         )
@@ -112,6 +115,8 @@ class Protector:
         except Exception:
             self.placer.metrics.protection_failures.inc()
             log.exception("protection failed: %s (a bug; the service carries on)", what)
+        finally:
+            self.active -= 1
 
     async def _set_stop(self, symbol: str, stop: Decimal) -> None:
         try:

@@ -93,6 +93,8 @@ class ShadowSync:
         self.unsaved: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._saving = trio.Lock()  # a flush and a save never write the same changes
         self.bad_writes = 0  # writes dropped because they can never pass
+        self.applying = False
+        self.events_done = 0  # broker events applied (and committed, or kept as unsaved)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -103,7 +105,18 @@ class ShadowSync:
                     batch.append(self.events.receive_nowait())
                 except trio.WouldBlock:
                     break
-            await self.apply(batch)
+            self.applying = True
+            try:
+                await self.apply(batch)
+            finally:
+                self.applying = False
+                self.events_done += len(batch)
+
+    def idle(self, events_sent: int) -> bool:
+        """Every one of the broker's ``events_sent`` events applied and committed (a
+        clean stop waits for this). Counted, not read off the channel: an event handed
+        straight to this task is in no buffer while it waits to run."""
+        return not self.applying and self.events_done >= events_sent
 
     async def _save(self, writes: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
         """Commit what is unsaved and ``writes``, retrying a failing database a few
