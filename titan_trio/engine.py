@@ -217,6 +217,7 @@ class Engine:
         await nursery.start(self.equity_monitor.run)
         self.executor = Executor(cfg.execution, self.broker, placer, self.hub)
         await nursery.start(self.executor.run)
+        self.executor.resume(list(shadow.orders.values()), now_ms())
         self.router = SignalRouter(
             cfg,
             self.instruments,

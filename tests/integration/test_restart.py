@@ -31,7 +31,7 @@ from titan_trio.state import records
 async def test_a_partly_filled_entry_counts_once_after_a_restart(
     risk_config: Callable[..., Config],
 ) -> None:
-    cfg = risk_config()
+    cfg = risk_config(execution={"makerTimeoutMs": 60000})  # it keeps resting after
     async with service(cfg) as engine:
         instrument = engine.instruments["BTCUSDT"]
         price = instrument.floor_price(engine.hub.book.get("BTCUSDT").mid * Decimal("0.99"))
@@ -42,8 +42,9 @@ async def test_a_partly_filled_entry_counts_once_after_a_restart(
             OrderType.LIMIT,
             Decimal("0.200"),
             price=price,
-            time_in_force=TimeInForce.GTC,
+            time_in_force=TimeInForce.POST_ONLY,
             leverage=Decimal(5),
+            created_ms=now_ms(),
         )
         await engine.executor.placer.place(order, OrderPurpose.ENTRY)
         # The market comes down to the order with half its size on offer.
@@ -207,3 +208,21 @@ async def test_a_repeated_confirm_and_close_tell_the_state_of_their_orders(
         second = await signal(engine, close)
         assert second.reason == "DUPLICATE_SIGNAL" and second.order_status == "FILLED"
         assert second.client_order_id == first.client_order_id
+
+
+async def test_a_maker_entry_resting_across_a_restart_gets_its_timeout_again(
+    risk_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = risk_config(broker={"initialCapital": 900}, execution={"makerTimeoutMs": 1500})
+    async with service(cfg) as engine:
+        ready = await signal(engine, prepare_msg(engine, "rest-1"))
+        assert ready.execution == "maker", ready
+        accepted = await signal(engine, {"type": "CONFIRM", "id": 2, "signal_id": "rest-1"})
+        assert accepted.status == "accepted" and accepted.order_status == "ACCEPTED", accepted
+    with caplog.at_level(logging.WARNING, logger="titan.executor"):
+        async with service(cfg) as engine:
+            assert engine.broker is not None
+            assert accepted.client_order_id in engine.shadow.orders  # still resting
+            await eventually(lambda: accepted.client_order_id not in engine.shadow.orders)
+            assert not await engine.broker.open_orders()
+    assert any("still rests from before the restart" in r.getMessage() for r in caplog.records)

@@ -17,7 +17,7 @@ import trio
 
 from titan_trio.brokers.base import Broker
 from titan_trio.config import ExecutionConfig
-from titan_trio.domain.orders import Order
+from titan_trio.domain.orders import Order, TimeInForce
 from titan_trio.errors import BrokerRejected, TitanError
 from titan_trio.execution.placement import OrderPlacer
 from titan_trio.execution.styles import EntryPlan, Style
@@ -143,7 +143,43 @@ class Executor:
             if not ack.status.is_open:
                 return
 
-    async def _cancel_rest(self, order: Order, plan: EntryPlan) -> None:
+    def resume(self, orders: list[Order], now_ms: int) -> list[str]:
+        """At start: entries still resting from before get their timeout again. A maker
+        entry rests for what is left of ``makerTimeoutMs`` since it was made, then the
+        rest is cancelled; a taker entry's chase window is long over, so it is cancelled
+        now. Returns one line per entry taken up (each logged)."""
+        taken: list[str] = []
+        assert self._nursery is not None
+        for order in orders:
+            if order.reduce_only or not order.status.is_open:
+                continue
+            style = Style.MAKER if order.time_in_force is TimeInForce.POST_ONLY else Style.TAKER
+            left_s = 0.0
+            if style is Style.MAKER:
+                left_s = max(0.0, (order.created_ms + self.cfg.maker_timeout_ms - now_ms) / 1000)
+            line = (
+                f"{style.value} entry {order.client_order_id} ({order.symbol}) still rests "
+                f"from before the restart: cancelled in {left_s:.1f} s unless it fills"
+            )
+            log.warning("%s", line)
+            taken.append(line)
+            self._nursery.start_soon(self._expire, order, style, left_s)
+        return taken
+
+    async def _expire(self, order: Order, style: Style, wait_s: float) -> None:
+        with trio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                await self._wait_done(order, wait_s)
+                if order.status.is_open:
+                    await self._cancel_rest(order, style)
+            except TitanError as exc:
+                log.error("cancelling %s failed: %s", order.client_order_id, exc)
+            finally:
+                self._scopes.discard(scope)
+
+    async def _cancel_rest(self, order: Order, plan: EntryPlan | Style) -> None:
+        style = plan if isinstance(plan, Style) else plan.style
         try:
             ack = await self.placer.cancel(order.symbol, order.client_order_id)
         except BrokerRejected as exc:
@@ -153,10 +189,10 @@ class Executor:
         filled = ack.filled_qty
         log.info(
             "%s entry %s: %s of %s filled, rest cancelled",
-            plan.style.value,
+            style.value,
             order.client_order_id,
             filled,
             ack.qty,
         )
         if filled == Decimal(0):
-            log.info("%s entry %s: nothing filled", plan.style.value, order.client_order_id)
+            log.info("%s entry %s: nothing filled", style.value, order.client_order_id)

@@ -257,7 +257,9 @@ class Protector:
             targets_rest = any(
                 o.symbol == symbol and o.reduce_only and o.side is side.opposite for o in resting
             )
-            if rec is not None and rec.take_profits and not targets_rest:
+            # An entry still working places its targets when it finishes (never twice).
+            entry_open = any(o.symbol == symbol and not o.reduce_only for o in resting)
+            if rec is not None and rec.take_profits and not targets_rest and not entry_open:
                 log.warning(
                     "position %s had no take profits at the exchange: placing %s again",
                     symbol,

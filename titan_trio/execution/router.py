@@ -378,9 +378,16 @@ class SignalRouter:
                 Reason.DUPLICATE_SIGNAL,
                 f"signal {signal_id}'s order {coid} is being sent right now; ask again",
             )
-        order = self.shadow.orders.get(coid) or self.shadow.unsettled.get(coid) or stored
-        if order.status in (OrderStatus.PENDING_SUBMIT, OrderStatus.SUBMITTED):
-            await settle_in_flight(self.shadow, self.broker, self.store, [order])
+        held = self.shadow.orders.get(coid) or self.shadow.unsettled.get(coid)
+        order = held or stored
+        if held is None and stored.status in (OrderStatus.PENDING_SUBMIT, OrderStatus.SUBMITTED):
+            # Recorded, then dropped from memory with its outcome unknown: the exchange
+            # decides (an order held in memory is the shadow sync's to move, never ours).
+            at_broker = await self.broker.order_status(stored.symbol, coid)
+            if at_broker is None:
+                await settle_in_flight(self.shadow, self.broker, self.store, [stored])
+            else:
+                order = at_broker
         kind = "CONFIRM" if isinstance(msg, Confirm) else "CLOSE"
         if order.status is OrderStatus.EXPIRED and order.filled_qty == 0:
             return _rejected(

@@ -57,12 +57,14 @@ async def settle_in_flight(
             )
         else:
             merged = shadow.apply_order(at_broker)
+            order = merged  # the shadow's own object from here on
             line = (
                 f"Reconciliation: order {order.client_order_id} ({order.side} {order.qty} "
                 f"{order.symbol}) was {before} here and is {at_broker.status} at the broker "
                 f"(filled {at_broker.filled_qty}): taken as {merged.status}"
             )
-        shadow.apply_order(order)  # a finished one leaves the open set
+        if order.client_order_id in shadow.orders:
+            shadow.apply_order(order)  # a finished one leaves the open set
         await store.call(records.save_order, order)
         log.warning("%s", line)
         settled.append(line)
