@@ -28,6 +28,7 @@ from titan_trio.ops_client import (
     cmd_flatten,
     cmd_health,
     cmd_pause,
+    cmd_reconcile,
     cmd_resume,
     cmd_trades,
     simple_get,
@@ -307,6 +308,7 @@ def build_parser() -> _Parser:
         ("pause", cmd_pause, "stop new entries (exits still pass)"),
         ("resume", cmd_resume, "allow new entries again"),
         ("flatten", cmd_flatten, "EMERGENCY: cancel all orders, close all positions, halt"),
+        ("reconcile", cmd_reconcile, "compare the account with the broker now; heal and list"),
     ):
         p = sub.add_parser(name, help=text)
         api_client(p)

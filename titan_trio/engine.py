@@ -45,7 +45,7 @@ from titan_trio.risk.breaker import TradingState, most_restrictive
 from titan_trio.risk.controller import RiskController
 from titan_trio.state import records
 from titan_trio.state.equity_monitor import EquityMonitor
-from titan_trio.state.reconcile import settle_in_flight
+from titan_trio.state.reconcile import Reconciler, settle_in_flight
 from titan_trio.state.shadow import ShadowState
 from titan_trio.state.store import Store
 from titan_trio.state.sync import ShadowSync, restore_shadow
@@ -207,6 +207,16 @@ class Engine:
         sync.fill_listeners.append(protector.notice_fill)
         sync.order_finished_listeners.append(protector.notice_order_finished)
         await nursery.start(sync.run)
+        # The first reconciliation finishes before any signal is taken (IPC starts later).
+        self.reconciler = Reconciler(
+            shadow,
+            self.broker,
+            self.store,
+            lambda: sync.events_done,
+            placer.sending,
+            cfg.reconcile.interval_s,
+        )
+        await nursery.start(self.reconciler.run)
         try:  # every held position protected before anything new is accepted
             await protector.protect_held(shadow.positions)
         except TitanError as exc:
@@ -323,6 +333,9 @@ class Engine:
             "broker": self._broker_health(),
         }
 
+    def reconciliation_view(self) -> dict[str, Any] | None:
+        return self.reconciler.view() if hasattr(self, "reconciler") else None
+
     def _feeds_health(self) -> dict[str, Any]:
         feeds: dict[str, Any] = {}
         healthy = True
@@ -392,6 +405,7 @@ class Engine:
         return {
             "status": overall,
             **components,
+            "reconciliation": self.reconciliation_view(),
             "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
             "version": __version__,
         }

@@ -110,6 +110,18 @@ class StateCollector(Collector):
         for name in ("ACTIVE", "REDUCING", "HALTED"):
             state.add_metric([name], 1.0 if engine.risk.trading_state.value == name else 0.0)
         yield state
+        recon = engine.reconciliation_view()
+        yield GaugeMetricFamily(
+            "titan_reconciliation_drift",
+            "Differences between the account and the broker found by the last reconciliation",
+            value=0 if recon is None else len(recon["differences"]),
+        )
+        runs = CounterMetricFamily(
+            "titan_reconciliations", "Reconciliations with the broker, by result", labels=["result"]
+        )
+        for result, count in ({} if recon is None else recon["runs"]).items():
+            runs.add_metric([result], count)
+        yield runs
         yield GaugeMetricFamily(
             "titan_ipc_connections",
             "Open IPC connections",

@@ -120,3 +120,4 @@ def cmd_breaker_reset(args: argparse.Namespace) -> int:
 cmd_pause = _post("/api/trading/pause")
 cmd_resume = _post("/api/trading/resume")
 cmd_flatten = _post("/api/emergency/flatten-all")
+cmd_reconcile = _post("/api/state/reconcile")

@@ -20,10 +20,13 @@ import trio
 
 from tests.helpers import eventually, service
 from tests.integration.test_risk import api, open_long, prepare_msg, publish, signal
+from titan_trio.clock import now_ms
 from titan_trio.config import Config
 from titan_trio.domain.orders import OrderRequest, OrderType, Side, TimeInForce
+from titan_trio.domain.positions import Position
 from titan_trio.errors import BrokerRejected, StoreError
 from titan_trio.state import records
+from titan_trio.state.shadow import PositionRecord
 
 
 async def test_a_breaker_reset_rebases_so_the_next_mark_does_not_trip_it_again(
@@ -444,3 +447,37 @@ async def test_a_clean_stop_finishes_and_answers_what_it_admitted_and_refuses_th
         saved = await engine.store.call(records.signal_order, "drain-1")
         assert saved is not None and saved.status.value in ("ACCEPTED", "FILLED")
         assert await engine.store.call(records.signal_status, "drain-2") is None
+
+
+async def test_reconciliation_closes_out_ghosts_and_adopts_what_only_the_broker_holds(
+    risk_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    async with service(risk_config()) as engine, api(engine) as client:
+        assert engine.broker is not None
+        assert engine.reconciler.last is not None  # the first run was part of the start
+        # A ghost: a position only our record has (the broker never filled it).
+        ghost = PositionRecord(Position("ETHUSDT", Decimal("1"), Decimal("3500")))
+        engine.shadow.positions["ETHUSDT"] = ghost
+        await engine.store.call(records.set_position, "ETHUSDT", ghost)
+        # And a position only the broker has (its fill never reached us).
+        request = OrderRequest(
+            "broker-only", "SOLUSDT", Side.BUY, OrderType.MARKET, Decimal("1"), leverage=Decimal(5)
+        )
+        engine.broker.exchange.place(request, engine.hub.book.get("SOLUSDT"), now_ms())
+        with caplog.at_level(logging.WARNING, logger="titan.reconcile"):
+            report = (await client.post("/api/state/reconcile")).json()
+        assert len(report["differences"]) >= 2, report
+        assert any("position_only_here ETHUSDT" in d for d in report["differences"])
+        assert any("position_only_at_broker SOLUSDT" in d for d in report["differences"])
+        assert "ETHUSDT" not in engine.shadow.positions
+        assert engine.shadow.positions["SOLUSDT"].position.size == Decimal("1")
+        assert sum(1 for r in caplog.records if "Reconciliation" in r.getMessage()) >= 2
+        metrics = (await client.get("/metrics")).text
+        assert "titan_reconciliation_drift" in metrics
+        health = (await client.get("/api/health")).json()
+        assert health["reconciliation"]["differences"] == report["differences"]
+        saved = {r.position.symbol for r in await engine.store.call(records.load_positions)}
+        assert saved == {"SOLUSDT"}
+        again = (await client.post("/api/state/reconcile")).json()
+        assert again["differences"] == [] and again["message"] == "no differences"
+        assert "titan_reconciliation_drift 0.0" in (await client.get("/metrics")).text

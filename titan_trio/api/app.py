@@ -183,6 +183,24 @@ def create_app(engine: Engine) -> QuartTrio:
             }
         )
 
+    @app.post("/api/state/reconcile")
+    async def reconcile() -> Response:
+        if (refusal := authorized()) is not None:
+            return refusal
+        log.warning("reconciliation requested by %s", operator())
+        report = await engine.reconciler.reconcile()
+        return json_response(
+            {
+                "differences": report.differences,
+                "actions": report.actions,
+                "errors": report.errors,
+                "message": "no differences"
+                if not report.differences and not report.errors
+                else f"{len(report.differences)} differences, {len(report.actions)} healed, "
+                f"{len(report.errors)} errors",
+            }
+        )
+
     @app.get("/api/openapi.json")
     async def openapi() -> Response:
         return json_response(OPENAPI)

@@ -136,6 +136,10 @@ OPENAPI: dict[str, Any] = {
                 ],
             }
         },
+        "/api/state/reconcile": _mutating(
+            "Compare the account with the broker now and heal the differences",
+            "The differences found and what was done about each",
+        ),
         "/api/emergency/flatten-all": _mutating(
             "Cancel every open order, close every position at market, HALT trading",
             "What was cancelled and closed",

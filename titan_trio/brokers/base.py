@@ -36,6 +36,16 @@ class BalanceEvent:
 BrokerEvent = OrderEvent | FillEvent | BalanceEvent
 
 
+@dataclass(frozen=True, slots=True)
+class AccountSnapshot:
+    """The broker's account at one moment, and how many events it had sent up to it."""
+
+    positions: list[Position]
+    open_orders: list[Order]
+    balance: Decimal
+    events_sent: int
+
+
 class Broker(Protocol):
     name: str
     events: trio.MemoryReceiveChannel[BrokerEvent]
@@ -59,5 +69,7 @@ class Broker(Protocol):
     async def positions(self) -> list[Position]: ...
 
     async def balance(self) -> Decimal: ...
+
+    async def account(self) -> AccountSnapshot: ...
 
     def health(self) -> dict[str, Any]: ...

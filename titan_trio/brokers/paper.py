@@ -21,7 +21,13 @@ from typing import Any
 
 import trio
 
-from titan_trio.brokers.base import BalanceEvent, BrokerEvent, FillEvent, OrderEvent
+from titan_trio.brokers.base import (
+    AccountSnapshot,
+    BalanceEvent,
+    BrokerEvent,
+    FillEvent,
+    OrderEvent,
+)
 from titan_trio.brokers.paper_exchange import PaperExchange, order_from_json, order_to_json
 from titan_trio.clock import now_ms
 from titan_trio.config import BrokerConfig
@@ -292,6 +298,17 @@ class PaperBroker:
             return _copy(order)
         body = await self.store.call(records.paper_order, client_order_id)
         return None if body is None else order_from_json(body)
+
+    async def account(self) -> AccountSnapshot:
+        """Positions, open orders and balance as of one moment, with the number of
+        events sent up to it (reconciliation compares once the shadow applied them)."""
+        async with self._lock:
+            return AccountSnapshot(
+                positions=[copy.copy(p) for p in self.exchange.positions.values()],
+                open_orders=[_copy(o) for o in self.exchange.open_orders()],
+                balance=self.exchange.balance,
+                events_sent=self.events_sent,
+            )
 
     async def open_orders(self) -> list[Order]:
         return [_copy(o) for o in self.exchange.open_orders()]

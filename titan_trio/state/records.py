@@ -302,6 +302,15 @@ def _save_position(e: Entities, rec: PositionRecord) -> None:
     _upsert(e, "positions", "symbol", {"symbol": p.symbol, **values})
 
 
+@plain_sql_function
+def set_position(e: Entities, symbol: str, rec: PositionRecord | None) -> None:
+    """Reconciliation's write: the position as the exchange has it, or none."""
+    if rec is None:
+        e.db.execute("DELETE FROM positions WHERE symbol = $symbol", {"symbol": symbol})
+    else:
+        _save_position(e, rec)
+
+
 def load_positions(e: Entities) -> list[PositionRecord]:
     out = []
     for r in orm.select(p for p in e.Position).order_by(lambda p: p.symbol):
