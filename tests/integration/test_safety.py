@@ -342,19 +342,24 @@ async def test_a_close_that_cannot_cancel_the_resting_entry_does_not_say_closed(
         assert retry.status == "closed" and retry.cancelled_orders == [accepted.client_order_id]
 
 
+def slow_acknowledgements(engine: Any, seconds: float = 0.3) -> None:
+    """An exchange that takes its time to acknowledge each new order."""
+    assert engine.broker is not None
+    submit = engine.broker.submit
+
+    async def slow_submit(request: OrderRequest) -> Any:
+        await trio.sleep(seconds)
+        return await submit(request)
+
+    engine.broker.submit = slow_submit
+
+
 async def test_a_close_racing_an_entry_on_its_way_to_the_exchange_leaves_nothing(
     risk_config: Callable[..., Config],
 ) -> None:
     cfg = risk_config(broker={"initialCapital": 900}, execution={"makerTimeoutMs": 60000})
     async with service(cfg) as engine:
-        assert engine.broker is not None
-        submit = engine.broker.submit
-
-        async def slow_submit(request: OrderRequest) -> Any:
-            await trio.sleep(0.3)  # an exchange that takes its time to acknowledge
-            return await submit(request)
-
-        engine.broker.submit = slow_submit  # type: ignore[method-assign]
+        slow_acknowledgements(engine)
         assert (await signal(engine, prepare_msg(engine, "race-1"))).status == "prepared"
         replies: dict[str, Any] = {}
 
@@ -419,14 +424,7 @@ async def test_a_clean_stop_finishes_and_answers_what_it_admitted_and_refuses_th
     risk_config: Callable[..., Config],
 ) -> None:
     async with service(risk_config()) as engine:
-        assert engine.broker is not None
-        submit = engine.broker.submit
-
-        async def slow_submit(request: OrderRequest) -> Any:
-            await trio.sleep(0.3)  # an exchange that takes its time to acknowledge
-            return await submit(request)
-
-        engine.broker.submit = slow_submit  # type: ignore[method-assign]
+        slow_acknowledgements(engine)
         assert (await signal(engine, prepare_msg(engine, "drain-1"))).status == "prepared"
         replies: dict[str, Any] = {}
 
