@@ -147,6 +147,9 @@ class ExecutionConfig(_Section):
 
 class ReconcileConfig(_Section):
     interval_s: PositiveFloat = 60.0
+    # A position reconciliation adopts with no stop known gets one this far from the
+    # market (the service never leaves a position it holds unprotected).
+    adopted_stop_pct: Annotated[float, msgspec.Meta(gt=0, le=50)] = 2.0
 
 
 class SimulationConfig(_Section):

@@ -215,6 +215,9 @@ class Engine:
             lambda: sync.events_done,
             placer.sending,
             cfg.reconcile.interval_s,
+            mark=self.hub.book.mark,
+            adopted_stop_pct=Decimal(repr(cfg.reconcile.adopted_stop_pct)),
+            protect=lambda: protector.protect_held(shadow.positions),
         )
         await nursery.start(self.reconciler.run)
         try:  # every held position protected before anything new is accepted

@@ -469,6 +469,10 @@ async def test_reconciliation_closes_out_ghosts_and_adopts_what_only_the_broker_
         assert any("position_only_at_broker SOLUSDT" in d for d in report["differences"])
         assert "ETHUSDT" not in engine.shadow.positions
         assert engine.shadow.positions["SOLUSDT"].position.size == Decimal("1")
+        # adopted with no stop known: one 2 % below the market, at the exchange
+        stop = await engine.broker.stop_loss("SOLUSDT")
+        mid = engine.hub.book.get("SOLUSDT").mid
+        assert stop is not None and abs(stop - mid * Decimal("0.98")) <= Decimal("0.01")
         assert sum(1 for r in caplog.records if "Reconciliation" in r.getMessage()) >= 2
         metrics = (await client.get("/metrics")).text
         assert "titan_reconciliation_drift" in metrics

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -164,6 +164,10 @@ class Reconciler:
         events_applied: Callable[[], int],
         sending: set[str],
         interval_s: float,
+        *,
+        mark: Callable[[str], Decimal | None] = lambda symbol: None,
+        adopted_stop_pct: Decimal = Decimal(2),
+        protect: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.shadow = shadow
         self.broker = broker
@@ -171,6 +175,9 @@ class Reconciler:
         self.events_applied = events_applied
         self.sending = sending
         self.interval_s = interval_s
+        self.mark = mark
+        self.adopted_stop_pct = adopted_stop_pct
+        self.protect = protect  # after positions changed: stops and targets in place
         self.last: ReconcileReport | None = None
         self.last_monotonic: float | None = None
         self.runs: dict[str, int] = {"clean": 0, "healed": 0, "error": 0}
@@ -229,6 +236,8 @@ class Reconciler:
             log.warning("%s", d.line())
             report.differences.append(d.line())
             await self._heal(d, broker_positions, broker_orders, account.balance, report)
+        if self.protect is not None and any(d.kind.startswith("position") for d in differences):
+            await self.protect()
 
     async def _heal(
         self,
@@ -243,6 +252,14 @@ class Reconciler:
             theirs = copy.copy(broker_positions[d.key])
             rec = shadow.positions.get(d.key) or PositionRecord(theirs)
             rec.position = theirs
+            if rec.stop_loss is None and theirs.side is not None:
+                base = self.mark(d.key) or theirs.entry_price
+                away = base * self.adopted_stop_pct / 100
+                rec.stop_loss = base - away if theirs.side.sign > 0 else base + away
+                report.actions.append(
+                    f"position {d.key} had no stop known: stop loss {rec.stop_loss:.8g} "
+                    f"({self.adopted_stop_pct} % from {base})"
+                )
             shadow.positions[d.key] = rec
             await self.store.call(records.set_position, d.key, rec)
             report.actions.append(f"position {d.key} taken as the broker's ({_pos(theirs)})")
