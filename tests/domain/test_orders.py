@@ -346,7 +346,7 @@ def test_an_exchange_answer_about_an_unrecorded_send_implies_it_was_sent() -> No
     assert order.status is S.ACCEPTED and order.history == [S.PENDING_SUBMIT, S.SUBMITTED]
     unsent = make_order()
     assert unsent.apply(OrderUpdate(K.EXPIRED, 2, reason="never sent"))
-    assert unsent.status is S.EXPIRED
+    assert unsent.status is S.EXPIRED and unsent.history == [S.PENDING_SUBMIT]  # no fake send
 
 
 def test_a_cancel_request_for_an_order_not_yet_sent_is_refused() -> None:

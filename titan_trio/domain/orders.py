@@ -69,7 +69,9 @@ class OrderStatus(enum.StrEnum):
 S = OrderStatus
 TERMINAL = frozenset({S.FILLED, S.CANCELED, S.REJECTED, S.EXPIRED, S.DENIED})
 TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
-    S.PENDING_SUBMIT: frozenset({S.SUBMITTED, S.REJECTED, S.DENIED}),
+    # EXPIRED straight from PENDING_SUBMIT: recorded but never sent (the service stopped
+    # in between), settled without pretending it was ever submitted.
+    S.PENDING_SUBMIT: frozenset({S.SUBMITTED, S.REJECTED, S.DENIED, S.EXPIRED}),
     S.SUBMITTED: frozenset(
         {
             S.ACCEPTED,
