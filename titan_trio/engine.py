@@ -32,7 +32,7 @@ from titan_trio.brokers.paper import PaperBroker
 from titan_trio.clock import now_ms
 from titan_trio.config import Config
 from titan_trio.domain.instruments import Instrument
-from titan_trio.errors import StartupError, StoreError, TitanError
+from titan_trio.errors import StartupError, StoreError
 from titan_trio.execution.executor import Executor
 from titan_trio.execution.flatten import Flattener
 from titan_trio.execution.placement import OrderPlacer
@@ -219,11 +219,8 @@ class Engine:
             adopted_stop_pct=Decimal(repr(cfg.reconcile.adopted_stop_pct)),
             protect=lambda: protector.protect_held(shadow.positions),
         )
+        # Its first run also protects every held position, before anything is accepted.
         await nursery.start(self.reconciler.run)
-        try:  # every held position protected before anything new is accepted
-            await protector.protect_held(shadow.positions)
-        except TitanError as exc:
-            log.error("protecting the positions held at start failed: %s", exc)
         self.equity_monitor = EquityMonitor(
             shadow, self.hub, self.store, lambda: risk.tracker, risk.mark
         )

@@ -67,6 +67,8 @@ class OrderStatus(enum.StrEnum):
 
 
 S = OrderStatus
+# Recorded or sent, the exchange's answer not known yet.
+IN_FLIGHT = frozenset({S.PENDING_SUBMIT, S.SUBMITTED})
 TERMINAL = frozenset({S.FILLED, S.CANCELED, S.REJECTED, S.EXPIRED, S.DENIED})
 TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     # EXPIRED straight from PENDING_SUBMIT: recorded but never sent (the service stopped

@@ -11,6 +11,8 @@ orders they leave are for reconciliation at the next start, like any order in fl
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 
 import trio
@@ -19,7 +21,7 @@ from titan_trio.brokers.base import Broker
 from titan_trio.config import ExecutionConfig
 from titan_trio.domain.orders import Order, TimeInForce
 from titan_trio.errors import BrokerRejected, TitanError
-from titan_trio.execution.placement import OrderPlacer
+from titan_trio.execution.placement import FINISHED_ANSWERS, OrderPlacer
 from titan_trio.execution.styles import EntryPlan, Style
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.risk.breaker import OrderPurpose
@@ -65,13 +67,19 @@ class Executor:
         for scope in list(self._scopes):
             scope.cancel()
 
-    async def _follow(self, order: Order, plan: EntryPlan) -> None:
+    @contextmanager
+    def _stoppable(self) -> Iterator[None]:
+        """A follower's scope, which ``stop_following`` cancels."""
         with trio.CancelScope() as scope:
             self._scopes.add(scope)
             try:
-                await self._work(order, plan)
+                yield
             finally:
                 self._scopes.discard(scope)
+
+    async def _follow(self, order: Order, plan: EntryPlan) -> None:
+        with self._stoppable():
+            await self._work(order, plan)
 
     async def _work(self, order: Order, plan: EntryPlan) -> None:
         try:
@@ -128,7 +136,7 @@ class Executor:
             try:
                 ack = await self.broker.amend(order.symbol, order.client_order_id, price)
             except BrokerRejected as exc:
-                if exc.reason in ("ORDER_NOT_OPEN", "ORDER_NOT_FOUND"):
+                if exc.reason in FINISHED_ANSWERS:
                     return  # it finished meanwhile
                 log.warning("chase of %s stopped: %s", order.client_order_id, exc)
                 return
@@ -167,23 +175,20 @@ class Executor:
         return taken
 
     async def _expire(self, order: Order, style: Style, wait_s: float) -> None:
-        with trio.CancelScope() as scope:
-            self._scopes.add(scope)
+        with self._stoppable():
             try:
                 await self._wait_done(order, wait_s)
                 if order.status.is_open:
                     await self._cancel_rest(order, style)
             except TitanError as exc:
                 log.error("cancelling %s failed: %s", order.client_order_id, exc)
-            finally:
-                self._scopes.discard(scope)
 
     async def _cancel_rest(self, order: Order, plan: EntryPlan | Style) -> None:
         style = plan if isinstance(plan, Style) else plan.style
         try:
             ack = await self.placer.cancel(order.symbol, order.client_order_id)
         except BrokerRejected as exc:
-            if exc.reason not in ("ORDER_NOT_OPEN", "ORDER_NOT_FOUND"):
+            if exc.reason not in FINISHED_ANSWERS:
                 log.warning("cancel of %s failed: %s", order.client_order_id, exc)
             return
         filled = ack.filled_qty

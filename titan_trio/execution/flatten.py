@@ -27,7 +27,7 @@ from titan_trio.domain.orders import Order, Side, market_close
 from titan_trio.domain.positions import Position
 from titan_trio.domain.reports import FlattenReport
 from titan_trio.errors import BrokerRejected, TitanError
-from titan_trio.execution.placement import OrderPlacer
+from titan_trio.execution.placement import FINISHED_ANSWERS, OrderPlacer
 from titan_trio.risk.breaker import OrderPurpose
 from titan_trio.state.shadow import ShadowState
 
@@ -102,7 +102,7 @@ class Flattener:
                 await self.placer.cancel(symbol, coid)
                 report.cancelled_orders.append(coid)
             except BrokerRejected as exc:
-                if exc.reason not in ("ORDER_NOT_OPEN", "ORDER_NOT_FOUND"):
+                if exc.reason not in FINISHED_ANSWERS:
                     report.errors.append(f"cancel {coid}: {exc}")
             except TitanError as exc:
                 report.errors.append(f"cancel {coid}: {exc}")

@@ -33,11 +33,12 @@ from titan_trio.brokers.base import Broker
 from titan_trio.clock import now_ms
 from titan_trio.config import Config
 from titan_trio.domain.instruments import Instrument
-from titan_trio.domain.orders import Order, OrderStatus, Side, market_close
+from titan_trio.domain.orders import IN_FLIGHT, Order, OrderStatus, Side, market_close
 from titan_trio.domain.positions import Position
 from titan_trio.errors import BrokerRejected, StoreError, TitanError
 from titan_trio.execution.entry import EntryChecks, PreparedIntent, client_order_id
 from titan_trio.execution.executor import Executor
+from titan_trio.execution.placement import FINISHED_ANSWERS
 from titan_trio.execution.styles import EntryPlan
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.metrics import Metrics
@@ -50,7 +51,6 @@ from titan_trio.state.shadow import ShadowState
 from titan_trio.state.store import Store
 
 log = logging.getLogger("titan.router")
-IN_FLIGHT = frozenset({OrderStatus.PENDING_SUBMIT, OrderStatus.SUBMITTED})
 IN_FLIGHT_WAIT_S = 2.0  # how long a CLOSE waits for an entry on its way to the exchange
 _encoder = msgspec.json.Encoder()
 
@@ -380,7 +380,7 @@ class SignalRouter:
             )
         held = self.shadow.orders.get(coid) or self.shadow.unsettled.get(coid)
         order = held or stored
-        if held is None and stored.status in (OrderStatus.PENDING_SUBMIT, OrderStatus.SUBMITTED):
+        if held is None and stored.status in IN_FLIGHT:
             # Recorded, then dropped from memory with its outcome unknown: the exchange
             # decides (an order held in memory is the shadow sync's to move, never ours).
             at_broker = await self.broker.order_status(stored.symbol, coid)
@@ -597,7 +597,7 @@ class SignalRouter:
                 await self.placer.cancel(symbol, coid)
                 cancelled.append(coid)
             except BrokerRejected as exc:
-                if exc.reason in ("ORDER_NOT_OPEN", "ORDER_NOT_FOUND"):
+                if exc.reason in FINISHED_ANSWERS:
                     log.info("cancel of %s before CLOSE: %s", coid, exc)
                 else:
                     still_resting.append(f"{coid}: {exc}")

@@ -121,9 +121,6 @@ class RiskController:
             why += ": paused by an operator; only exits are accepted"
         return why
 
-    def entry_refusal(self) -> str | None:
-        return self.refusal(OrderPurpose.ENTRY)
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         saved = await self.store.call(records.kv_get, STATE_KEY)
         if saved is not None:

@@ -33,7 +33,7 @@ import trio
 
 from titan_trio.brokers.base import Broker
 from titan_trio.clock import now_ms
-from titan_trio.domain.orders import Order, OrderEventKind, OrderStatus, OrderUpdate
+from titan_trio.domain.orders import IN_FLIGHT, Order, OrderEventKind, OrderUpdate
 from titan_trio.domain.positions import Position
 from titan_trio.errors import TitanError
 from titan_trio.state import records
@@ -42,7 +42,6 @@ from titan_trio.state.store import Store
 
 log = logging.getLogger("titan.reconcile")
 
-IN_FLIGHT = frozenset({OrderStatus.PENDING_SUBMIT, OrderStatus.SUBMITTED})
 QUIET_WAIT_S = 5.0  # how long a run waits for the shadow state to apply the broker's events
 
 
@@ -236,8 +235,9 @@ class Reconciler:
             log.warning("%s", d.line())
             report.differences.append(d.line())
             await self._heal(d, broker_positions, broker_orders, account.balance, report)
-        if self.protect is not None and any(d.kind.startswith("position") for d in differences):
-            await self.protect()
+        positions_changed = any(d.kind.startswith("position") for d in differences)
+        if self.protect is not None and (positions_changed or self.last is None):
+            await self.protect()  # at start every time: a stop may be missing anyway
 
     async def _heal(
         self,
