@@ -32,10 +32,14 @@ async def eventually(predicate: Callable[[], Any], limit_s: float = 5.0) -> Any:
 
 
 @asynccontextmanager
-async def service(cfg: Config) -> AsyncIterator[Engine]:
-    """The whole service in this trio run, stopped when the block ends."""
+async def service(cfg: Config, *, ready: bool = True) -> AsyncIterator[Engine]:
+    """The whole service in this trio run, stopped when the block ends; with ``ready``,
+    once its first reconciliation finished (it takes entries from then on)."""
     async with trio.open_nursery() as nursery:
         engine: Engine = await nursery.start(Engine(cfg).run)
+        if ready:
+            with trio.fail_after(10):
+                await engine.reconciler.ready.wait()
         try:
             yield engine
         finally:

@@ -284,7 +284,9 @@ def build_parser() -> _Parser:
     v.add_argument("path")
     v.set_defaults(func=cmd_config_validate)
 
-    p = sub.add_parser("health", help="the service's health (exit 1 when unhealthy)")
+    p = sub.add_parser(
+        "health", help="the service's health (exit 1 when unhealthy or still starting)"
+    )
     api_client(p)
     p.set_defaults(func=cmd_health)
     for name, path, text in (

@@ -150,6 +150,9 @@ class ReconcileConfig(_Section):
     # A position reconciliation adopts with no stop known gets one this far from the
     # market (the service never leaves a position it holds unprotected).
     adopted_stop_pct: Annotated[float, msgspec.Meta(gt=0, le=50)] = 2.0
+    # A position only the broker holds: adopted and protected (true), or closed at
+    # market (false). See state/reconcile.py for why adopting is the default.
+    adopt_unknown: bool = True
 
 
 class SimulationConfig(_Section):

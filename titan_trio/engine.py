@@ -196,7 +196,8 @@ class Engine:
             gate=risk.refusal,
             storage_failed=risk.storage_failed,
         )
-        risk.flatten = Flattener(self.broker, shadow, placer, cfg.symbols).flatten
+        flattener = Flattener(self.broker, shadow, placer, cfg.symbols)
+        risk.flatten = flattener.flatten
         self.metrics.restore_fill_window(
             await self.store.call(records.recent_entry_outcomes, FILL_RATE_WINDOW)
         )
@@ -207,7 +208,9 @@ class Engine:
         sync.fill_listeners.append(protector.notice_fill)
         sync.order_finished_listeners.append(protector.notice_order_finished)
         await nursery.start(sync.run)
-        # The first reconciliation finishes before any signal is taken (IPC starts later).
+        # The first reconciliation runs while the rest starts; until it has finished,
+        # health says "starting" and the router refuses entries. It also protects every
+        # held position.
         self.reconciler = Reconciler(
             shadow,
             self.broker,
@@ -218,8 +221,10 @@ class Engine:
             mark=self.hub.book.mark,
             adopted_stop_pct=Decimal(repr(cfg.reconcile.adopted_stop_pct)),
             protect=lambda: protector.protect_held(shadow.positions),
+            replay=sync.replay,
+            adopt_unknown=cfg.reconcile.adopt_unknown,
+            close=flattener.close_position,
         )
-        # Its first run also protects every held position, before anything is accepted.
         await nursery.start(self.reconciler.run)
         self.equity_monitor = EquityMonitor(
             shadow, self.hub, self.store, lambda: risk.tracker, risk.mark
@@ -239,6 +244,7 @@ class Engine:
             self.equity_monitor.equity,
             self.risk,
             self.executor,
+            ready=self.reconciler.ready.is_set,
         )
         await nursery.start(self.router.run)
         self.ipc = IpcListener(
@@ -398,6 +404,8 @@ class Engine:
         statuses = {name: c["status"] for name, c in components.items()}
         if statuses["database"] != "healthy" or statuses["broker"] != "healthy":
             overall = "unhealthy"
+        elif not (hasattr(self, "reconciler") and self.reconciler.ready.is_set()):
+            overall = "starting"  # no entries until the first reconciliation finished
         elif any(s not in ("healthy", "disabled") for s in statuses.values()):
             overall = "degraded"
         else:

@@ -76,7 +76,7 @@ def create_app(engine: Engine) -> QuartTrio:
     @app.get("/api/health")
     async def health() -> Response:
         body = engine.health()
-        return json_response(body, 503 if body["status"] == "unhealthy" else 200)
+        return json_response(body, 503 if body["status"] in ("unhealthy", "starting") else 200)
 
     @app.get("/api/state/equity")
     async def equity() -> Response:

@@ -51,7 +51,12 @@ OPENAPI: dict[str, Any] = {
         "/api/health": {
             "get": {
                 "summary": "Health of the service and its components",
-                "responses": {"200": _json("healthy or degraded"), "503": _json("unhealthy")},
+                "responses": {
+                    "200": _json("healthy or degraded"),
+                    "503": _json(
+                        "unhealthy, or starting (the first reconciliation has not finished)"
+                    ),
+                },
             }
         },
         "/api/state/equity": {

@@ -8,7 +8,7 @@ Events flow to the core over a bounded memory channel, in the order they happene
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -38,12 +38,14 @@ BrokerEvent = OrderEvent | FillEvent | BalanceEvent
 
 @dataclass(frozen=True, slots=True)
 class AccountSnapshot:
-    """The broker's account at one moment, and how many events it had sent up to it."""
+    """The broker's account at one moment, how many events it had sent up to it, and
+    the fills (executions) it made since the time asked for, oldest first."""
 
     positions: list[Position]
     open_orders: list[Order]
     balance: Decimal
     events_sent: int
+    fills: list[Fill] = field(default_factory=list)
 
 
 class Broker(Protocol):
@@ -70,6 +72,6 @@ class Broker(Protocol):
 
     async def balance(self) -> Decimal: ...
 
-    async def account(self) -> AccountSnapshot: ...
+    async def account(self, fills_since_ms: int | None = None) -> AccountSnapshot: ...
 
     def health(self) -> dict[str, Any]: ...

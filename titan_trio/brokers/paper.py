@@ -28,7 +28,13 @@ from titan_trio.brokers.base import (
     FillEvent,
     OrderEvent,
 )
-from titan_trio.brokers.paper_exchange import PaperExchange, order_from_json, order_to_json
+from titan_trio.brokers.paper_exchange import (
+    PaperExchange,
+    fill_from_json,
+    fill_to_json,
+    order_from_json,
+    order_to_json,
+)
 from titan_trio.clock import now_ms
 from titan_trio.config import BrokerConfig
 from titan_trio.domain.instruments import Instrument
@@ -43,6 +49,7 @@ from titan_trio.state.store import Store
 log = logging.getLogger("titan.broker.paper")
 ACCOUNT_KEY = "paper.account"
 COMMIT_DEADLINE_S = 10.0  # a save that hangs longer (a stalled disk) counts as failed
+FILLS_LIMIT = 5000  # fills one account snapshot carries; the next run reads on from there
 
 
 class PaperStorageFailed(TitanError):
@@ -202,9 +209,10 @@ class PaperBroker:
         *,
         urgent: bool = False,
     ) -> None:
-        """Save the account and the orders touched in one transaction, then report what
-        changed (orders, fills, balance). Finished orders then leave memory: the
-        paper_orders table remembers them."""
+        """Save the account, the orders touched and the fills in one transaction, then
+        report what changed (orders, fills, balance). Finished orders then leave memory:
+        the paper_orders table remembers them, and paper_fills every execution (what a
+        reconciliation replays when a kill kept the events from the shadow state)."""
         touched = {o.client_order_id: o for o in touched_orders}
         for f in fills:
             touched[f.client_order_id] = self.exchange.orders[f.client_order_id]
@@ -218,6 +226,7 @@ class PaperBroker:
             [order_to_json(o) for o in touched.values()],
             now_ms(),
             new_order_id,
+            [fill_to_json(f) for f in fills],
             urgent=urgent,
         )
         events: list[BrokerEvent] = []
@@ -299,15 +308,22 @@ class PaperBroker:
         body = await self.store.call(records.paper_order, client_order_id)
         return None if body is None else order_from_json(body)
 
-    async def account(self) -> AccountSnapshot:
+    async def account(self, fills_since_ms: int | None = None) -> AccountSnapshot:
         """Positions, open orders and balance as of one moment, with the number of
-        events sent up to it (reconciliation compares once the shadow applied them)."""
+        events sent up to it (reconciliation compares once the shadow applied them) and
+        the fills made at or after ``fills_since_ms``, oldest first (at most FILLS_LIMIT)."""
         async with self._lock:
+            await self._ready()
+            fills: list[Fill] = []
+            if fills_since_ms is not None:
+                rows = await self.store.call(records.paper_fills_since, fills_since_ms, FILLS_LIMIT)
+                fills = [fill_from_json(row) for row in rows]
             return AccountSnapshot(
                 positions=[copy.copy(p) for p in self.exchange.positions.values()],
                 open_orders=[_copy(o) for o in self.exchange.open_orders()],
                 balance=self.exchange.balance,
                 events_sent=self.events_sent,
+                fills=fills,
             )
 
     async def open_orders(self) -> list[Order]:

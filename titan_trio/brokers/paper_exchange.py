@@ -486,3 +486,33 @@ def order_from_json(d: dict[str, Any]) -> Order:
         updated_ms=int(d["updated_ms"]),
         close_reason=d.get("close_reason"),
     )
+
+
+def fill_to_json(f: Fill) -> dict[str, Any]:
+    return {
+        "exec_id": f.exec_id,
+        "client_order_id": f.client_order_id,
+        "symbol": f.symbol,
+        "side": f.side.value,
+        "qty": str(f.qty),
+        "price": str(f.price),
+        "fee": str(f.fee),
+        "is_maker": f.is_maker,
+        "ts_ms": f.ts_ms,
+        "realized_pnl": str(f.realized_pnl),
+    }
+
+
+def fill_from_json(d: dict[str, Any]) -> Fill:
+    return Fill(
+        exec_id=d["exec_id"],
+        client_order_id=d["client_order_id"],
+        symbol=d["symbol"],
+        side=Side(d["side"]),
+        qty=Decimal(d["qty"]),
+        price=Decimal(d["price"]),
+        fee=Decimal(d["fee"]),
+        is_maker=bool(d["is_maker"]),
+        ts_ms=int(d["ts_ms"]),
+        realized_pnl=Decimal(d["realized_pnl"]),
+    )

@@ -85,6 +85,30 @@ class Flattener:
             )
         return report
 
+    async def close_position(self, symbol: str, reason: str) -> FlattenReport:
+        """Close one symbol's position at market, sized from the broker (reconciliation's
+        answer to a position it must not adopt); bounded like a flatten, errors reported."""
+        report = FlattenReport()
+        with trio.move_on_after(self.deadline_s) as scope:
+            async with self._lock:
+                held = [p for p in await self.broker.positions() if p.symbol == symbol]
+                for position in held:
+                    side = position.side
+                    if side is not None:
+                        await self._close(
+                            symbol,
+                            position.abs_size,
+                            side.opposite,
+                            reason,
+                            report,
+                            position.leverage,
+                        )
+        if scope.cancelled_caught:
+            report.errors.append(f"closing {symbol} did not finish within {self.deadline_s:g} s")
+        for error in report.errors:
+            log.error("closing %s (%s): %s", symbol, reason, error)
+        return report
+
     async def _cancel_all(self, report: FlattenReport) -> None:
         """Every open order of the traded symbols, wherever it is known."""
         targets: dict[str, str] = {}  # client order id -> symbol

@@ -78,8 +78,12 @@ class SignalRouter:
         equity: Callable[[], Decimal],
         risk: RiskController,
         executor: Executor,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self.instruments = instruments
+        # False until the first reconciliation after start finished: no entry before the
+        # shadow state is the broker's (SPEC §7).
+        self.ready = ready
         self.shadow = shadow
         self.broker = broker
         self.store = store
@@ -128,6 +132,15 @@ class SignalRouter:
 
     def _admit(self, message: Message) -> Job:
         started = time.perf_counter()
+        if isinstance(message, Prepare | Confirm) and not self.ready():
+            return self._reply_now(
+                _rejected(
+                    message,
+                    Reason.BUSY,
+                    "starting: the first reconciliation with the broker has not finished; "
+                    "retry in a moment",
+                )
+            )
         if isinstance(message, Prepare):
             return self._admit_prepare(message)
         if isinstance(message, Confirm):

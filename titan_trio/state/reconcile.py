@@ -12,12 +12,20 @@ a real exchange's "not found" right after a send is not proof, so its connector 
 a few times before an order counts as lost (SPEC §7).
 
 The account compared (``Reconciler``, at start, every ``reconcile.intervalS``, on
-demand): positions the broker has and we lack are adopted, those we have and it lacks
-are closed out, sizes and the balance are taken from it, open orders it has and we lack
-are adopted, ours it no longer has are asked for by id and settled. Positions are taken
-whole (size and entry), not rebuilt fill by fill: the fills missed while the service was
-down are not fetched yet (the paper broker keeps no fill history), so a trade closed
-while we were away is not in the trade list.
+demand): first the fills the broker made since the last run that the shadow state never
+applied (the service was killed between the exchange's commit and its own, or a stream
+lost them) are replayed once, through the same path as live fills, so positions, the
+balance and the trade list are rebuilt from what really happened. Then what still
+differs: positions the broker has and we lack are adopted (``reconcile.adoptUnknown``,
+default true: taken over with a stop ``reconcile.adoptedStopPct`` from the market) or,
+when the operator set it false, closed at market; those we have and it lacks are closed
+out, sizes and the balance are taken from it, open orders it has and we lack are
+adopted, ours it no longer has are asked for by id and settled.
+
+Adopting is the default because the likeliest cause of an unknown position is our own
+lost record (a database restored from an older backup), and closing it at market would
+turn a bookkeeping gap into a realised loss; an operator who trades the same account by
+hand can choose either way.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import trio
 
 from titan_trio.brokers.base import Broker
 from titan_trio.clock import now_ms
-from titan_trio.domain.orders import IN_FLIGHT, Order, OrderEventKind, OrderUpdate
+from titan_trio.domain.orders import IN_FLIGHT, Fill, Order, OrderEventKind, OrderUpdate
 from titan_trio.domain.positions import Position
 from titan_trio.errors import TitanError
 from titan_trio.state import records
@@ -43,6 +51,9 @@ from titan_trio.state.store import Store
 log = logging.getLogger("titan.reconcile")
 
 QUIET_WAIT_S = 5.0  # how long a run waits for the shadow state to apply the broker's events
+FIRST_RETRY_S = 2.0  # until the first run after start succeeds, it is tried this often
+FILLS_CURSOR_KEY = "reconcile.fills_cursor_ms"  # fills before it were checked already
+FILLS_OVERLAP_MS = 1000  # read again each run: fills stamped in the same moment as the last
 
 
 async def settle_in_flight(
@@ -92,14 +103,24 @@ async def settle_in_flight(
 class Difference:
     """One way the shadow state and the broker disagree."""
 
-    kind: str  # position_only_at_broker, position_only_here, position_size,
-    # order_only_at_broker, order_only_here, balance
-    key: str  # the symbol, the client order id, or "balance"
+    kind: str  # fill_only_at_broker, position_only_at_broker, position_only_here,
+    # position_size, order_only_at_broker, order_only_here, balance
+    key: str  # the execution id, the symbol, the client order id, or "balance"
     here: str
     broker: str
 
     def line(self) -> str:
         return f"Reconciliation: {self.kind} {self.key}: here {self.here}, broker {self.broker}"
+
+
+def missed_fill(fill: Fill) -> Difference:
+    return Difference(
+        "fill_only_at_broker",
+        fill.exec_id,
+        "none",
+        f"{fill.side} {fill.qty} {fill.symbol} @ {fill.price} fee {fill.fee} "
+        f"(order {fill.client_order_id})",
+    )
 
 
 def _pos(p: Position | None) -> str:
@@ -167,6 +188,9 @@ class Reconciler:
         mark: Callable[[str], Decimal | None] = lambda symbol: None,
         adopted_stop_pct: Decimal = Decimal(2),
         protect: Callable[[], Awaitable[object]] | None = None,
+        replay: Callable[[list[Fill]], Awaitable[list[Fill]]] | None = None,
+        adopt_unknown: bool = True,
+        close: Callable[[str, str], Awaitable[object]] | None = None,
     ) -> None:
         self.shadow = shadow
         self.broker = broker
@@ -177,14 +201,25 @@ class Reconciler:
         self.mark = mark
         self.adopted_stop_pct = adopted_stop_pct
         self.protect = protect  # after positions changed: stops and targets in place
+        self.replay = replay  # applies missed fills as live ones; returns those applied
+        self.adopt_unknown = adopt_unknown
+        self.close = close  # closes one symbol's position at market (adopt_unknown false)
+        self.fills_cursor_ms: int | None = None  # loaded at the first run
+        self.ready = trio.Event()  # set when the first run after start has finished
         self.last: ReconcileReport | None = None
         self.last_monotonic: float | None = None
         self.runs: dict[str, int] = {"clean": 0, "healed": 0, "error": 0}
         self._lock = trio.Lock()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.reconcile()
+        """The first run right away, then every ``interval_s``. Until one run has
+        finished without an error (``ready``), it is tried again every FIRST_RETRY_S:
+        the service takes no entries before (health says ``starting``)."""
         task_status.started()
+        while not self.ready.is_set():
+            await self.reconcile()
+            if not self.ready.is_set():
+                await trio.sleep(FIRST_RETRY_S)
         while True:
             await trio.sleep(self.interval_s)
             await self.reconcile()
@@ -199,18 +234,53 @@ class Reconciler:
                 log.error("Reconciliation failed: %s", exc)
             result = "error" if report.errors else ("healed" if report.differences else "clean")
             self.runs[result] += 1
+            if result != "error" and not self.ready.is_set():
+                self.ready.set()
+                log.info(
+                    "first reconciliation done (%d differences healed): taking entries",
+                    len(report.differences),
+                )
             self.last = report
             self.last_monotonic = trio.current_time()
             return report
 
+    async def _fills_since(self) -> int:
+        """Where the fills not yet checked begin: the saved cursor, else (the first run
+        on this database) just before the newest fill recorded, else the beginning."""
+        if self.fills_cursor_ms is None:
+            saved = await self.store.call(records.kv_get, FILLS_CURSOR_KEY)
+            if saved is None:
+                saved = await self.store.call(records.newest_fill_ms)
+            self.fills_cursor_ms = int(saved) if saved is not None else 0
+        return max(0, self.fills_cursor_ms - FILLS_OVERLAP_MS)
+
+    async def _replay_missed(self, fills: list[Fill], report: ReconcileReport) -> int:
+        """Apply, once, the broker's fills the shadow state never applied; how many."""
+        applied: list[Fill] = []
+        missed = [f for f in fills if f.exec_id not in self.shadow.seen_exec_ids]
+        if missed and self.replay is not None:
+            applied = await self.replay(missed)
+        for fill in applied:
+            d = missed_fill(fill)
+            log.warning("%s: applied now", d.line())
+            report.differences.append(d.line())
+            report.actions.append(f"fill {fill.exec_id} applied")
+        if fills and fills[-1].ts_ms > (self.fills_cursor_ms or 0):
+            self.fills_cursor_ms = fills[-1].ts_ms
+            await self.store.call(records.kv_set, FILLS_CURSOR_KEY, fills[-1].ts_ms, now_ms())
+        return len(applied)
+
     async def _reconcile(self, report: ReconcileReport) -> None:
-        account = await self.broker.account()
+        account = await self.broker.account(fills_since_ms=await self._fills_since())
         with trio.move_on_after(QUIET_WAIT_S) as waiting:
             while self.events_applied() < account.events_sent:  # noqa: ASYNC110
                 await trio.sleep(0.005)
         if waiting.cancelled_caught:
             report.errors.append("the shadow state did not catch up with the broker in time")
             return
+        # Every event sent up to the snapshot is applied: a fill of it the shadow state
+        # has not seen was lost on the way (a kill between the two commits).
+        replayed = await self._replay_missed(account.fills, report)
         shadow = self.shadow
         broker_orders = {
             o.client_order_id: o
@@ -235,7 +305,7 @@ class Reconciler:
             log.warning("%s", d.line())
             report.differences.append(d.line())
             await self._heal(d, broker_positions, broker_orders, account.balance, report)
-        positions_changed = any(d.kind.startswith("position") for d in differences)
+        positions_changed = replayed > 0 or any(d.kind.startswith("position") for d in differences)
         if self.protect is not None and (positions_changed or self.last is None):
             await self.protect()  # at start every time: a stop may be missing anyway
 
@@ -263,6 +333,8 @@ class Reconciler:
             shadow.positions[d.key] = rec
             await self.store.call(records.set_position, d.key, rec)
             report.actions.append(f"position {d.key} taken as the broker's ({_pos(theirs)})")
+            if d.kind == "position_only_at_broker" and not self.adopt_unknown:
+                await self._close_unknown(d.key, report)
         elif d.kind == "position_only_here":
             del shadow.positions[d.key]
             await self.store.call(records.set_position, d.key, None)
@@ -286,10 +358,25 @@ class Reconciler:
             await self.store.call(records.kv_set, "shadow.balance", str(balance), now_ms())
             report.actions.append(f"balance taken as the broker's ({balance})")
 
+    async def _close_unknown(self, symbol: str, report: ReconcileReport) -> None:
+        """reconcile.adoptUnknown false: a position we have no record of is closed at
+        market (recorded first, so its closing fill makes a trade like any other)."""
+        if self.close is None:
+            report.errors.append(f"position {symbol}: no way to close it here")
+            return
+        log.warning(
+            "Reconciliation: position %s is unknown here and reconcile.adoptUnknown is "
+            "false: closing it at market",
+            symbol,
+        )
+        await self.close(symbol, "reconciliation: position unknown here")
+        report.actions.append(f"position {symbol} closed at market (reconcile.adoptUnknown false)")
+
     def view(self) -> dict[str, Any]:
         last = self.last
         age = None if self.last_monotonic is None else trio.current_time() - self.last_monotonic
         return {
+            "first_run_done": self.ready.is_set(),  # entries are taken from then on
             "last_run_ms": None if last is None else last.started_ms,
             "age_s": None if age is None else round(age, 3),
             "differences": [] if last is None else last.differences,

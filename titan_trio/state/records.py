@@ -97,9 +97,11 @@ def save_paper_account(
     orders: list[dict[str, Any]],
     now_ms: int,
     new_order_id: str | None = None,
+    fills: list[dict[str, Any]] | None = None,
 ) -> None:
-    """The paper account snapshot and the orders it touched, in one transaction; refused
-    (nothing written) when ``new_order_id`` was used before, even before a restart."""
+    """The paper account snapshot, the orders it touched and the fills it made, in one
+    transaction; refused (nothing written) when ``new_order_id`` was used before, even
+    before a restart."""
     if new_order_id is not None and e.db.exists(
         "client_order_id FROM paper_orders WHERE client_order_id = $new_order_id",
         {"new_order_id": new_order_id},
@@ -118,6 +120,32 @@ def save_paper_account(
                 "updated_ms": now_ms,
             },
         )
+    for body in fills or ():
+        e.db.execute(
+            "INSERT INTO paper_fills (exec_id, ts_ms, body) VALUES ($exec_id, $ts_ms, $body)",
+            {
+                "exec_id": body["exec_id"],
+                "ts_ms": body["ts_ms"],
+                "body": json.dumps(body, separators=(",", ":")),
+            },
+        )
+
+
+@plain_sql_function
+def paper_fills_since(e: Entities, since_ms: int, limit: int) -> list[dict[str, Any]]:
+    """The paper exchange's fills at or after ``since_ms``, oldest first, at most ``limit``."""
+    rows = e.db.select(
+        "body FROM paper_fills WHERE ts_ms >= $since_ms ORDER BY ts_ms, rowid LIMIT $limit",
+        {"since_ms": since_ms, "limit": limit},
+    )
+    return [json.loads(body) for body in rows]
+
+
+@plain_sql_function
+def newest_fill_ms(e: Entities) -> int | None:
+    """The time of the newest fill the shadow state recorded, None before the first."""
+    rows = e.db.select("max(ts_ms) FROM fills", {})
+    return rows[0] if rows else None
 
 
 # ----- the signals journal: every signal id is accepted once, across restarts ----------
@@ -267,6 +295,31 @@ def load_open_orders(e: Entities) -> list[Order]:
         lambda o: o.created_ms
     )
     return [_order_from_row(r) for r in rows]
+
+
+def load_unsettled_orders(e: Entities, since_ms: int) -> list[tuple[Order, Decimal]]:
+    """Finished orders updated at or after ``since_ms`` whose fills are not all recorded
+    (the order's final state was saved, its fills were not: a kill in between), each
+    with the quantity its recorded fills add up to."""
+    final = [s.value for s in OrderStatus if s.is_terminal]
+    rows = orm.select(
+        o for o in e.Order if o.status in final and o.updated_ms >= since_ms and o.filled_qty != "0"
+    )
+    out = []
+    for row in rows:
+        order = _order_from_row(row)
+        recorded = sum(
+            (
+                Decimal(qty)
+                for qty in e.db.select(
+                    "qty FROM fills WHERE client_order_id = $coid", {"coid": row.client_order_id}
+                )
+            ),
+            Decimal(0),
+        )
+        if recorded < order.filled_qty:
+            out.append((order, recorded))
+    return out
 
 
 def recent_entry_outcomes(e: Entities, limit: int) -> list[bool]:

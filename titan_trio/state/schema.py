@@ -39,6 +39,7 @@ class Entities:
     SystemEvent: Any
     KeyValue: Any
     PaperOrder: Any
+    PaperFill: Any
 
 
 def define_entities(db: orm.Database) -> Entities:
@@ -154,6 +155,16 @@ def define_entities(db: orm.Database) -> Entities:
         body = orm.Required(str)  # JSON of the order
         updated_ms = orm.Required(int, size=64)
 
+    class PaperFill(db.Entity):
+        """The paper exchange's executions, committed with the account they changed: the
+        journal the service replays fills from that a kill kept from the shadow state
+        (``fills_since``, as a real exchange's execution history)."""
+
+        _table_ = "paper_fills"
+        exec_id = orm.PrimaryKey(str)
+        ts_ms = orm.Required(int, size=64, index=True)
+        body = orm.Required(str)  # JSON of the fill
+
     class KeyValue(db.Entity):
         _table_ = "kv"
         key = orm.PrimaryKey(str)
@@ -171,6 +182,7 @@ def define_entities(db: orm.Database) -> Entities:
         SystemEvent,
         KeyValue,
         PaperOrder,
+        PaperFill,
     )
 
 

@@ -40,6 +40,10 @@ log = logging.getLogger("titan.state")
 # newest RECENT_EXEC_IDS. A replay of anything older is looked up in the database before
 # it is applied (shadow.RecentExecIds), so memory stays bounded and nothing applies twice.
 EXEC_ID_MEMORY_MS = 7 * 24 * 3600 * 1000
+# Finished orders restored as waiting for their fills: those updated since the newest
+# recorded fill, less this (an order's fills are recorded in the order they happened, so
+# one whose fills a kill lost was updated after the last fill that was recorded).
+UNSETTLED_WINDOW_MS = 10 * 60 * 1000
 MAX_BATCH = 256  # broker events applied and committed together
 SAVE_ATTEMPTS = 3
 # A save this small (one order's events: its update, its fill, the position) commits on
@@ -62,6 +66,13 @@ async def restore_shadow(
         shadow.orders[order.client_order_id] = order
         # what it filled before the restart is already in the position
         shadow.applied_qty[order.client_order_id] = order.filled_qty
+    # Finished orders whose last fills a kill kept from the database: reconciliation
+    # replays those fills, and they must find their order (its signal, stop and targets).
+    newest_fill = await store.call(records.newest_fill_ms)
+    since = (newest_fill or 0) - UNSETTLED_WINDOW_MS
+    for order, recorded in await store.call(records.load_unsettled_orders, since):
+        shadow.unsettled[order.client_order_id] = order
+        shadow.applied_qty[order.client_order_id] = recorded
     since = now_ms() - EXEC_ID_MEMORY_MS
     seen = shadow.seen_exec_ids
     recent = await store.call(records.recent_exec_ids, since, seen.limit)
@@ -209,9 +220,15 @@ class ShadowSync:
                 await trio.sleep(0.5 * attempt)
         return True  # not reached
 
-    async def apply(self, events: list[BrokerEvent]) -> None:
+    async def replay(self, fills: list[Fill]) -> list[Fill]:
+        """Fills the broker made that never reached us as events (reconciliation found
+        them): applied exactly like live ones, each once; returns those applied."""
+        return await self.apply([FillEvent(f) for f in fills])
+
+    async def apply(self, events: list[BrokerEvent]) -> list[Fill]:
         """Apply events in order in memory, commit everything they changed in one
-        transaction, then tell the listeners (metrics, the circuit breaker)."""
+        transaction, then tell the listeners (metrics, the circuit breaker); returns the
+        fills applied (a fill seen before is not)."""
         writes: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         finished: list[Order] = []
         fills: list[FillChanges] = []
@@ -283,3 +300,4 @@ class ShadowSync:
                 )
                 if self.on_trade is not None:
                     await self.on_trade(t)
+        return [changes.fill for changes in fills]

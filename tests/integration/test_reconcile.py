@@ -1,0 +1,170 @@
+"""Reconciliation heals what a kill leaves apart: fills the exchange committed that the
+shadow state never applied are replayed once at start, so positions, the balance and the
+trade list are rebuilt from what happened (not adopted whole); a position nobody here
+knows of is closed when ``reconcile.adoptUnknown`` is false; until the first run has
+finished the service says ``starting`` and takes no entries."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import trio
+
+from tests.helpers import eventually, service
+from tests.integration.test_risk import api, open_long, prepare_msg, signal
+from titan_trio.brokers.base import BrokerEvent, FillEvent
+from titan_trio.config import Config
+from titan_trio.domain.orders import Fill
+from titan_trio.domain.positions import Position
+from titan_trio.engine import Engine
+from titan_trio.state.reconcile import Reconciler
+
+
+def lose_fills(engine: Engine) -> list[Fill]:
+    """From now on the shadow state never hears from the exchange, as when the process
+    dies between the exchange's commit and its own (what the order placer recorded from
+    the exchange's answer stays); returns the fills it missed."""
+    lost: list[Fill] = []
+
+    async def nothing(events: list[BrokerEvent]) -> list[Fill]:
+        lost.extend(e.fill for e in events if isinstance(e, FillEvent))
+        return []
+
+    engine.sync.apply = nothing  # type: ignore[method-assign]
+    return lost
+
+
+def reconciliation_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "Reconciliation" in r.getMessage()]
+
+
+async def test_an_entry_fill_lost_by_a_kill_is_replayed_once_with_its_plan(
+    risk_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = risk_config()
+    async with service(cfg) as engine:
+        lost = lose_fills(engine)
+        ready = await signal(engine, prepare_msg(engine, "lost-fill-1", stop=0.99))
+        assert ready.status == "prepared", ready
+        accepted = await signal(engine, {"type": "CONFIRM", "id": 2, "signal_id": "lost-fill-1"})
+        assert accepted.status == "accepted", accepted
+        await eventually(lambda: lost)
+        assert "BTCUSDT" not in engine.shadow.positions  # the exchange holds it, we do not
+        stop = Decimal(str(prepare_msg(engine, "x", stop=0.99)["stop_loss"]))
+    with caplog.at_level(logging.WARNING, logger="titan.reconcile"):
+        async with service(cfg) as engine:
+            assert engine.broker is not None
+            rec = engine.shadow.positions["BTCUSDT"]
+            held = (await engine.broker.positions())[0]
+            assert rec.position.size == held.size == sum(f.qty for f in lost)
+            assert rec.position.entry_price == held.entry_price
+            assert rec.signal_id == "lost-fill-1"  # rebuilt from the fill, with its plan
+            assert abs(rec.stop_loss - stop) < stop * Decimal("0.002")  # not the 2 % default
+            assert engine.shadow.balance == await engine.broker.balance()
+            at_exchange = await engine.broker.stop_loss("BTCUSDT")  # on the tick grid
+            assert at_exchange is not None and abs(at_exchange - rec.stop_loss) < 1
+            report = engine.reconciler.last
+            assert report is not None and not report.errors
+            # nothing was adopted whole: the replayed fills explain everything
+            assert all("fill_only_at_broker" in line for line in report.differences), report
+            again = await engine.reconciler.reconcile()
+            assert again.differences == [] and again.errors == []
+    lines = reconciliation_lines(caplog)
+    assert len([line for line in lines if "fill_only_at_broker" in line]) == len(lost)
+    assert all(f.exec_id in " ".join(lines) for f in lost)
+
+
+async def test_a_closing_fill_lost_by_a_kill_becomes_its_trade_at_start(
+    risk_config: Callable[..., Config],
+) -> None:
+    cfg = risk_config()
+    async with service(cfg) as engine:
+        await open_long(engine, "lost-close-1")
+        lost = lose_fills(engine)
+        closed = await signal(
+            engine, {"type": "CLOSE", "id": 3, "signal_id": "lost-close-x", "symbol": "BTCUSDT"}
+        )
+        assert closed.status == "closed", closed
+        await eventually(lambda: lost)
+        assert "BTCUSDT" in engine.shadow.positions  # a ghost until reconciled
+    async with service(cfg) as engine, api(engine) as client:
+        assert engine.broker is not None
+        assert "BTCUSDT" not in engine.shadow.positions
+        assert engine.shadow.balance == await engine.broker.balance()
+        trades = (await client.get("/api/trades")).json()
+        assert [t["signal_id"] for t in trades] == ["lost-close-1"]
+        assert engine.reconciler.last is not None
+        assert not any("position_only_here" in d for d in engine.reconciler.last.differences)
+        # the symbol is free again
+        assert (await signal(engine, prepare_msg(engine, "after-1"))).status == "prepared"
+
+
+async def test_a_fill_replayed_twice_counts_once(risk_config: Callable[..., Config]) -> None:
+    async with service(risk_config()) as engine:
+        lost = lose_fills(engine)
+        await signal(engine, prepare_msg(engine, "twice-1"))
+        await signal(engine, {"type": "CONFIRM", "id": 2, "signal_id": "twice-1"})
+        await eventually(lambda: lost)
+        del engine.sync.apply  # events reach the shadow state again
+        first = await engine.sync.replay(lost)
+        second = await engine.sync.replay(lost)
+        assert first == lost and second == []
+        balance = engine.shadow.balance
+        report = await engine.reconciler.reconcile()
+        assert report.differences == [], report
+        assert engine.shadow.balance == balance == await engine.broker.balance()
+
+
+@pytest.mark.parametrize("adopt", [True, False])
+async def test_a_position_nobody_here_knows_of_is_adopted_or_closed_as_configured(
+    risk_config: Callable[..., Config], caplog: pytest.LogCaptureFixture, adopt: bool
+) -> None:
+    cfg = risk_config(reconcile={"adoptUnknown": adopt})
+    async with service(cfg) as engine, api(engine) as client:
+        assert engine.broker is not None
+        exchange = engine.broker.exchange
+        # A position made at the exchange by hand: nothing here has a record of it.
+        mid = engine.hub.book.get("ETHUSDT").mid
+        exchange.positions["ETHUSDT"] = Position("ETHUSDT", Decimal("2"), mid)
+        with caplog.at_level(logging.WARNING, logger="titan.reconcile"):
+            report = (await client.post("/api/state/reconcile")).json()
+        assert any("position_only_at_broker ETHUSDT" in d for d in report["differences"])
+        if adopt:
+            assert engine.shadow.positions["ETHUSDT"].position.size == Decimal(2)
+            assert await engine.broker.stop_loss("ETHUSDT") is not None
+        else:
+            assert any("closed at market" in a for a in report["actions"]), report
+            await eventually(lambda: "ETHUSDT" not in engine.shadow.positions)
+            assert not await engine.broker.positions()
+            trades = (await client.get("/api/trades?symbol=ETHUSDT")).json()
+            assert len(trades) == 1 and trades[0]["qty"] == "2"
+            assert any("adoptUnknown is false" in line for line in reconciliation_lines(caplog))
+
+
+async def test_until_the_first_reconciliation_finished_health_says_starting_and_no_entry_is_taken(
+    risk_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = trio.Event()
+    reconcile = Reconciler._reconcile
+
+    async def slow_first(self: Reconciler, report: Any) -> None:
+        await held.wait()  # a slow exchange at start
+        await reconcile(self, report)
+
+    monkeypatch.setattr(Reconciler, "_reconcile", slow_first)
+    async with service(risk_config(), ready=False) as engine, api(engine) as client:
+        health = await client.get("/api/health")
+        assert health.status_code == 503 and health.json()["status"] == "starting"
+        refused = await signal(engine, prepare_msg(engine, "early-1"))
+        assert refused.reason == "BUSY" and "starting" in (refused.message or ""), refused
+        pong = await signal(engine, {"type": "PING", "id": 9})
+        assert pong.status == "pong"
+        held.set()
+        await engine.reconciler.ready.wait()
+        health = await client.get("/api/health")
+        assert health.status_code == 200 and health.json()["status"] == "healthy"
+        assert (await signal(engine, prepare_msg(engine, "early-2"))).status == "prepared"
