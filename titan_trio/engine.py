@@ -208,6 +208,9 @@ class Engine:
         sync.fill_listeners.append(protector.notice_fill)
         sync.order_finished_listeners.append(protector.notice_order_finished)
         await nursery.start(sync.run)
+        self.executor = executor = Executor(cfg.execution, self.broker, placer, self.hub)
+        await nursery.start(executor.run)
+        executor.resume(list(shadow.orders.values()), now_ms())
         # The first reconciliation runs while the rest starts; until it has finished,
         # health says "starting" and the router refuses entries. It also protects every
         # held position.
@@ -224,15 +227,13 @@ class Engine:
             replay=sync.replay,
             adopt_unknown=cfg.reconcile.adopt_unknown,
             close=flattener.close_position,
+            resume=lambda orders: executor.resume(orders, now_ms()),
         )
         await nursery.start(self.reconciler.run)
         self.equity_monitor = EquityMonitor(
             shadow, self.hub, self.store, lambda: risk.tracker, risk.mark
         )
         await nursery.start(self.equity_monitor.run)
-        self.executor = Executor(cfg.execution, self.broker, placer, self.hub)
-        await nursery.start(self.executor.run)
-        self.executor.resume(list(shadow.orders.values()), now_ms())
         self.router = SignalRouter(
             cfg,
             self.instruments,

@@ -17,11 +17,22 @@ import trio
 from tests.helpers import eventually, service
 from tests.integration.test_risk import api, open_long, prepare_msg, signal
 from titan_trio.brokers.base import BrokerEvent, FillEvent
+from titan_trio.clock import now_ms
 from titan_trio.config import Config
-from titan_trio.domain.orders import Fill
+from titan_trio.domain.orders import (
+    Fill,
+    Order,
+    OrderEventKind,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    OrderUpdate,
+    Side,
+    TimeInForce,
+)
 from titan_trio.domain.positions import Position
 from titan_trio.engine import Engine
-from titan_trio.state.reconcile import Reconciler
+from titan_trio.state.reconcile import IN_FLIGHT_QUIET_MS, Reconciler
 
 
 def lose_fills(engine: Engine) -> list[Fill]:
@@ -168,3 +179,82 @@ async def test_until_the_first_reconciliation_finished_health_says_starting_and_
         health = await client.get("/api/health")
         assert health.status_code == 200 and health.json()["status"] == "healthy"
         assert (await signal(engine, prepare_msg(engine, "early-2"))).status == "prepared"
+
+
+def resting_buy(
+    engine: Engine, coid: str, status: OrderStatus = OrderStatus.PENDING_SUBMIT
+) -> Order:
+    """A post-only BUY 1 % under the market: it rests."""
+    instrument = engine.instruments["BTCUSDT"]
+    price = instrument.floor_price(engine.hub.book.get("BTCUSDT").mid * Decimal("0.99"))
+    return Order(
+        coid,
+        "BTCUSDT",
+        Side.BUY,
+        OrderType.LIMIT,
+        Decimal("0.010"),
+        price=price,
+        time_in_force=TimeInForce.POST_ONLY,
+        leverage=Decimal(5),
+        status=status,
+        created_ms=now_ms(),
+        updated_ms=now_ms(),
+    )
+
+
+def request_of(order: Order) -> OrderRequest:
+    return OrderRequest(
+        order.client_order_id,
+        order.symbol,
+        order.side,
+        order.order_type,
+        order.qty,
+        order.price,
+        order.time_in_force,
+        order.reduce_only,
+        order.leverage,
+    )
+
+
+async def test_an_order_in_flight_with_no_news_is_asked_for_and_lost_only_after_three_misses(
+    risk_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    async with service(risk_config(execution={"makerTimeoutMs": 60000})) as engine:
+        assert engine.broker is not None
+        quiet = now_ms() - IN_FLIGHT_QUIET_MS - 1
+        # Its answer was lost on the way: the exchange has it, we have it as SUBMITTED.
+        known = resting_buy(engine, "tte-answer-lost")
+        await engine.broker.submit(request_of(known))
+        # Sent, but the exchange never had it.
+        unknown = resting_buy(engine, "tte-never-arrived")
+        for order in (known, unknown):
+            order.apply(OrderUpdate(OrderEventKind.SUBMITTED, quiet))
+            engine.shadow.track(order)
+        with caplog.at_level(logging.WARNING, logger="titan.reconcile"):
+            first = await engine.reconciler.reconcile()
+            assert known.status is OrderStatus.ACCEPTED  # settled by its id
+            assert unknown.status is OrderStatus.SUBMITTED  # one "not found" is no proof
+            assert any("1 of 3" in a for a in first.actions), first
+            await engine.reconciler.reconcile()
+            assert unknown.status is OrderStatus.SUBMITTED
+            third = await engine.reconciler.reconcile()
+        assert unknown.status is OrderStatus.EXPIRED
+        assert "tte-never-arrived" not in engine.shadow.orders
+        assert any("tte-never-arrived" in d and "EXPIRED" in d for d in third.differences)
+        assert any("not found at the broker in 3" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_resting_entry_adopted_from_the_broker_gets_its_timeout(
+    risk_config: Callable[..., Config],
+) -> None:
+    async with service(risk_config(execution={"makerTimeoutMs": 300})) as engine:
+        assert engine.broker is not None
+        stray = resting_buy(engine, "tte-only-at-broker")
+        await engine.broker.submit(request_of(stray))
+        await eventually(lambda: "tte-only-at-broker" in engine.shadow.orders)
+        del engine.shadow.orders["tte-only-at-broker"]  # its record was lost
+        report = await engine.reconciler.reconcile()
+        assert any("order_only_at_broker tte-only-at-broker" in d for d in report.differences)
+        # made just now, so it rests for the 300 ms timeout and is then cancelled
+        await eventually(lambda: not engine.broker.exchange.open_orders(), limit_s=5)
+        assert "tte-only-at-broker" not in engine.shadow.orders

@@ -41,6 +41,7 @@ class Executor:
         self.following: dict[str, EntryPlan] = {}
         self.following_allowed = True
         self._scopes: set[trio.CancelScope] = set()
+        self._resumed: set[str] = set()  # resting entries taken up by resume()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -155,12 +156,18 @@ class Executor:
         """At start: entries still resting from before get their timeout again. A maker
         entry rests for what is left of ``makerTimeoutMs`` since it was made, then the
         rest is cancelled; a taker entry's chase window is long over, so it is cancelled
-        now. Returns one line per entry taken up (each logged)."""
+        now. Reconciliation hands over resting entries it adopts the same way. An entry
+        already taken up is not taken up twice. Returns one line per entry taken up (each
+        logged)."""
         taken: list[str] = []
         assert self._nursery is not None
         for order in orders:
+            coid = order.client_order_id
             if order.reduce_only or not order.status.is_open:
                 continue
+            if coid in self._resumed or coid in self.following:
+                continue
+            self._resumed.add(coid)
             style = Style.MAKER if order.time_in_force is TimeInForce.POST_ONLY else Style.TAKER
             left_s = 0.0
             if style is Style.MAKER:
@@ -182,6 +189,8 @@ class Executor:
                     await self._cancel_rest(order, style)
             except TitanError as exc:
                 log.error("cancelling %s failed: %s", order.client_order_id, exc)
+            finally:
+                self._resumed.discard(order.client_order_id)
 
     async def _cancel_rest(self, order: Order, plan: EntryPlan | Style) -> None:
         style = plan if isinstance(plan, Style) else plan.style

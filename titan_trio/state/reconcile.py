@@ -51,6 +51,11 @@ from titan_trio.state.store import Store
 log = logging.getLogger("titan.reconcile")
 
 QUIET_WAIT_S = 5.0  # how long a run waits for the shadow state to apply the broker's events
+# An order in flight (sent, no answer recorded) this long and not being sent right now
+# is asked for by id; "not found" LOST_AFTER runs in a row makes it lost (EXPIRED): a
+# real exchange may not list an order it took a moment ago, so one answer is no proof.
+IN_FLIGHT_QUIET_MS = 10_000
+LOST_AFTER = 3
 FIRST_RETRY_S = 2.0  # until the first run after start succeeds, it is tried this often
 FILLS_CURSOR_KEY = "reconcile.fills_cursor_ms"  # fills before it were checked already
 FILLS_OVERLAP_MS = 1000  # read again each run: fills stamped in the same moment as the last
@@ -65,35 +70,45 @@ async def settle_in_flight(
     if orders is None:
         orders = list(shadow.orders.values())
     for order in [o for o in orders if o.status in IN_FLIGHT]:
-        before = order.status
         at_broker = await broker.order_status(order.symbol, order.client_order_id)
-        if at_broker is None:
-            order.apply(
-                OrderUpdate(
-                    OrderEventKind.EXPIRED,
-                    now_ms(),
-                    reason="never sent: the service stopped before the exchange had it",
-                )
+        settled.append(
+            await settle_order(
+                shadow,
+                store,
+                order,
+                at_broker,
+                "never sent: the service stopped before the exchange had it",
             )
-            line = (
-                f"Reconciliation: order {order.client_order_id} ({order.side} {order.qty} "
-                f"{order.symbol}) was {before} here and is unknown to the broker: never "
-                "sent, now EXPIRED (not sent again)"
-            )
-        else:
-            merged = shadow.apply_order(at_broker)
-            order = merged  # the shadow's own object from here on
-            line = (
-                f"Reconciliation: order {order.client_order_id} ({order.side} {order.qty} "
-                f"{order.symbol}) was {before} here and is {at_broker.status} at the broker "
-                f"(filled {at_broker.filled_qty}): taken as {merged.status}"
-            )
-        if order.client_order_id in shadow.orders:
-            shadow.apply_order(order)  # a finished one leaves the open set
-        await store.call(records.save_order, order)
-        log.warning("%s", line)
-        settled.append(line)
+        )
     return settled
+
+
+async def settle_order(
+    shadow: ShadowState, store: Store, order: Order, at_broker: Order | None, lost: str
+) -> str:
+    """One in-flight order takes the broker's state, or (``at_broker`` None) is EXPIRED
+    for the reason ``lost``, never sent again; saved, logged, and returned as a line."""
+    before = order.status
+    if at_broker is None:
+        order.apply(OrderUpdate(OrderEventKind.EXPIRED, now_ms(), reason=lost))
+        line = (
+            f"Reconciliation: order {order.client_order_id} ({order.side} {order.qty} "
+            f"{order.symbol}) was {before} here and is unknown to the broker: {lost}; "
+            "now EXPIRED (not sent again)"
+        )
+    else:
+        merged = shadow.apply_order(at_broker)
+        order = merged  # the shadow's own object from here on
+        line = (
+            f"Reconciliation: order {order.client_order_id} ({order.side} {order.qty} "
+            f"{order.symbol}) was {before} here and is {at_broker.status} at the broker "
+            f"(filled {at_broker.filled_qty}): taken as {merged.status}"
+        )
+    if order.client_order_id in shadow.orders:
+        shadow.apply_order(order)  # a finished one leaves the open set
+    await store.call(records.save_order, order)
+    log.warning("%s", line)
+    return line
 
 
 # ----- the account compared: a pure diff, then the healing --------------------------------
@@ -191,6 +206,7 @@ class Reconciler:
         replay: Callable[[list[Fill]], Awaitable[list[Fill]]] | None = None,
         adopt_unknown: bool = True,
         close: Callable[[str, str], Awaitable[object]] | None = None,
+        resume: Callable[[list[Order]], object] | None = None,
     ) -> None:
         self.shadow = shadow
         self.broker = broker
@@ -204,8 +220,10 @@ class Reconciler:
         self.replay = replay  # applies missed fills as live ones; returns those applied
         self.adopt_unknown = adopt_unknown
         self.close = close  # closes one symbol's position at market (adopt_unknown false)
+        self.resume = resume  # a resting entry adopted gets its timeout (executor.resume)
         self.fills_cursor_ms: int | None = None  # loaded at the first run
         self.ready = trio.Event()  # set when the first run after start has finished
+        self.not_found: dict[str, int] = {}  # in-flight orders the broker did not know
         self.last: ReconcileReport | None = None
         self.last_monotonic: float | None = None
         self.runs: dict[str, int] = {"clean": 0, "healed": 0, "error": 0}
@@ -305,6 +323,7 @@ class Reconciler:
             log.warning("%s", d.line())
             report.differences.append(d.line())
             await self._heal(d, broker_positions, broker_orders, account.balance, report)
+        await self._settle_quiet_in_flight(report)
         positions_changed = replayed > 0 or any(d.kind.startswith("position") for d in differences)
         if self.protect is not None and (positions_changed or self.last is None):
             await self.protect()  # at start every time: a stop may be missing anyway
@@ -343,6 +362,8 @@ class Reconciler:
             adopted = shadow.apply_order(broker_orders[d.key])
             await self.store.call(records.save_order, adopted)
             report.actions.append(f"order {d.key} adopted ({adopted.status.value})")
+            if self.resume is not None and not adopted.reduce_only:
+                self.resume([adopted])
         elif d.kind == "order_only_here":
             ours = shadow.orders[d.key]
             at_broker = await self.broker.order_status(ours.symbol, d.key)
@@ -357,6 +378,40 @@ class Reconciler:
             shadow.balance = balance
             await self.store.call(records.kv_set, "shadow.balance", str(balance), now_ms())
             report.actions.append(f"balance taken as the broker's ({balance})")
+
+    async def _settle_quiet_in_flight(self, report: ReconcileReport) -> None:
+        """Orders in flight with no news for IN_FLIGHT_QUIET_MS (an answer lost on the
+        way) are asked for by id and take the broker's state; one it has not heard of
+        LOST_AFTER times in a row is lost: EXPIRED, never sent again."""
+        now = now_ms()
+        quiet = [
+            o
+            for c, o in self.shadow.orders.items()
+            if o.status in IN_FLIGHT
+            and c not in self.sending
+            and now - o.updated_ms >= IN_FLIGHT_QUIET_MS
+        ]
+        for order in quiet:
+            coid = order.client_order_id
+            at_broker = await self.broker.order_status(order.symbol, coid)
+            if at_broker is None:
+                misses = self.not_found[coid] = self.not_found.get(coid, 0) + 1
+                if misses < LOST_AFTER:
+                    report.actions.append(
+                        f"order {coid} in flight and not found at the broker "
+                        f"({misses} of {LOST_AFTER} tries)"
+                    )
+                    continue
+            self.not_found.pop(coid, None)
+            line = await settle_order(
+                self.shadow,
+                self.store,
+                order,
+                at_broker,
+                f"lost: not found at the broker in {LOST_AFTER} reconciliations",
+            )
+            report.differences.append(line)
+            report.actions.append(f"order {coid} settled")
 
     async def _close_unknown(self, symbol: str, report: ReconcileReport) -> None:
         """reconcile.adoptUnknown false: a position we have no record of is closed at
