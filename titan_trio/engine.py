@@ -231,7 +231,12 @@ class Engine:
         )
         await nursery.start(self.reconciler.run)
         self.equity_monitor = EquityMonitor(
-            shadow, self.hub, self.store, lambda: risk.tracker, risk.mark
+            shadow,
+            self.hub,
+            self.store,
+            lambda: risk.tracker,
+            risk.mark,
+            after=self.reconciler.ready,
         )
         await nursery.start(self.equity_monitor.run)
         self.router = SignalRouter(

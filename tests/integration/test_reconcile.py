@@ -174,8 +174,11 @@ async def test_until_the_first_reconciliation_finished_health_says_starting_and_
         assert refused.reason == "BUSY" and "starting" in (refused.message or ""), refused
         pong = await signal(engine, {"type": "PING", "id": 9})
         assert pong.status == "pong"
+        # no equity mark either: peak and day start wait for the healed account
+        assert engine.risk.tracker.last_equity == 0
         held.set()
         await engine.reconciler.ready.wait()
+        await eventually(lambda: engine.risk.tracker.last_equity > 0)
         health = await client.get("/api/health")
         assert health.status_code == 200 and health.json()["status"] == "healthy"
         assert (await signal(engine, prepare_msg(engine, "early-2"))).status == "prepared"

@@ -36,6 +36,7 @@ class EquityMonitor:
         tracker: Callable[[], EquityTracker],
         on_mark: Callable[[Decimal, int], Awaitable[None]],
         snapshot_interval_s: float = 60.0,
+        after: trio.Event | None = None,
     ) -> None:
         self.shadow = shadow
         self.hub = hub
@@ -44,10 +45,18 @@ class EquityMonitor:
         self.on_mark = on_mark
         self.snapshot_interval_s = snapshot_interval_s
         self.snapshot_failures = 0
+        # Marks begin once this is set (the first reconciliation: before it, a fill a
+        # kill kept from the shadow state would make a wrong peak or day start).
+        self.after = after
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.mark()
-        task_status.started()
+        if self.after is None:
+            await self.mark()
+            task_status.started()
+        else:
+            task_status.started()
+            await self.after.wait()
+            await self.mark()
         next_snapshot = trio.current_time()
         while True:
             with trio.move_on_after(1.0):  # mark at least once a second, even if quiet
