@@ -219,6 +219,7 @@ class Engine:
             self.broker,
             self.store,
             lambda: sync.events_done,
+            lambda: sync.applying,
             placer.sending,
             cfg.reconcile.interval_s,
             mark=self.hub.book.mark,

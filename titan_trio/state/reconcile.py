@@ -39,7 +39,7 @@ from typing import Any
 
 import trio
 
-from titan_trio.brokers.base import Broker
+from titan_trio.brokers.base import AccountSnapshot, Broker
 from titan_trio.clock import now_ms
 from titan_trio.domain.orders import IN_FLIGHT, Fill, Order, OrderEventKind, OrderUpdate
 from titan_trio.domain.positions import Position
@@ -56,6 +56,7 @@ QUIET_WAIT_S = 5.0  # how long a run waits for the shadow state to apply the bro
 # real exchange may not list an order it took a moment ago, so one answer is no proof.
 IN_FLIGHT_QUIET_MS = 10_000
 LOST_AFTER = 3
+SNAPSHOT_ATTEMPTS = 20  # snapshots tried per run until one is not overtaken by events
 FIRST_RETRY_S = 2.0  # until the first run after start succeeds, it is tried this often
 FILLS_CURSOR_KEY = "reconcile.fills_cursor_ms"  # fills before it were checked already
 FILLS_OVERLAP_MS = 1000  # read again each run: fills stamped in the same moment as the last
@@ -112,6 +113,10 @@ async def settle_order(
 
 
 # ----- the account compared: a pure diff, then the healing --------------------------------
+
+
+class Unsettled(TitanError):
+    """No snapshot of the broker's account could be compared this run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +202,7 @@ class Reconciler:
         broker: Broker,
         store: Store,
         events_applied: Callable[[], int],
+        applying: Callable[[], bool],
         sending: set[str],
         interval_s: float,
         *,
@@ -211,7 +217,8 @@ class Reconciler:
         self.shadow = shadow
         self.broker = broker
         self.store = store
-        self.events_applied = events_applied
+        self.events_applied = events_applied  # broker events the shadow state applied
+        self.applying = applying  # ... and whether it is applying more right now
         self.sending = sending
         self.interval_s = interval_s
         self.mark = mark
@@ -272,8 +279,9 @@ class Reconciler:
             self.fills_cursor_ms = int(saved) if saved is not None else 0
         return max(0, self.fills_cursor_ms - FILLS_OVERLAP_MS)
 
-    async def _replay_missed(self, fills: list[Fill], report: ReconcileReport) -> int:
-        """Apply, once, the broker's fills the shadow state never applied; how many."""
+    async def _replay_missed(self, fills: list[Fill], report: ReconcileReport) -> None:
+        """Apply, once, the broker's fills the shadow state never applied (each one a
+        difference in the report)."""
         applied: list[Fill] = []
         missed = [f for f in fills if f.exec_id not in self.shadow.seen_exec_ids]
         if missed and self.replay is not None:
@@ -286,29 +294,47 @@ class Reconciler:
         if fills and fills[-1].ts_ms > (self.fills_cursor_ms or 0):
             self.fills_cursor_ms = fills[-1].ts_ms
             await self.store.call(records.kv_set, FILLS_CURSOR_KEY, fills[-1].ts_ms, now_ms())
-        return len(applied)
+
+    async def _consistent_account(self, report: ReconcileReport) -> tuple[AccountSnapshot, int]:
+        """A broker snapshot the shadow state has applied exactly (every event sent up to
+        it and none after, missed fills replayed), with the local time it was asked for;
+        retried while the account keeps moving. Raises Unsettled when it never holds."""
+        for _attempt in range(SNAPSHOT_ATTEMPTS):
+            asked_ms = now_ms()
+            account = await self.broker.account(fills_since_ms=await self._fills_since())
+            with trio.move_on_after(QUIET_WAIT_S) as waiting:
+                while self.events_applied() < account.events_sent:  # noqa: ASYNC110
+                    await trio.sleep(0.001)
+            if waiting.cancelled_caught:
+                raise Unsettled("the shadow state did not catch up with the broker in time")
+            # Every event sent up to the snapshot is applied: a fill of it the shadow
+            # state has not seen was lost on the way (a kill between the two commits).
+            await self._replay_missed(account.fills, report)
+            if not self.applying() and self.events_applied() == account.events_sent:
+                return account, asked_ms  # no await from here to the comparison
+        raise Unsettled(
+            f"the account changed during each of {SNAPSHOT_ATTEMPTS} snapshots; compared "
+            "nothing this time"
+        )
 
     async def _reconcile(self, report: ReconcileReport) -> None:
-        account = await self.broker.account(fills_since_ms=await self._fills_since())
-        with trio.move_on_after(QUIET_WAIT_S) as waiting:
-            while self.events_applied() < account.events_sent:  # noqa: ASYNC110
-                await trio.sleep(0.005)
-        if waiting.cancelled_caught:
-            report.errors.append("the shadow state did not catch up with the broker in time")
+        replayed_before = len(report.differences)
+        try:
+            account, asked_ms = await self._consistent_account(report)
+        except Unsettled as exc:
+            report.errors.append(str(exc))
             return
-        # Every event sent up to the snapshot is applied: a fill of it the shadow state
-        # has not seen was lost on the way (a kill between the two commits).
-        replayed = await self._replay_missed(account.fills, report)
+        replayed = len(report.differences) - replayed_before
         shadow = self.shadow
         broker_orders = {
             o.client_order_id: o
             for o in account.open_orders
             if o.client_order_id not in self.sending
         }
-        here_orders = {
+        here_orders = {  # (one made after the snapshot was asked for is not in it)
             c: o
             for c, o in shadow.orders.items()
-            if c not in self.sending and o.status not in IN_FLIGHT
+            if c not in self.sending and o.status not in IN_FLIGHT and o.created_ms < asked_ms
         }
         differences = diff(
             {s: r.position for s, r in shadow.positions.items()},
