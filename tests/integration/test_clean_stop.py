@@ -22,7 +22,7 @@ from ipc.protocol import Status
 from tests.conftest import free_port
 from tests.helpers import spawn, stop, wait_healthy
 
-CLIENTS = 12
+CLIENTS = 20
 LOAD_S = 1.0
 
 

@@ -1,0 +1,73 @@
+"""The reconciler's schedule, on trio's mock clock: the first run is retried until it
+succeeds (entries wait for it), then a difference that appears is healed within one
+``reconcile.intervalS``."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from titan_trio.brokers.base import AccountSnapshot
+from titan_trio.domain.orders import Order
+from titan_trio.domain.positions import Position
+from titan_trio.errors import BrokerRejected
+from titan_trio.state.reconcile import FIRST_RETRY_S, Reconciler
+from titan_trio.state.shadow import PositionRecord, ShadowState
+from titan_trio.state.store import Store
+
+INTERVAL_S = 60.0
+
+
+class FlatBroker:
+    """A broker holding nothing; unreachable for its first ``down`` snapshots."""
+
+    def __init__(self, down: int) -> None:
+        self.down = down
+        self.asked = 0
+
+    async def account(self, fills_since_ms: int | None = None) -> AccountSnapshot:
+        self.asked += 1
+        if self.asked <= self.down:
+            raise BrokerRejected("EXCHANGE_UNAVAILABLE", "connection refused")
+        return AccountSnapshot([], [], Decimal(1000), 0)
+
+    async def order_status(self, symbol: str, client_order_id: str) -> Order | None:
+        return None
+
+
+async def test_the_first_run_is_retried_and_a_ghost_heals_within_one_interval(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    shadow = ShadowState(Decimal(1000))
+    broker = FlatBroker(down=2)
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(Store(str(tmp_path / "t.db"), always_inline=True).run)
+        reconciler = Reconciler(
+            shadow,
+            broker,  # type: ignore[arg-type]
+            store,
+            lambda: 0,
+            lambda: False,
+            set(),
+            INTERVAL_S,
+        )
+        await nursery.start(reconciler.run)
+        started = trio.current_time()
+        await reconciler.ready.wait()
+        # two refusals, each tried again FIRST_RETRY_S later, not a whole interval
+        assert broker.asked == 3 and reconciler.runs["error"] == 2
+        assert trio.current_time() - started < 3 * FIRST_RETRY_S
+        # A position appears here that the broker does not hold.
+        shadow.positions["BTCUSDT"] = PositionRecord(
+            Position("BTCUSDT", Decimal("0.1"), Decimal(100))
+        )
+        await trio.sleep(INTERVAL_S - 5)
+        assert "BTCUSDT" in shadow.positions
+        await trio.sleep(10)
+        assert "BTCUSDT" not in shadow.positions  # closed out by the next scheduled run
+        assert reconciler.runs["healed"] == 1
+        assert any("position_only_here BTCUSDT" in d for d in reconciler.view()["differences"])
+        nursery.cancel_scope.cancel()
