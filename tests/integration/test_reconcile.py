@@ -7,6 +7,7 @@ finished the service says ``starting`` and takes no entries."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -14,9 +15,11 @@ from typing import Any
 import pytest
 import trio
 
+import titan_trio.brokers.paper as paper
 from tests.helpers import eventually, service
 from tests.integration.test_risk import api, open_long, prepare_msg, signal
 from titan_trio.brokers.base import BrokerEvent, FillEvent
+from titan_trio.brokers.paper import PaperBroker
 from titan_trio.clock import now_ms
 from titan_trio.config import Config
 from titan_trio.domain.orders import (
@@ -32,6 +35,8 @@ from titan_trio.domain.orders import (
 )
 from titan_trio.domain.positions import Position
 from titan_trio.engine import Engine
+from titan_trio.errors import BrokerRejected
+from titan_trio.state import records
 from titan_trio.state.reconcile import IN_FLIGHT_QUIET_MS, Reconciler
 
 
@@ -266,3 +271,141 @@ async def test_a_resting_entry_adopted_from_the_broker_gets_its_timeout(
             ),
             limit_s=5,
         )
+
+
+async def lost_entries(engine: Engine, symbols: list[str]) -> list[Fill]:
+    """Entries the exchange fills and the shadow state never hears of, one per symbol."""
+    lost = lose_fills(engine)
+    for symbol in symbols:
+        sid = f"lost-{symbol}"
+        assert (await signal(engine, prepare_msg(engine, sid, symbol))).status == "prepared"
+        reply = await signal(engine, {"type": "CONFIRM", "id": 2, "signal_id": sid})
+        assert reply.status == "accepted", reply
+        await eventually(lambda s=symbol: any(f.symbol == s for f in lost))
+    return lost
+
+
+async def test_missed_fills_over_many_pages_are_all_replayed_once_before_comparing(
+    risk_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = risk_config(risk={"maxRiskPct": 0.1, "phase3RiskPct": 0.1})
+    async with service(cfg) as engine:
+        lost = await lost_entries(engine, ["BTCUSDT", "ETHUSDT", "SOLUSDT"])
+    monkeypatch.setattr(paper, "FILLS_PAGE", 2)  # the journal read two fills at a time
+    async with service(cfg) as engine:
+        assert engine.broker is not None
+        first = engine.reconciler.last
+        assert first is not None and not first.errors
+        assert sum("fill_only_at_broker" in d for d in first.differences) == len(lost)
+        assert not any("position_" in d for d in first.differences)  # none taken whole
+        held = {p.symbol: p.size for p in await engine.broker.positions()}
+        assert {s: r.position.size for s, r in engine.shadow.positions.items()} == held
+        assert engine.shadow.balance == await engine.broker.balance()
+        second = await engine.reconciler.reconcile()
+        assert second.differences == [], second  # nothing applied twice
+
+
+async def test_an_order_filled_before_the_fill_journal_existed_does_not_block_its_symbol(
+    risk_config: Callable[..., Config],
+) -> None:
+    """A database from before the fill journal: the entry's fills are nowhere, its order
+    says FILLED. The position is taken whole, and the order stops counting as exposure
+    still to come: once the position is closed the symbol is free."""
+    cfg = risk_config()
+    async with service(cfg) as engine:
+        await lost_entries(engine, ["BTCUSDT"])
+    with sqlite3.connect(cfg.database.path) as db:
+        db.execute("DELETE FROM paper_fills")  # the older version kept no fill history
+    async with service(cfg) as engine:
+        assert engine.broker is not None
+        assert not engine.shadow.unsettled and not engine.shadow.entry_exposure()
+        lines = engine.reconciler.last.differences if engine.reconciler.last else []
+        assert any("no fill history" in d for d in lines), lines
+        assert any("position_only_at_broker BTCUSDT" in d for d in lines), lines
+        closed = await signal(
+            engine, {"type": "CLOSE", "id": 3, "signal_id": "close-old", "symbol": "BTCUSDT"}
+        )
+        assert closed.status == "closed", closed
+        await eventually(lambda: "BTCUSDT" not in engine.shadow.positions)
+        again = await signal(engine, prepare_msg(engine, "after-old", "BTCUSDT"))
+        assert again.status == "prepared", again
+
+
+async def test_a_first_run_that_failed_once_still_puts_missing_stops_back(
+    risk_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = risk_config()
+    async with service(cfg) as engine:
+        assert engine.broker is not None
+        await open_long(engine, "unprotected-1")
+        await eventually(lambda: engine.broker.exchange.stop_losses.get("BTCUSDT"))
+        await engine.broker.set_stop_loss("BTCUSDT", None)  # killed before the stop was set
+    account = PaperBroker.account
+    calls: list[int] = []
+
+    async def blip_once(self: PaperBroker, fills_since_ms: int | None = None) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise BrokerRejected("EXCHANGE_UNAVAILABLE", "a blip at start")
+        return await account(self, fills_since_ms)
+
+    monkeypatch.setattr(PaperBroker, "account", blip_once)
+    async with service(cfg) as engine:
+        assert engine.broker is not None
+        assert engine.reconciler.runs["error"] == 1
+        assert await engine.broker.stop_loss("BTCUSDT") is not None
+
+
+async def test_with_adopt_unknown_false_a_close_that_fails_is_reported_and_tried_again(
+    risk_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with service(risk_config(reconcile={"adoptUnknown": False})) as engine:
+        assert engine.broker is not None
+        mid = engine.hub.book.get("ETHUSDT").mid
+        engine.broker.exchange.positions["ETHUSDT"] = Position("ETHUSDT", Decimal(2), mid)
+        submit = engine.broker.submit
+
+        async def refuse(request: Any) -> Any:
+            raise BrokerRejected("EXCHANGE_UNAVAILABLE", "maintenance")
+
+        monkeypatch.setattr(engine.broker, "submit", refuse)
+        failed = await engine.reconciler.reconcile()
+        assert any("maintenance" in e for e in failed.errors), failed
+        assert any("NOT closed" in a for a in failed.actions), failed
+        # held meanwhile: recorded and protected
+        assert "ETHUSDT" in engine.shadow.positions
+        assert await engine.broker.stop_loss("ETHUSDT") is not None
+        monkeypatch.setattr(engine.broker, "submit", submit)
+        retried = await engine.reconciler.reconcile()
+        assert any("closed at market" in a for a in retried.actions), retried
+        assert not await engine.broker.positions()
+
+
+async def test_an_order_that_finishes_while_healing_is_not_opened_again(
+    risk_config: Callable[..., Config],
+) -> None:
+    async with service(risk_config(execution={"makerTimeoutMs": 60000})) as engine:
+        broker = engine.broker
+        assert broker is not None
+        stray = resting_buy(engine, "tte-stale-1")
+        await broker.submit(request_of(stray))
+        await eventually(lambda: "tte-stale-1" in engine.shadow.orders)
+        del engine.shadow.orders["tte-stale-1"]  # its record was lost
+        mid = engine.hub.book.get("ETHUSDT").mid
+        broker.exchange.positions["ETHUSDT"] = Position("ETHUSDT", Decimal(2), mid)
+        store = engine.reconciler.store
+
+        class CancelWhileHealing:
+            """The ETH heal's write, during which the order finishes at the exchange."""
+
+            async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+                if fn is records.set_position:
+                    await broker.cancel("BTCUSDT", "tte-stale-1")
+                    await eventually(lambda: engine.sync.events_done == broker.events_sent)
+                return await store.call(fn, *args, **kwargs)
+
+        engine.reconciler.store = CancelWhileHealing()  # type: ignore[assignment]
+        await engine.reconciler.reconcile()
+        engine.reconciler.store = store
+        assert not broker.exchange.open_orders()
+        assert "tte-stale-1" not in engine.shadow.orders

@@ -128,3 +128,46 @@ async def test_a_stale_accepted_after_filled_does_not_reopen_the_order(
         assert "c1" not in shadow.orders  # still finished, not re-opened
         assert any("stale" in r.getMessage() for r in caplog.records)
         assert await store.call(records.load_open_orders) == []
+
+
+async def test_an_open_order_restored_counts_only_its_recorded_fills_as_applied(
+    tmp_path: Path,
+) -> None:
+    """Its update was committed, one fill of it was not (a kill in between): the replay
+    of that fill must count, and the rest of the order still counts as exposure."""
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(Store(str(tmp_path / "t.db")).run)
+        order = open_order("c1", Side.BUY, "sig-1")  # 100
+        order.status = OrderStatus.PARTIALLY_FILLED
+        order.filled_qty = D(30)
+        order.updated_ms = order.created_ms = now_ms()
+        await store.call(records.save_order, order)
+        shadow = await restore_shadow(store, D(10000))
+        assert shadow.applied_qty["c1"] == 0
+        sync = ShadowSync(shadow, store, trio.open_memory_channel[BrokerEvent](1)[1])
+        await sync.replay([fill("e1", Side.BUY, "30", "100", ts=now_ms())])
+        [(_, pending)] = shadow.entry_exposure()
+        nursery.cancel_scope.cancel()
+    assert shadow.positions["BTCUSDT"].position.size == D(30)
+    assert pending == D(70)
+
+
+async def test_a_finished_order_whose_fills_were_not_recorded_waits_for_them(
+    tmp_path: Path,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(Store(str(tmp_path / "t.db")).run)
+        order = open_order("c1", Side.BUY, "sig-1")
+        order.status = OrderStatus.FILLED
+        order.filled_qty = D(100)
+        order.updated_ms = order.created_ms = now_ms()
+        order.stop_loss = D(90)
+        await store.call(records.save_order, order)
+        shadow = await restore_shadow(store, D(10000))
+        assert shadow.unsettled["c1"].stop_loss == D(90)
+        sync = ShadowSync(shadow, store, trio.open_memory_channel[BrokerEvent](1)[1])
+        await sync.replay([fill("e1", Side.BUY, "100", "100", ts=now_ms())])
+        nursery.cancel_scope.cancel()
+    assert not shadow.unsettled
+    rec = shadow.positions["BTCUSDT"]
+    assert rec.signal_id == "sig-1" and rec.stop_loss == D(90)  # the order's plan

@@ -49,7 +49,7 @@ from titan_trio.state.store import Store
 log = logging.getLogger("titan.broker.paper")
 ACCOUNT_KEY = "paper.account"
 COMMIT_DEADLINE_S = 10.0  # a save that hangs longer (a stalled disk) counts as failed
-FILLS_LIMIT = 5000  # fills one account snapshot carries; the next run reads on from there
+FILLS_PAGE = 1000  # fills read from the journal per query
 
 
 class PaperStorageFailed(TitanError):
@@ -311,13 +311,20 @@ class PaperBroker:
     async def account(self, fills_since_ms: int | None = None) -> AccountSnapshot:
         """Positions, open orders and balance as of one moment, with the number of
         events sent up to it (reconciliation compares once the shadow applied them) and
-        the fills made at or after ``fills_since_ms``, oldest first (at most FILLS_LIMIT)."""
+        every fill made at or after ``fills_since_ms``, oldest first (read page by page,
+        all of them: a comparison on part of the history would be wrong)."""
         async with self._lock:
             await self._ready()
             fills: list[Fill] = []
-            if fills_since_ms is not None:
-                rows = await self.store.call(records.paper_fills_since, fills_since_ms, FILLS_LIMIT)
-                fills = [fill_from_json(row) for row in rows]
+            after = 0
+            while fills_since_ms is not None:
+                page = await self.store.call(
+                    records.paper_fills_since, fills_since_ms, after, FILLS_PAGE
+                )
+                fills += [fill_from_json(body) for _rowid, body in page]
+                if len(page) < FILLS_PAGE:
+                    break
+                after = page[-1][0]
             return AccountSnapshot(
                 positions=[copy.copy(p) for p in self.exchange.positions.values()],
                 open_orders=[_copy(o) for o in self.exchange.open_orders()],

@@ -186,6 +186,7 @@ class ReconcileReport:
     differences: list[str] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    compared: bool = False  # the shadow state was compared with a snapshot and healed
 
 
 class Reconciler:
@@ -228,6 +229,7 @@ class Reconciler:
         self.adopt_unknown = adopt_unknown
         self.close = close  # closes one symbol's position at market (adopt_unknown false)
         self.resume = resume  # a resting entry adopted gets its timeout (executor.resume)
+        self.to_close: set[str] = set()  # unknown positions to close (adopt_unknown false)
         self.fills_cursor_ms: int | None = None  # loaded at the first run
         self.ready = trio.Event()  # set when the first run after start has finished
         self.not_found: dict[str, int] = {}  # in-flight orders the broker did not know
@@ -259,7 +261,9 @@ class Reconciler:
                 log.error("Reconciliation failed: %s", exc)
             result = "error" if report.errors else ("healed" if report.differences else "clean")
             self.runs[result] += 1
-            if result != "error" and not self.ready.is_set():
+            # Entries wait for the comparison, not for every healing action to succeed
+            # (a position that could not be closed is held and protected meanwhile).
+            if report.compared and not self.ready.is_set():
                 self.ready.set()
                 log.info(
                     "first reconciliation done (%d differences healed): taking entries",
@@ -324,6 +328,7 @@ class Reconciler:
         except Unsettled as exc:
             report.errors.append(str(exc))
             return
+        self._give_up_unknown_fills(asked_ms, report)  # before any await: still consistent
         replayed = len(report.differences) - replayed_before
         shadow = self.shadow
         broker_orders = {
@@ -348,11 +353,20 @@ class Reconciler:
         for d in differences:
             log.warning("%s", d.line())
             report.differences.append(d.line())
+            # Healing awaits: once an event moved the account past the snapshot, a
+            # position or the balance taken from the snapshot would undo it.
+            if not d.kind.startswith("order") and (
+                self.applying() or self.events_applied() != account.events_sent
+            ):
+                report.actions.append(f"{d.kind} {d.key} left for the next run: the account moved")
+                continue
             await self._heal(d, broker_positions, broker_orders, account.balance, report)
         await self._settle_quiet_in_flight(report)
         positions_changed = replayed > 0 or any(d.kind.startswith("position") for d in differences)
-        if self.protect is not None and (positions_changed or self.last is None):
-            await self.protect()  # at start every time: a stop may be missing anyway
+        report.compared = True
+        await self._close_unknowns(broker_positions, report)
+        if self.protect is not None and (positions_changed or not self.ready.is_set()):
+            await self.protect()  # until the first run succeeded: a stop may be missing
 
     async def _heal(
         self,
@@ -379,13 +393,22 @@ class Reconciler:
             await self.store.call(records.set_position, d.key, rec)
             report.actions.append(f"position {d.key} taken as the broker's ({_pos(theirs)})")
             if d.kind == "position_only_at_broker" and not self.adopt_unknown:
-                await self._close_unknown(d.key, report)
+                self.to_close.add(d.key)  # closed after the comparison (_close_unknowns)
         elif d.kind == "position_only_here":
             del shadow.positions[d.key]
             await self.store.call(records.set_position, d.key, None)
             report.actions.append(f"position {d.key} closed out (the broker holds none)")
         elif d.kind == "order_only_at_broker":
-            adopted = shadow.apply_order(broker_orders[d.key])
+            # asked again: it may have finished since the snapshot (and its last event
+            # been applied already); the snapshot's copy would open it again
+            theirs_o = broker_orders[d.key]
+            now = await self.broker.order_status(theirs_o.symbol, d.key) or theirs_o
+            if d.key in shadow.orders or (now.status.is_terminal and d.key not in shadow.unsettled):
+                report.actions.append(
+                    f"order {d.key} is {now.status.value} by now: nothing to adopt"
+                )
+                return
+            adopted = shadow.apply_order(now)
             await self.store.call(records.save_order, adopted)
             report.actions.append(f"order {d.key} adopted ({adopted.status.value})")
             if self.resume is not None and not adopted.reduce_only:
@@ -439,19 +462,57 @@ class Reconciler:
             report.differences.append(line)
             report.actions.append(f"order {coid} settled")
 
-    async def _close_unknown(self, symbol: str, report: ReconcileReport) -> None:
-        """reconcile.adoptUnknown false: a position we have no record of is closed at
-        market (recorded first, so its closing fill makes a trade like any other)."""
-        if self.close is None:
-            report.errors.append(f"position {symbol}: no way to close it here")
-            return
-        log.warning(
-            "Reconciliation: position %s is unknown here and reconcile.adoptUnknown is "
-            "false: closing it at market",
-            symbol,
-        )
-        await self.close(symbol, "reconciliation: position unknown here")
-        report.actions.append(f"position {symbol} closed at market (reconcile.adoptUnknown false)")
+    async def _close_unknowns(
+        self, broker_positions: dict[str, Position], report: ReconcileReport
+    ) -> None:
+        """reconcile.adoptUnknown false: each position we had no record of is closed at
+        market (recorded first, so its closing fill makes a trade like any other). One
+        that could not be closed stays held and protected, and is tried again at every
+        run until the broker no longer holds it."""
+        for symbol in sorted(self.to_close):
+            held = broker_positions.get(symbol)
+            if held is None or held.is_flat:
+                self.to_close.discard(symbol)
+                continue
+            if self.close is None:
+                report.errors.append(f"position {symbol}: no way to close it here")
+                continue
+            log.warning(
+                "Reconciliation: position %s (%s) is unknown here and reconcile.adoptUnknown "
+                "is false: closing it at market",
+                symbol,
+                _pos(held),
+            )
+            closed = await self.close(symbol, "reconciliation: position unknown here")
+            errors = list(getattr(closed, "errors", []))
+            if errors:
+                report.errors += [f"closing {symbol}: {e}" for e in errors]
+                report.actions.append(f"position {symbol} NOT closed; tried again next run")
+            else:
+                self.to_close.discard(symbol)
+                report.actions.append(
+                    f"position {symbol} closed at market (reconcile.adoptUnknown false)"
+                )
+
+    def _give_up_unknown_fills(self, asked_ms: int, report: ReconcileReport) -> None:
+        """An order filled further than the fills known for it, with every fill of the
+        broker's history read this run applied: the rest is in no history we can read
+        (recorded by an older version, or before the history kept), so the position is
+        taken as the broker's instead, and the order stops counting as exposure still to
+        come. Orders updated after the snapshot was asked for are left alone."""
+        shadow = self.shadow
+        for coid, applied in list(shadow.applied_qty.items()):
+            order = shadow.orders.get(coid) or shadow.unsettled.get(coid)
+            if order is None or applied >= order.filled_qty or order.updated_ms >= asked_ms:
+                continue
+            shadow.settle_fills(coid)
+            line = (
+                f"Reconciliation: order {coid} ({order.side} {order.symbol}) filled "
+                f"{order.filled_qty} but fills of only {applied} are known: the rest is in "
+                "no fill history read; the position is taken as the broker's"
+            )
+            log.warning("%s", line)
+            report.differences.append(line)
 
     def view(self) -> dict[str, Any]:
         last = self.last

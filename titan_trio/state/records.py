@@ -132,13 +132,18 @@ def save_paper_account(
 
 
 @plain_sql_function
-def paper_fills_since(e: Entities, since_ms: int, limit: int) -> list[dict[str, Any]]:
-    """The paper exchange's fills at or after ``since_ms``, oldest first, at most ``limit``."""
+def paper_fills_since(
+    e: Entities, since_ms: int, after_rowid: int, limit: int
+) -> list[tuple[int, dict[str, Any]]]:
+    """One page of the paper exchange's fills at or after ``since_ms``: those stored after
+    row ``after_rowid``, in the order they were made (rowid), at most ``limit``; each with
+    its rowid, to ask for the next page."""
     rows = e.db.select(
-        "body FROM paper_fills WHERE ts_ms >= $since_ms ORDER BY ts_ms, rowid LIMIT $limit",
-        {"since_ms": since_ms, "limit": limit},
+        "rowid, body FROM paper_fills WHERE ts_ms >= $since_ms AND rowid > $after "
+        "ORDER BY rowid LIMIT $limit",
+        {"since_ms": since_ms, "after": after_rowid, "limit": limit},
     )
-    return [json.loads(body) for body in rows]
+    return [(rowid, json.loads(body)) for rowid, body in rows]
 
 
 @plain_sql_function
@@ -305,20 +310,39 @@ def load_unsettled_orders(e: Entities, since_ms: int) -> list[tuple[Order, Decim
     rows = orm.select(
         o for o in e.Order if o.status in final and o.updated_ms >= since_ms and o.filled_qty != "0"
     )
+    orders = [_order_from_row(row) for row in rows]
+    recorded = _recorded_fill_qty(
+        e,
+        "o.status IN (SELECT value FROM json_each($final)) AND o.updated_ms >= $since "
+        "AND o.filled_qty != '0'",
+        {"final": json.dumps(final), "since": since_ms},
+    )
     out = []
-    for row in rows:
-        order = _order_from_row(row)
-        recorded = sum(
-            (
-                Decimal(qty)
-                for qty in e.db.select(
-                    "qty FROM fills WHERE client_order_id = $coid", {"coid": row.client_order_id}
-                )
-            ),
-            Decimal(0),
-        )
-        if recorded < order.filled_qty:
-            out.append((order, recorded))
+    for order in orders:
+        qty = recorded.get(order.client_order_id, Decimal(0))
+        if qty < order.filled_qty:
+            out.append((order, qty))
+    return out
+
+
+def recorded_fill_qty_of_open_orders(e: Entities) -> dict[str, Decimal]:
+    """What the recorded fills of each open order add up to."""
+    open_states = [s.value for s in OrderStatus if s.is_open]
+    return _recorded_fill_qty(
+        e, "o.status IN (SELECT value FROM json_each($states))", {"states": json.dumps(open_states)}
+    )
+
+
+def _recorded_fill_qty(e: Entities, where: str, params: dict[str, Any]) -> dict[str, Decimal]:
+    """Recorded fill quantity per order, for the orders ``where`` selects (alias o)."""
+    out: dict[str, Decimal] = {}
+    rows = e.db.select(
+        "f.client_order_id, f.qty FROM fills f JOIN orders o "
+        f"ON o.client_order_id = f.client_order_id WHERE {where}",
+        params,
+    )
+    for coid, qty in rows:
+        out[coid] = out.get(coid, Decimal(0)) + Decimal(qty)
     return out
 
 

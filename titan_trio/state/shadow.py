@@ -200,6 +200,18 @@ class ShadowState:
             self.applied_qty.pop(coid, None)
         return ours
 
+    def settle_fills(self, client_order_id: str) -> None:
+        """Count an order's fills as all applied: the ones missing will never come (the
+        position was taken from the broker whole instead)."""
+        order = self.orders.get(client_order_id) or self.unsettled.get(client_order_id)
+        if order is None:
+            return
+        if client_order_id in self.unsettled:
+            del self.unsettled[client_order_id]
+            self.applied_qty.pop(client_order_id, None)
+        else:
+            self.applied_qty[client_order_id] = order.filled_qty
+
     def apply_fill(self, fill: Fill, close_reason: str | None = None) -> FillChanges | None:
         """Apply a fill once (de-duplicated by exec id); None for a fill already seen."""
         if fill.exec_id in self.seen_exec_ids:

@@ -27,6 +27,7 @@ from titan_trio.errors import StoreError
 from titan_trio.state import records
 from titan_trio.state.shadow import (
     RECENT_EXEC_IDS,
+    ZERO,
     FillChanges,
     RecentExecIds,
     ShadowState,
@@ -62,10 +63,12 @@ async def restore_shadow(
     shadow.seen_exec_ids = RecentExecIds(exec_id_memory)
     for rec in await store.call(records.load_positions):
         shadow.positions[rec.position.symbol] = rec
+    recorded = await store.call(records.recorded_fill_qty_of_open_orders)
     for order in await store.call(records.load_open_orders):
         shadow.orders[order.client_order_id] = order
-        # what it filled before the restart is already in the position
-        shadow.applied_qty[order.client_order_id] = order.filled_qty
+        # what its recorded fills put in the position before the restart (a fill a kill
+        # kept from the database is replayed by reconciliation and counts then)
+        shadow.applied_qty[order.client_order_id] = recorded.get(order.client_order_id, ZERO)
     # Finished orders whose last fills a kill kept from the database: reconciliation
     # replays those fills, and they must find their order (its signal, stop and targets).
     newest_fill = await store.call(records.newest_fill_ms)
