@@ -45,7 +45,8 @@ from titan_trio.risk.breaker import TradingState, most_restrictive
 from titan_trio.risk.controller import RiskController
 from titan_trio.state import records
 from titan_trio.state.equity_monitor import EquityMonitor
-from titan_trio.state.reconcile import Reconciler, settle_in_flight
+from titan_trio.state.reconcile import Reconciler
+from titan_trio.state.settle import settle_in_flight
 from titan_trio.state.shadow import ShadowState
 from titan_trio.state.store import Store
 from titan_trio.state.sync import ShadowSync, restore_shadow

@@ -8,7 +8,7 @@ from decimal import Decimal as D
 from tests.state.test_shadow import open_order
 from titan_trio.domain.orders import Side
 from titan_trio.domain.positions import Position
-from titan_trio.state.reconcile import diff
+from titan_trio.state.drift import diff
 
 
 def pos(symbol: str, size: str, entry: str = "100") -> Position:

@@ -46,7 +46,7 @@ from titan_trio.risk.breaker import OrderPurpose, TradingState
 from titan_trio.risk.controller import RiskController
 from titan_trio.risk.sizing import EntryRejected
 from titan_trio.state import records
-from titan_trio.state.reconcile import settle_in_flight
+from titan_trio.state.settle import settle_in_flight
 from titan_trio.state.shadow import ShadowState
 from titan_trio.state.store import Store
 

@@ -2,14 +2,8 @@
 exchange is the truth, and every difference is one WARNING line containing
 ``Reconciliation`` with both sides (operators grep for it).
 
-Orders in flight at start (``settle_in_flight``): An order the database has as PENDING_SUBMIT or
-SUBMITTED was journaled but its outcome never recorded (the service stopped between the
-journal write and the broker's answer). Each is asked of the broker by its client order
-id: found, it takes the exchange's state (through the transition table, like any event);
-not found, it never reached the exchange and is EXPIRED, never sent again, so it no
-longer holds exposure or blocks its symbol. The paper broker answers authoritatively;
-a real exchange's "not found" right after a send is not proof, so its connector will ask
-a few times before an order counts as lost (SPEC §7).
+Orders in flight at start are settled before this runs (``state.settle``); the
+differences themselves are a pure function (``state.drift``).
 
 The account compared (``Reconciler``, at start, every ``reconcile.intervalS``, on
 demand): first the fills the broker made since the last run that the shadow state never
@@ -45,6 +39,8 @@ from titan_trio.domain.orders import IN_FLIGHT, Fill, Order, OrderEventKind, Ord
 from titan_trio.domain.positions import Position
 from titan_trio.errors import TitanError
 from titan_trio.state import records
+from titan_trio.state.drift import Difference, diff, missed_fill, pos_text
+from titan_trio.state.settle import settle_order
 from titan_trio.state.shadow import PositionRecord, ShadowState
 from titan_trio.state.store import Store
 
@@ -62,122 +58,8 @@ FILLS_CURSOR_KEY = "reconcile.fills_cursor_ms"  # fills before it were checked a
 FILLS_OVERLAP_MS = 1000  # read again each run: fills stamped in the same moment as the last
 
 
-async def settle_in_flight(
-    shadow: ShadowState, broker: Broker, store: Store, orders: list[Order] | None = None
-) -> list[str]:
-    """Settle the orders whose outcome was never recorded (``orders``, or every such
-    open order of the shadow state); returns one line per order settled (each logged)."""
-    settled: list[str] = []
-    if orders is None:
-        orders = list(shadow.orders.values())
-    for order in [o for o in orders if o.status in IN_FLIGHT]:
-        at_broker = await broker.order_status(order.symbol, order.client_order_id)
-        settled.append(
-            await settle_order(
-                shadow,
-                store,
-                order,
-                at_broker,
-                "never sent: the service stopped before the exchange had it",
-            )
-        )
-    return settled
-
-
-async def settle_order(
-    shadow: ShadowState, store: Store, order: Order, at_broker: Order | None, lost: str
-) -> str:
-    """One in-flight order takes the broker's state, or (``at_broker`` None) is EXPIRED
-    for the reason ``lost``, never sent again; saved, logged, and returned as a line."""
-    before = order.status
-    if at_broker is None:
-        order.apply(OrderUpdate(OrderEventKind.EXPIRED, now_ms(), reason=lost))
-        line = (
-            f"Reconciliation: order {order.client_order_id} ({order.side} {order.qty} "
-            f"{order.symbol}) was {before} here and is unknown to the broker: {lost}; "
-            "now EXPIRED (not sent again)"
-        )
-    else:
-        merged = shadow.apply_order(at_broker)
-        order = merged  # the shadow's own object from here on
-        line = (
-            f"Reconciliation: order {order.client_order_id} ({order.side} {order.qty} "
-            f"{order.symbol}) was {before} here and is {at_broker.status} at the broker "
-            f"(filled {at_broker.filled_qty}): taken as {merged.status}"
-        )
-    if order.client_order_id in shadow.orders:
-        shadow.apply_order(order)  # a finished one leaves the open set
-    await store.call(records.save_order, order)
-    log.warning("%s", line)
-    return line
-
-
-# ----- the account compared: a pure diff, then the healing --------------------------------
-
-
 class Unsettled(TitanError):
     """No snapshot of the broker's account could be compared this run."""
-
-
-@dataclass(frozen=True, slots=True)
-class Difference:
-    """One way the shadow state and the broker disagree."""
-
-    kind: str  # fill_only_at_broker, position_only_at_broker, position_only_here,
-    # position_size, order_only_at_broker, order_only_here, balance
-    key: str  # the execution id, the symbol, the client order id, or "balance"
-    here: str
-    broker: str
-
-    def line(self) -> str:
-        return f"Reconciliation: {self.kind} {self.key}: here {self.here}, broker {self.broker}"
-
-
-def missed_fill(fill: Fill) -> Difference:
-    return Difference(
-        "fill_only_at_broker",
-        fill.exec_id,
-        "none",
-        f"{fill.side} {fill.qty} {fill.symbol} @ {fill.price} fee {fill.fee} "
-        f"(order {fill.client_order_id})",
-    )
-
-
-def _pos(p: Position | None) -> str:
-    return "none" if p is None or p.is_flat else f"{p.size} @ {p.entry_price}"
-
-
-def diff(
-    here_positions: dict[str, Position],
-    broker_positions: dict[str, Position],
-    here_orders: dict[str, Order],
-    broker_orders: dict[str, Order],
-    here_balance: Decimal,
-    broker_balance: Decimal,
-) -> list[Difference]:
-    """Every difference between two snapshots of the account (pure)."""
-    out: list[Difference] = []
-    for symbol in sorted(set(here_positions) | set(broker_positions)):
-        ours, theirs = here_positions.get(symbol), broker_positions.get(symbol)
-        ours = None if ours is None or ours.is_flat else ours
-        theirs = None if theirs is None or theirs.is_flat else theirs
-        if ours is None and theirs is None:
-            continue
-        if ours is None:
-            out.append(Difference("position_only_at_broker", symbol, "none", _pos(theirs)))
-        elif theirs is None:
-            out.append(Difference("position_only_here", symbol, _pos(ours), "none"))
-        elif ours.size != theirs.size:
-            out.append(Difference("position_size", symbol, _pos(ours), _pos(theirs)))
-    for coid in sorted(set(here_orders) | set(broker_orders)):
-        ours_o, theirs_o = here_orders.get(coid), broker_orders.get(coid)
-        if ours_o is None and theirs_o is not None:
-            out.append(Difference("order_only_at_broker", coid, "none", theirs_o.status.value))
-        elif theirs_o is None and ours_o is not None:
-            out.append(Difference("order_only_here", coid, ours_o.status.value, "not open"))
-    if here_balance != broker_balance:
-        out.append(Difference("balance", "balance", str(here_balance), str(broker_balance)))
-    return out
 
 
 @dataclass
@@ -391,7 +273,7 @@ class Reconciler:
                 )
             shadow.positions[d.key] = rec
             await self.store.call(records.set_position, d.key, rec)
-            report.actions.append(f"position {d.key} taken as the broker's ({_pos(theirs)})")
+            report.actions.append(f"position {d.key} taken as the broker's ({pos_text(theirs)})")
             if d.kind == "position_only_at_broker" and not self.adopt_unknown:
                 self.to_close.add(d.key)  # closed after the comparison (_close_unknowns)
         elif d.kind == "position_only_here":
@@ -481,7 +363,7 @@ class Reconciler:
                 "Reconciliation: position %s (%s) is unknown here and reconcile.adoptUnknown "
                 "is false: closing it at market",
                 symbol,
-                _pos(held),
+                pos_text(held),
             )
             closed = await self.close(symbol, "reconciliation: position unknown here")
             errors = list(getattr(closed, "errors", []))
