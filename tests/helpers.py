@@ -3,6 +3,7 @@ own, bounded polling, and merging configuration sections."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,12 @@ from titan_trio.config import Config
 from titan_trio.engine import Engine
 
 POLL_S = 0.005
+
+
+def exact(response: httpx.Response) -> Any:
+    """An API answer with its numbers read exactly (the API writes decimals as JSON
+    numbers with every digit; a float would round them)."""
+    return json.loads(response.text, parse_float=Decimal)
 
 
 async def eventually(predicate: Callable[[], Any], limit_s: float = 5.0) -> Any:

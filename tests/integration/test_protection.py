@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Decimal
 
+from tests.helpers import exact
 from tests.integration.test_risk import (
     api,
     eventually,
@@ -80,9 +81,9 @@ async def test_stop_and_targets_follow_the_position_until_the_stop_closes_it(
         await eventually(lambda: "BTCUSDT" not in engine.shadow.positions)
         await eventually(lambda: not engine.shadow.orders)  # the second target went too
         assert await engine.broker.stop_loss("BTCUSDT") is None
-        trades = (await client.get("/api/trades")).json()
+        trades = exact(await client.get("/api/trades"))
         assert trades[0]["close_reason"].startswith("stop loss")
-        assert Decimal(trades[0]["qty"]) == size
+        assert trades[0]["qty"] == size
 
 
 async def test_close_takes_the_protection_away(risk_config: Callable[..., Config]) -> None:

@@ -157,7 +157,7 @@ async def test_a_position_nobody_here_knows_of_is_adopted_or_closed_as_configure
             await eventually(lambda: "ETHUSDT" not in engine.shadow.positions)
             assert not await engine.broker.positions()
             trades = (await client.get("/api/trades?symbol=ETHUSDT")).json()
-            assert len(trades) == 1 and trades[0]["qty"] == "2"
+            assert len(trades) == 1 and trades[0]["qty"] == 2
             assert any("adoptUnknown is false" in line for line in reconciliation_lines(caplog))
 
 

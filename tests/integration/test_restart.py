@@ -141,7 +141,13 @@ async def test_a_position_left_without_its_stop_and_targets_gets_them_back_at_st
         assert engine.broker is not None
         stops = engine.broker.exchange.stop_losses
         stop = await eventually(lambda: stops.get("BTCUSDT"))
-        await eventually(lambda: [o for o in engine.shadow.orders.values() if o.reduce_only])
+        # the take profit is at the exchange (not still on its way there)
+        await eventually(
+            lambda: (
+                [o for o in engine.broker.exchange.open_orders() if o.reduce_only]
+                and not engine.executor.placer.sending
+            )
+        )
         # As if the service had stopped right after the fill: no stop, no targets.
         for order in await engine.broker.open_orders():
             await engine.broker.cancel("BTCUSDT", order.client_order_id)

@@ -7,6 +7,7 @@ The simulated market is told to publish once at start and then stay quiet
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -108,7 +109,8 @@ async def test_drawdown_trips_the_breaker_flattens_and_survives_restart(
         assert risk["trading_state"] == "HALTED"
         assert risk["breaker"]["tripped"] is True
         assert risk["breaker"]["cause"] == "drawdown"
-        assert risk["breaker"]["tripped_at"] > 0
+        tripped_at = dt.datetime.fromisoformat(risk["breaker"]["tripped_at"])  # ISO 8601 UTC
+        assert tripped_at.tzinfo is not None and tripped_at.utcoffset() == dt.timedelta(0)
         metrics = (await client.get("/metrics")).text
         assert "titan_circuit_breaker_tripped 1.0" in metrics
         equity = (await client.get("/api/state/equity")).json()

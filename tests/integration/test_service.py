@@ -13,7 +13,7 @@ import httpx
 import pytest
 import trio
 
-from tests.helpers import eventually
+from tests.helpers import eventually, exact
 from titan_trio.config import Config
 from titan_trio.domain.orders import OrderRequest, OrderType, Side
 from titan_trio.engine import Engine
@@ -154,21 +154,20 @@ async def test_paper_trade_moves_positions_trades_and_metrics(
             await _sell(engine, "it-sell-1", "0.010")
             await eventually(lambda: not engine.shadow.positions)
             today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-            trades = (await client.get(f"/api/trades?date={today}&limit=5")).json()
+            trades = exact(await client.get(f"/api/trades?date={today}&limit=5"))
             assert len(trades) == 1
             trade = trades[0]
             assert trade["symbol"] == "BTCUSDT"
-            assert trade["side"] == "BUY"
-            assert Decimal(trade["qty"]) == Decimal("0.010")
-            assert Decimal(trade["net_pnl"]) == Decimal(trade["realized_pnl"]) - Decimal(
-                trade["fees"]
-            )
-            assert Decimal(trade["fees"]) > 0
+            assert trade["side"] == "LONG"  # the position's side, as in /api/state/positions
+            assert trade["qty"] == Decimal("0.010")
+            assert trade["net_pnl"] == trade["realized_pnl"] - trade["fees"]
+            assert trade["fees"] > 0
+            assert trade["closed_at"].endswith("Z") and trade["closed_at"] >= trade["opened_at"]
             # the shadow's balance agrees with the paper exchange's to the last digit
             assert engine.shadow.balance == await engine.broker.balance()
-            equity = (await client.get("/api/state/equity")).json()
-            assert Decimal(str(equity["balance"])) == engine.shadow.balance
-            assert Decimal(str(equity["realized_pnl_today"])) == Decimal(trade["net_pnl"])
+            equity = exact(await client.get("/api/state/equity"))
+            assert equity["balance"] == engine.shadow.balance  # to the last digit
+            assert equity["realized_pnl_today"] == trade["net_pnl"]
             other_day = (await client.get("/api/trades?date=2001-01-01")).json()
             assert other_day == []
         nursery.cancel_scope.cancel()

@@ -11,6 +11,7 @@ import datetime as dt
 import hmac
 import logging
 import re
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -19,7 +20,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from titan_trio.api.openapi import OPENAPI
-from titan_trio.clock import now_ms
+from titan_trio.clock import iso_utc, now_ms
 from titan_trio.risk.breaker import TradingState
 from titan_trio.risk.sizing import RiskLimits, phase_rules
 from titan_trio.state import records
@@ -258,13 +259,21 @@ async def equity_view(engine: Engine) -> dict[str, Any]:
     }
 
 
+def _number(text: str) -> Decimal | str:
+    """A figure recorded as text, as a number when it is one."""
+    try:
+        return Decimal(text)
+    except ArithmeticError:
+        return text
+
+
 def breaker_view(engine: Engine) -> dict[str, Any]:
     state = engine.risk.state
     return {
         "tripped": state.tripped,
         "cause": None if state.trip is None else state.trip.cause,
         "message": None if state.trip is None else state.trip.message,
-        "tripped_at": state.tripped_at_ms,
+        "tripped_at": iso_utc(state.tripped_at_ms),
         "consecutive_losses": state.consecutive_losses,
     }
 
@@ -281,7 +290,9 @@ def risk_view(engine: Engine) -> dict[str, Any]:
         "trading_state": engine.risk.trading_state.value,
         "breaker": {
             **breaker_view(engine),
-            "figures": None if engine.risk.state.trip is None else engine.risk.state.trip.figures,
+            "figures": None
+            if engine.risk.state.trip is None
+            else {k: _number(v) for k, v in engine.risk.state.trip.figures.items()},
         },
         "phase": rules.phase,
         "effective_risk_pct": rules.risk_pct,
@@ -312,7 +323,7 @@ def risk_view(engine: Engine) -> dict[str, Any]:
             "maxConsecutiveLosses": r.max_consecutive_losses,
             "flattenOnBreaker": r.flatten_on_breaker,
         },
-        "history": engine.risk.state.history,
+        "history": [{**h, "at": iso_utc(h["at"])} for h in engine.risk.state.history],
     }
 
 
@@ -336,7 +347,7 @@ def positions_view(engine: Engine) -> list[dict[str, Any]]:
                 "leverage": p.leverage,
                 "stop_loss": rec.stop_loss,
                 "take_profits": rec.take_profits,
-                "opened_at": p.opened_ms,
+                "opened_at": iso_utc(p.opened_ms),
                 "signal_id": rec.signal_id,
                 "trap_type": rec.trap_type,
             }
@@ -360,8 +371,8 @@ def orders_view(engine: Engine) -> list[dict[str, Any]]:
             "reduce_only": o.reduce_only,
             "status": o.status.value,
             "signal_id": o.signal_id,
-            "created_at": o.created_ms,
-            "updated_at": o.updated_ms,
+            "created_at": iso_utc(o.created_ms),
+            "updated_at": iso_utc(o.updated_ms),
         }
         for o in sorted(engine.shadow.orders.values(), key=lambda o: o.created_ms)
     ]

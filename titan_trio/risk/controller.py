@@ -25,16 +25,13 @@ probe; a trip is enforced in memory at once whether or not it could be saved.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 from decimal import Decimal
-from typing import Any
 
 import trio
 
-from titan_trio.clock import now_ms
+from titan_trio.clock import iso_utc, now_ms
 from titan_trio.config import RiskConfig
 from titan_trio.domain.equity import EquityTracker
 from titan_trio.domain.reports import FlattenReport
@@ -136,7 +133,7 @@ class RiskController:
             log.critical(
                 "Circuit breaker still tripped since %s: %s; trading HALTED until "
                 "an operator resets it",
-                _iso(self.state.tripped_at_ms),
+                iso_utc(self.state.tripped_at_ms) or "unknown",
                 self.state.trip.message,
             )
         elif self.state.trading_state is not TradingState.ACTIVE:
@@ -311,26 +308,3 @@ class RiskController:
             if saving.cancelled_caught:
                 self.unsaved = True  # HALTED holds in memory; written at the next change
             return await self._flatten(f"operator {who}")
-
-    def view(self) -> dict[str, Any]:
-        s = self.state
-        return {
-            "trading_state": self.trading_state.value,
-            "tripped": s.tripped,
-            "cause": None if s.trip is None else s.trip.cause,
-            "message": None if s.trip is None else s.trip.message,
-            "figures": None if s.trip is None else s.trip.figures,
-            "tripped_at": s.tripped_at_ms,
-            "consecutive_losses": s.consecutive_losses,
-            "limits": {k: str(v) for k, v in asdict(self.limits).items()},
-            "history": s.history,
-            "storage_faults": {
-                k: {"limits_to": v[0].value, "cause": v[1]} for k, v in self.storage_faults.items()
-            },
-        }
-
-
-def _iso(ms: int | None) -> str:
-    if ms is None:
-        return "unknown"
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")

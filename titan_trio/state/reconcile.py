@@ -34,7 +34,7 @@ from typing import Any
 import trio
 
 from titan_trio.brokers.base import AccountSnapshot, Broker
-from titan_trio.clock import now_ms
+from titan_trio.clock import iso_utc, now_ms
 from titan_trio.domain.orders import IN_FLIGHT, Fill, Order, OrderEventKind, OrderUpdate
 from titan_trio.domain.positions import Position
 from titan_trio.errors import TitanError
@@ -401,7 +401,7 @@ class Reconciler:
         age = None if self.last_monotonic is None else trio.current_time() - self.last_monotonic
         return {
             "first_run_done": self.ready.is_set(),  # entries are taken from then on
-            "last_run_ms": None if last is None else last.started_ms,
+            "last_run_at": None if last is None else iso_utc(last.started_ms),
             "age_s": None if age is None else round(age, 3),
             "differences": [] if last is None else last.differences,
             "actions": [] if last is None else last.actions,

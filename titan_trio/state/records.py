@@ -14,6 +14,7 @@ from typing import Any
 
 from pony import orm
 
+from titan_trio.clock import iso_utc
 from titan_trio.domain.orders import Order, OrderStatus, OrderType, Side, TimeInForce
 from titan_trio.domain.positions import Position
 from titan_trio.errors import TitanError
@@ -500,15 +501,15 @@ def list_trades(
         {
             "id": t.id,
             "symbol": t.symbol,
-            "side": t.side,
-            "qty": t.qty,
-            "entry_price": t.entry_price,
-            "exit_price": t.exit_price,
-            "realized_pnl": t.realized_pnl,
-            "fees": t.fees,
-            "net_pnl": t.net_pnl,
-            "opened_at": t.opened_ms,
-            "closed_at": t.closed_ms,
+            "side": "LONG" if t.side == Side.BUY.value else "SHORT",  # the position's side
+            "qty": Decimal(t.qty),
+            "entry_price": Decimal(t.entry_price),
+            "exit_price": Decimal(t.exit_price),
+            "realized_pnl": Decimal(t.realized_pnl),
+            "fees": Decimal(t.fees),
+            "net_pnl": Decimal(t.net_pnl),
+            "opened_at": iso_utc(t.opened_ms),
+            "closed_at": iso_utc(t.closed_ms),
             "signal_id": t.signal_id,
             "close_reason": t.close_reason,
         }
