@@ -8,19 +8,23 @@ CONFIG ?= config/default.json
 .PHONY: run demo test bench lint format clean
 
 $(BIN)/python:
+	@echo "make: creating $(VENV) and installing the service into it (first time only, about 30 s)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Installed state is keyed on pyproject.toml: editing it reinstalls.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	@echo "make: installing dependencies into $(VENV)"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e .
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+	@echo "make: installing dependencies and test tools into $(VENV)"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(VENV)/.installed $@
 
 run: $(VENV)/.installed
+	@echo "make: the CLI is $(BIN)/titan (or: source $(BIN)/activate, then titan); Ctrl-C stops"
 	$(BIN)/titan run --config $(CONFIG)
 
 # `make run` plus the example strategy (ipc/examples/demo_strategy.py) in the foreground.
@@ -28,8 +32,9 @@ run: $(VENV)/.installed
 # 5 s later only if it is still starting (sh starts background jobs with SIGINT ignored,
 # so a Ctrl-C before the service installs its handler would be lost).
 # DEMO_ARGS go to the strategy, e.g. `make demo DEMO_ARGS="--duration 60 --seed 1"`.
-DEMO_API ?= http://127.0.0.1:8080
-DEMO_SOCKET ?= titan-ipc.sock
+# The same overrides the service reads (TITAN_API_PORT, TITAN_IPC_SOCKET) apply here.
+DEMO_API ?= http://127.0.0.1:$(or $(TITAN_API_PORT),8080)
+DEMO_SOCKET ?= $(or $(TITAN_IPC_SOCKET),titan-ipc.sock)
 DEMO_ARGS ?=
 DEMO_START_LIMIT_S ?= 30
 

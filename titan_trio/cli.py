@@ -18,6 +18,7 @@ import secrets
 import sys
 import time
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from titan_trio import __version__
@@ -31,14 +32,12 @@ from titan_trio.ops_client import (
     cmd_reconcile,
     cmd_resume,
     cmd_trades,
+    print_json,
+    request,
     simple_get,
 )
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2))
 
 
 def _fail(message: str, code: int = EXIT_FAIL) -> int:
@@ -216,12 +215,50 @@ def _signal_message(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+# --at-market, as fractions of the mid: the zone is wide enough that the market is still
+# in it when a person types the CONFIRM seconds later (execution.prepareTtlMs allows 10 s)
+AT_MARKET_ZONE = Decimal("0.005")  # entry zone half-width
+AT_MARKET_STOP = Decimal("0.01")  # stop loss distance
+AT_MARKET_TARGET = Decimal("0.02")  # take profit distance
+
+
+def _fill_from_market(args: argparse.Namespace) -> None:
+    """--at-market: the PREPARE prices not given, around the service's current mid."""
+    if args.type != "PREPARE" or not args.symbol or not args.direction:
+        raise _UsageError("--at-market needs --type PREPARE with --symbol and --direction")
+    _status, market = request(args, "GET", "/api/market")
+    quote = market.get(args.symbol) if isinstance(market, dict) else None
+    if quote is None:
+        raise _UsageError(f"the service has no market for {args.symbol}")
+    mid = (Decimal(str(quote["bid"])) + Decimal(str(quote["ask"]))) / 2
+    sign = 1 if args.direction == "LONG" else -1
+
+    def price(offset: Decimal) -> float:
+        return float((mid * (1 + offset)).quantize(Decimal("0.00001")))
+
+    if args.entry_min is None:
+        args.entry_min = price(-AT_MARKET_ZONE)
+    if args.entry_max is None:
+        args.entry_max = price(AT_MARKET_ZONE)
+    if args.stop_loss is None:
+        args.stop_loss = price(-sign * AT_MARKET_STOP)
+    if not args.take_profit:
+        args.take_profit = [price(sign * AT_MARKET_TARGET)]
+    print(
+        f"at market: mid {mid.normalize()}, entry {args.entry_min}-{args.entry_max}, stop "
+        f"{args.stop_loss}, take profit {', '.join(str(t) for t in args.take_profit)}",
+        file=sys.stderr,
+    )
+
+
 def cmd_signal_send(args: argparse.Namespace) -> int:
     import msgspec
 
     from ipc.client import IpcClientError, IpcConnectError, IpcTimeout, SignalClient
 
     try:
+        if args.at_market:
+            _fill_from_market(args)
         message = _signal_message(args)
     except _UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
@@ -243,7 +280,7 @@ def cmd_signal_send(args: argparse.Namespace) -> int:
         raise TitanError(f"{exc}; check before sending it again with the same signal id") from None
     finally:
         client.disconnect()
-    _print_json(msgspec.to_builtins(reply))
+    print_json(msgspec.to_builtins(reply))
     return EXIT_FAIL if reply.status == "rejected" else EXIT_OK
 
 
@@ -362,7 +399,14 @@ def build_parser() -> _Parser:
     s.add_argument("--velocity", type=float, help="PREPARE (optional)")
     s.add_argument("--trap-type", help="PREPARE (optional)")
     s.add_argument("--reason", help="CLOSE: why (recorded on the trade)")
-    s.set_defaults(func=cmd_signal_send)
+    s.add_argument(
+        "--at-market",
+        action="store_true",
+        help="PREPARE: take the entry zone, stop loss and take profit not given from the "
+        "service's current market (GET /api/market): zone +-0.5 %% around the mid, stop "
+        "1 %% and take profit 2 %% from it, on the side the direction needs",
+    )
+    s.set_defaults(func=cmd_signal_send, url=None)
     return parser
 
 

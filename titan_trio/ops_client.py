@@ -14,6 +14,7 @@ import json
 import os
 import socket
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from titan_trio.config import load_config
@@ -22,8 +23,12 @@ from titan_trio.errors import TitanError
 EXIT_OK, EXIT_FAIL = 0, 1
 
 
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2))
+def print_json(data: Any) -> None:
+    """JSON for a person: indented, and every number exactly as the service wrote it."""
+    import msgspec
+
+    text = msgspec.json.Encoder(decimal_format="number").encode(data)
+    print(msgspec.json.format(text, indent=2).decode())
 
 
 def base_url(args: argparse.Namespace) -> str:
@@ -67,7 +72,7 @@ def request(
     except httpx.HTTPError as exc:
         raise TitanError(f"cannot reach the service at {url} ({exc}); is it running?") from None
     try:
-        body = response.json()
+        body = json.loads(response.text, parse_float=Decimal)  # amounts exactly
     except ValueError:
         raise TitanError(f"{url} answered HTTP {response.status_code} without JSON") from None
     if response.status_code >= 400 and isinstance(body, dict) and "error" in body:
@@ -77,14 +82,14 @@ def request(
 
 def cmd_health(args: argparse.Namespace) -> int:
     _status, body = request(args, "GET", "/api/health")
-    _print_json(body)
+    print_json(body)
     return EXIT_OK if body.get("status") in ("healthy", "degraded") else EXIT_FAIL
 
 
 def simple_get(path: str) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         _status, body = request(args, "GET", path)
-        _print_json(body)
+        print_json(body)
         return EXIT_OK
 
     return command
@@ -97,14 +102,14 @@ def cmd_trades(args: argparse.Namespace) -> int:
     if args.symbol:
         params["symbol"] = args.symbol
     _status, body = request(args, "GET", "/api/trades", params)
-    _print_json(body)
+    print_json(body)
     return EXIT_OK
 
 
 def _post(path: str) -> Callable[[argparse.Namespace], int]:
     def command(args: argparse.Namespace) -> int:
         _status, body = request(args, "POST", path)
-        _print_json(body)
+        print_json(body)
         return EXIT_OK
 
     return command
@@ -113,7 +118,7 @@ def _post(path: str) -> Callable[[argparse.Namespace], int]:
 def cmd_breaker_reset(args: argparse.Namespace) -> int:
     params = {"trading_state": "REDUCING"} if args.reducing else None
     _status, body = request(args, "POST", "/api/risk/breaker/reset", params)
-    _print_json(body)
+    print_json(body)
     return EXIT_OK
 
 

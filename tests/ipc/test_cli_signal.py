@@ -13,6 +13,7 @@ from typing import Any
 
 import trio
 
+from tests.conftest import free_port
 from titan_trio.config import Config, load_config
 from titan_trio.engine import Engine
 
@@ -39,6 +40,7 @@ async def service(config: Path) -> AsyncIterator[Engine]:
     cfg: Config = load_config(config, environ={})
     async with trio.open_nursery() as nursery:
         engine: Engine = await nursery.start(Engine(cfg).run)
+        await engine.reconciler.ready.wait()  # entries are taken from here on
         yield engine
         nursery.cancel_scope.cancel()
 
@@ -183,3 +185,30 @@ async def test_unreachable_service_exits_1_with_one_line(
     assert err.startswith(f"titan: cannot reach the service at {nowhere}: ")
     assert "is it running?" in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+async def test_at_market_prepares_around_the_current_price_so_the_readme_example_works(
+    config_file: Callable[..., Path],
+) -> None:
+    config = config_file(api={"port": free_port()})  # the CLI asks the API for the market
+    async with service(config) as engine:
+        code, out, err = await titan(
+            *send(
+                config,
+                "--type", "PREPARE", "--symbol", "BTCUSDT", "--direction", "SHORT",
+                "--at-market", "--confidence", "80", "--leverage", "5", "--signal-id", "m-1",
+            )
+        )  # fmt: skip
+        assert code == 0, (out, err)
+        assert reply_of(out)["status"] == "prepared"
+        assert "at market: mid" in err
+        mid = engine.hub.book.get("BTCUSDT").mid
+        message = engine.router.intents["m-1"].message
+        assert message.stop_loss > mid > message.take_profits[0]  # a SHORT
+        assert message.entry_zone.min < mid < message.entry_zone.max
+        code, out, err = await titan(*send(config, "--type", "CONFIRM", "--signal-id", "m-1"))
+        assert code == 0 and reply_of(out)["status"] == "accepted", (out, err)
+        code, out, err = await titan(
+            *send(config, "--type", "CONFIRM", "--signal-id", "x", "--at-market")
+        )
+        assert code == 2 and "--at-market needs --type PREPARE" in err
