@@ -41,6 +41,7 @@ from titan_trio.execution.router import SignalRouter
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.feeds.simulated import SimulatedFeed
 from titan_trio.metrics import FILL_RATE_WINDOW, Metrics
+from titan_trio.private_files import make_private_dirs, open_private
 from titan_trio.risk.breaker import TradingState, most_restrictive
 from titan_trio.risk.controller import RiskController
 from titan_trio.state import records
@@ -84,8 +85,11 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            make_private_dirs(Path(self.path).parent)
+            fd = open_private(self.path, os.O_RDWR)
+        except OSError as exc:
+            raise StartupError(f"cannot create the lock {self.path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
