@@ -1,9 +1,10 @@
 """``titan run``'s account of a stop: whatever else failed on the way down, the last log
-line names what stopped the service."""
+line names what stopped the service; a log that cannot be opened is one line on stderr."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import trio
@@ -18,7 +19,7 @@ class FeedDied(TitanError):
     pass
 
 
-async def crash_with_a_failing_cleanup(_cfg: Config) -> None:
+async def crash_with_a_failing_cleanup(_cfg: Config, _lock: object = None) -> None:
     """One service fails; another, cancelled because of it, fails again in its cleanup
     (a write on a full disk): trio reports both, the cause first."""
 
@@ -49,3 +50,15 @@ def test_last_line_of_a_stop_names_its_cause(
         ("ERROR", "while stopping: database or disk is full (SQLITE_FULL)"),
         ("CRITICAL", "stopped: the market feed died"),
     ]
+
+
+def test_a_log_that_cannot_be_opened_is_one_line_on_stderr(
+    tmp_path: Path, config_file: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "not-a-directory").write_text("")
+    logs = tmp_path / "not-a-directory" / "logs"
+    assert cli.main(["run", "--config", str(config_file(logging={"dir": str(logs)}))]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"titan: cannot open the log in {logs}: File exists ({logs.parent})\n"
+    assert not (tmp_path / "titan.db").exists()
