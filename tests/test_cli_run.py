@@ -1,5 +1,6 @@
-"""``titan run``'s account of a stop: whatever else failed on the way down, the last log
-line names what stopped the service; a log that cannot be opened is one line on stderr."""
+"""``titan run``'s account of a start and a stop: the settings this version ignores are
+named at start; whatever else failed on the way down, the last log line names what
+stopped the service."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import trio
 import trio.testing
 
 from titan_trio import cli, engine
-from titan_trio.config import Config
+from titan_trio.config import Config, parse_config
 from titan_trio.errors import StoreError, TitanError
 
 
@@ -49,6 +50,26 @@ def test_last_line_of_a_stop_names_its_cause(
     assert lines[-2:] == [
         ("ERROR", "while stopping: database or disk is full (SQLITE_FULL)"),
         ("CRITICAL", "stopped: the market feed died"),
+    ]
+
+
+async def stops_at_once(_cfg: Config, _lock: object = None) -> None:
+    pass
+
+
+def test_start_names_each_setting_this_version_ignores(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(engine, "run_service", stops_at_once)
+    doc = {"database": {"backupIntervalMin": 60, "s3": {"bucket": "acme-backups"}}}
+    cfg = parse_config(doc, environ={})
+    assert cli._run(cfg, "config.json") == cli.EXIT_OK
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "database.backupIntervalMin = 60 is ignored in this version "
+        "(in-service backups are not built yet)",
+        'database.s3.bucket = "acme-backups" is ignored in this version '
+        "(S3 upload of backups is not built yet)",
     ]
 
 

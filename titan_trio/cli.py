@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from titan_trio import __version__
-from titan_trio.config import Config, default_config_path, load_config
+from titan_trio.config import Config, default_config_path, ignored_settings, load_config
 from titan_trio.errors import ConfigError, StartupError, TitanError
 from titan_trio.ops_client import (
     cmd_breaker_reset,
@@ -83,6 +83,8 @@ def _run(cfg: Config, config_path: str, lock: InstanceLock | None = None) -> int
 
     log = logging.getLogger("titan")
     log.info("starting titan-execution %s with %s", __version__, config_path)
+    for line in ignored_settings(cfg):
+        log.warning("%s", line)
     try:
         trio.run(run_service, cfg, lock)
     except BaseException as exc:  # report every leaf once; a traceback only for a bug
@@ -134,7 +136,9 @@ def _raised_while_stopping(exc: BaseException) -> bool:
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
-    load_config(args.path)  # raises ConfigError listing every problem
+    cfg = load_config(args.path)  # raises ConfigError listing every problem
+    for line in ignored_settings(cfg):  # valid, but the operator should know
+        print(f"titan: warning: {line}", file=sys.stderr)
     print("OK")
     return EXIT_OK
 
