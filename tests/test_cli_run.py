@@ -1,16 +1,18 @@
-"""``titan run``'s account of a stop: whatever else failed on the way down, the last log
-line names what stopped the service."""
+"""``titan run``'s account of a start and a stop: the settings this version ignores are
+named at start; whatever else failed on the way down, the last log line names what
+stopped the service."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
 from titan_trio import cli, engine
-from titan_trio.config import Config
+from titan_trio.config import Config, parse_config
 from titan_trio.errors import StoreError, TitanError
 
 
@@ -18,7 +20,7 @@ class FeedDied(TitanError):
     pass
 
 
-async def crash_with_a_failing_cleanup(_cfg: Config) -> None:
+async def crash_with_a_failing_cleanup(_cfg: Config, _lock: object = None) -> None:
     """One service fails; another, cancelled because of it, fails again in its cleanup
     (a write on a full disk): trio reports both, the cause first."""
 
@@ -49,3 +51,35 @@ def test_last_line_of_a_stop_names_its_cause(
         ("ERROR", "while stopping: database or disk is full (SQLITE_FULL)"),
         ("CRITICAL", "stopped: the market feed died"),
     ]
+
+
+async def stops_at_once(_cfg: Config, _lock: object = None) -> None:
+    pass
+
+
+def test_start_names_each_setting_this_version_ignores(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(engine, "run_service", stops_at_once)
+    doc = {"database": {"backupIntervalMin": 60, "s3": {"bucket": "acme-backups"}}}
+    cfg = parse_config(doc, environ={})
+    assert cli._run(cfg, "config.json") == cli.EXIT_OK
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "database.backupIntervalMin = 60 is ignored in this version "
+        "(in-service backups are not built yet)",
+        'database.s3.bucket = "acme-backups" is ignored in this version '
+        "(S3 upload of backups is not built yet)",
+    ]
+
+
+def test_a_log_that_cannot_be_opened_is_one_line_on_stderr(
+    tmp_path: Path, config_file: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "not-a-directory").write_text("")
+    logs = tmp_path / "not-a-directory" / "logs"
+    assert cli.main(["run", "--config", str(config_file(logging={"dir": str(logs)}))]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"titan: cannot open the log in {logs}: File exists ({logs.parent})\n"
+    assert not (tmp_path / "titan.db").exists()

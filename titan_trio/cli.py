@@ -19,10 +19,10 @@ import sys
 import time
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from titan_trio import __version__
-from titan_trio.config import Config, default_config_path, load_config
+from titan_trio.config import Config, default_config_path, ignored_settings, load_config
 from titan_trio.errors import ConfigError, StartupError, TitanError
 from titan_trio.ops_client import (
     cmd_breaker_reset,
@@ -37,6 +37,9 @@ from titan_trio.ops_client import (
     simple_get,
 )
 
+if TYPE_CHECKING:
+    from titan_trio.engine import InstanceLock
+
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
@@ -49,25 +52,40 @@ def _fail(message: str, code: int = EXIT_FAIL) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from titan_trio.engine import InstanceLock
     from titan_trio.logs import setup_logging
 
     cfg = load_config(args.config)
-    logs = setup_logging(cfg.logging.level, cfg.logging.dir)
+    # The instance lock first: a second start is refused before it opens a log or a
+    # database, so the running instance's files never hear of it (stderr only).
+    lock = InstanceLock(cfg.database.path)
+    lock.acquire()
     try:
-        return _run(cfg, args.config)
+        try:
+            logs = setup_logging(cfg.logging.level, cfg.logging.dir)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot open the log in {cfg.logging.dir}: {exc.strerror} ({exc.filename})"
+            ) from None
+        try:
+            return _run(cfg, args.config, lock)
+        finally:
+            logs.stop()
     finally:
-        logs.stop()
+        lock.release()
 
 
-def _run(cfg: Config, config_path: str) -> int:
+def _run(cfg: Config, config_path: str, lock: InstanceLock | None = None) -> int:
     import trio
 
     from titan_trio.engine import run_service
 
     log = logging.getLogger("titan")
     log.info("starting titan-execution %s with %s", __version__, config_path)
+    for line in ignored_settings(cfg):
+        log.warning("%s", line)
     try:
-        trio.run(run_service, cfg)
+        trio.run(run_service, cfg, lock)
     except BaseException as exc:  # report every leaf once; a traceback only for a bug
         leaves = [e for e in _leaves(exc) if not isinstance(e, KeyboardInterrupt)]
         if not leaves:
@@ -117,7 +135,9 @@ def _raised_while_stopping(exc: BaseException) -> bool:
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
-    load_config(args.path)  # raises ConfigError listing every problem
+    cfg = load_config(args.path)  # raises ConfigError listing every problem
+    for line in ignored_settings(cfg):  # valid, but the operator should know
+        print(f"titan: warning: {line}", file=sys.stderr)
     print("OK")
     return EXIT_OK
 

@@ -3,8 +3,10 @@
 Start-up order (each with ``nursery.start``, so a service that fails to start stops the
 whole service with a clear error): instance lock → store → market feeds → broker →
 shadow state restore → risk controller → shadow sync → equity monitor → signal router
-→ IPC listener → ops API. Each object is built from the restored state it depends on,
-in that order, never patched after construction.
+→ IPC listener → ops API. ``titan run`` takes the instance lock before it opens the log,
+so a refused second start touches nothing; without it the engine takes the lock itself.
+Each object is built from the restored state it depends on, in that order, never patched
+after construction.
 SIGINT and SIGTERM cancel the root scope; every service's cleanup is shielded and bounded,
 so shutdown takes well under two seconds and leaves the database closed.
 
@@ -41,6 +43,7 @@ from titan_trio.execution.router import SignalRouter
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.feeds.simulated import SimulatedFeed
 from titan_trio.metrics import FILL_RATE_WINDOW, Metrics
+from titan_trio.private_files import make_private_dirs, open_private
 from titan_trio.risk.breaker import TradingState, most_restrictive
 from titan_trio.risk.controller import RiskController
 from titan_trio.state import records
@@ -84,8 +87,11 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            make_private_dirs(Path(self.path).parent)
+            fd = open_private(self.path, os.O_RDWR)
+        except OSError as exc:
+            raise StartupError(f"cannot create the lock {self.path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -108,8 +114,11 @@ class InstanceLock:
 
 
 class Engine:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, lock: InstanceLock | None = None) -> None:
+        """``lock``: the instance lock, already held by the caller (who releases it);
+        without one the engine takes it first and releases it last."""
         self.cfg = cfg
+        self._lock = lock
         self.started_monotonic = time.monotonic()
         self.instruments = instruments_from_config(cfg)
         self.store = Store(cfg.database.path, cfg.database.synchronous)
@@ -132,8 +141,9 @@ class Engine:
 
     async def run(self, *, task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.cfg
-        lock = InstanceLock(cfg.database.path)
-        lock.acquire()
+        lock = self._lock or InstanceLock(cfg.database.path)
+        if self._lock is None:
+            lock.acquire()
         try:
             # The store wraps every other service: it closes after they have stopped.
             async with self.store.opened():
@@ -161,7 +171,8 @@ class Engine:
                                 "the stop record could not be written within %s s", STOP_RECORD_S
                             )
         finally:
-            lock.release()
+            if self._lock is None:
+                lock.release()
 
     async def _start_services(self, nursery: trio.Nursery) -> None:
         cfg = self.cfg
@@ -431,13 +442,13 @@ def _money(value: Decimal) -> str:
     return f"{value:.2f}"
 
 
-async def run_service(cfg: Config) -> None:
+async def run_service(cfg: Config, lock: InstanceLock | None = None) -> None:
     """Run until SIGINT or SIGTERM, then shut down cleanly: first drain (nothing new is
     admitted; what was admitted finishes, is answered and committed; at most DRAIN_S),
-    then cancel everything. A second signal stops at once."""
+    then cancel everything. A second signal stops at once. ``lock``: as for Engine."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            engine = Engine(cfg)
+            engine = Engine(cfg, lock)
             await nursery.start(engine.run)
 
             async def drain_then_stop() -> None:

@@ -9,7 +9,10 @@ text is fixed at once (later changes to its arguments cannot alter it) and the r
 appended to a deque, without waking the logging thread. That thread writes what has
 accumulated every FLUSH_INTERVAL_S (so a line reaches the file at most that late), and is
 woken at once by a WARNING or worse. ``stop()`` on the returned handle writes out
-everything left (call it after trio.run returns)."""
+everything left (call it after trio.run returns).
+
+The log directory is created 0700 and each log file (the current one and every file a
+rotation starts) 0600, whatever the umask, like the database (private_files.py)."""
 
 from __future__ import annotations
 
@@ -17,14 +20,19 @@ import collections
 import copy
 import logging
 import logging.handlers
+import os
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import TextIO
+
+from titan_trio.private_files import make_private_dirs, open_private
 
 FORMAT = "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s"
 DATEFMT = "%Y-%m-%dT%H:%M:%S"
 LOG_FILE = "titan-execution.log"
+MAX_BYTES, BACKUPS = 10 * 1024 * 1024, 5  # rotation: titan-execution.log.1 ... .5
 FLUSH_INTERVAL_S = 0.05
 
 
@@ -87,6 +95,15 @@ class _HandOver(logging.Handler):
             self.writer.wake.set()
 
 
+class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A rotating file handler whose files are created 0600 (rotation renames the old
+    files, which keeps their mode, and opens a new one here)."""
+
+    def _open(self) -> TextIO:
+        fd = open_private(self.baseFilename, os.O_WRONLY | os.O_APPEND)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 class LogHandle:
     def __init__(self, path: Path | None, writer: _LogWriter) -> None:
         self.path = path
@@ -100,26 +117,27 @@ class LogHandle:
 
 
 def setup_logging(level: str, directory: str | None) -> LogHandle:
-    """Configure the root logger; the handle names the log file and stops logging."""
+    """Configure the root logger; the handle names the log file and stops logging.
+    Raises OSError when the directory or the file cannot be created."""
     formatter = logging.Formatter(FORMAT, DATEFMT)
     formatter.converter = time.gmtime
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(formatter)
+    handlers: list[logging.Handler] = [console]
+    path: Path | None = None
+    if directory is not None:  # first: a file that cannot be opened changes nothing
+        make_private_dirs(directory)
+        path = Path(directory) / LOG_FILE
+        file_handler = _PrivateRotatingFileHandler(
+            path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"
+        )
+        file_handler.setFormatter(formatter)
+        handlers.append(file_handler)
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
     root.setLevel(level)
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(formatter)
-    handlers: list[logging.Handler] = [console]
-    path: Path | None = None
-    if directory is not None:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        path = Path(directory) / LOG_FILE
-        file_handler = logging.handlers.RotatingFileHandler(
-            path, maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8"
-        )
-        file_handler.setFormatter(formatter)
-        handlers.append(file_handler)
     writer = _LogWriter(handlers, FLUSH_INTERVAL_S)
     root.addHandler(_HandOver(writer, formatter))
     # Third-party chatter stays at WARNING unless we debug.

@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.helpers import spawn, stop, wait_healthy
+from titan_trio.engine import InstanceLock
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +86,58 @@ def test_second_instance_fails_fast_and_restart_resumes(
         code, _took, out = stop(again)
     assert code == 0
     assert "paper account resumed" in out
+
+
+def test_refused_second_start_writes_only_to_stderr(
+    tmp_path: Path, config_file: Callable[..., Path]
+) -> None:
+    port = free_port()
+    config = config_file(api={"port": port})
+    first = spawn(config, tmp_path)
+    try:
+        wait_healthy(port, first)
+        second = subprocess.run(
+            [sys.executable, "-m", "titan_trio", "run", "--config", str(config)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        wait_healthy(port, first)
+    finally:
+        code, _took, out = stop(first)
+    assert code == 0, out
+    assert second.returncode == 1
+    assert second.stdout == ""
+    database = tmp_path / "titan.db"
+    assert second.stderr == (
+        f"titan: another titan instance (pid {first.pid}) is running on database "
+        f"{database}; stop it first\n"
+    )
+    log = (tmp_path / "logs" / "titan-execution.log").read_text()
+    assert log.count("starting titan-execution") == 1, log  # the first's, nothing more
+    assert "another titan instance" not in log
+
+
+def test_refused_start_creates_no_database_and_no_log(tmp_path: Path) -> None:
+    """The lock is held (here by this test) and the database does not exist yet."""
+    data = tmp_path / "data"
+    doc = {
+        "api": {"port": free_port()},
+        "ipc": {"socketPath": str(tmp_path / "titan-ipc.sock")},
+        "database": {"path": str(data / "titan.db")},
+        "logging": {"dir": str(tmp_path / "logs")},
+    }
+    lock = InstanceLock(doc["database"]["path"])
+    lock.acquire()
+    try:
+        out = run_once(tmp_path, doc)
+    finally:
+        lock.release()
+    assert out.startswith("titan: another titan instance"), out
+    assert sorted(p.name for p in data.iterdir()) == ["titan.db.lock"]
+    assert not (tmp_path / "logs").exists()
+    assert not (tmp_path / "titan-ipc.sock").exists()
 
 
 def run_once(cwd: Path, doc: dict) -> str:

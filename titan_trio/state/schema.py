@@ -7,10 +7,17 @@ module level) so tests can open several databases in one process.
 Migrations: ``MIGRATIONS[n]`` upgrades a database from version n-1 to n with plain SQL on
 a sqlite3 connection, before pony maps the entities. A database newer than this code is
 refused rather than guessed at.
+
+File modes: a new database is created 0600 before SQLite opens it, and SQLite gives its
+-wal and -shm files the database's mode, so all three are private whatever the umask
+(private_files.py). An existing database keeps its mode; one that others can read gets a
+WARNING at start.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +26,9 @@ from typing import Any
 from pony import orm
 
 from titan_trio.errors import StoreError
+from titan_trio.private_files import open_private, shared_mode
+
+log = logging.getLogger("titan.store")
 
 SCHEMA_VERSION = 1
 
@@ -236,7 +246,10 @@ def migrate(
     return the version it had before. Raises StoreError for a database newer than us."""
     migrations = MIGRATIONS if migrations is None else migrations
     try:
+        os.close(open_private(path, os.O_RDONLY))  # a new database is born 0600
         conn = sqlite3.connect(path, isolation_level=None)
+    except OSError as exc:
+        raise StoreError(f"cannot open database {path}: {exc.strerror}") from None
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open database {path}: {exc}") from None
     try:
@@ -287,6 +300,14 @@ def open_database(
     if synchronous not in ("NORMAL", "FULL"):
         raise StoreError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
     migrate(path)
+    mode = shared_mode(path)
+    if mode is not None:
+        log.warning(
+            "database %s is open to other users (mode %04o); `chmod 600` it and its "
+            "-wal and -shm files to keep the account private",
+            path,
+            mode,
+        )
     db = orm.Database()
     db.on_connect(provider="sqlite")(_pragmas(synchronous, on_connect))
     entities = define_entities(db)
