@@ -7,12 +7,12 @@ quantities are exact decimals written as JSON numbers. Every error is JSON
 Query strings are parsed before an endpoint runs, against the parameters it declares in
 ``query_specs`` (api/query.py: unknown or malformed parameters answer 400). The endpoints
 take no path parameters, and the POST endpoints read no body (one sent is ignored; their
-only parameter, ``trading_state`` of the breaker reset, is in the query string).
+only parameter, ``trading_state`` of the breaker reset, is in the query string). The
+bearer token and its throttle are api/auth.py.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from titan_trio.api.auth import TokenThrottle, token_matches
 from titan_trio.api.openapi import OPENAPI
 from titan_trio.api.query import IsoDate, OneOf, QueryError, QuerySpec, WholeNumber, parse_query
 from titan_trio.clock import now_ms
@@ -67,6 +68,7 @@ def create_app(engine: Engine) -> QuartTrio:
     app = QuartTrio("titan_trio")
     app.config["JSON_SORT_KEYS"] = False
     specs = query_specs(engine.cfg.symbols)
+    throttle = TokenThrottle(log)
 
     @app.before_request
     async def parse_query_string() -> None:
@@ -130,18 +132,25 @@ def create_app(engine: Engine) -> QuartTrio:
         return named or f"api {request.remote_addr}"
 
     def authorized() -> Response | None:
+        """None when the request may go on; else the refusal: 429 while its client is
+        throttled (the token unchecked), 401 for a missing or wrong token."""
         token = engine.cfg.api.token
         if token is None:
             return None
-        given = request.headers.get("Authorization", "")
-        if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        client = request.remote_addr or "unknown"
+        wait_s = throttle.retry_after(client)
+        if wait_s is not None:
+            refusal = error_response(
+                429,
+                "too_many_attempts",
+                f"too many wrong or missing bearer tokens from {client}; try again in {wait_s} s",
+            )
+            refusal.headers["Retry-After"] = str(wait_s)
+            return refusal
+        if token_matches(request.headers.get("Authorization", ""), token):
+            throttle.succeeded(client)
             return None
-        log.warning(
-            "refused %s %s from %s: missing or wrong bearer token",
-            request.method,
-            request.path,
-            request.remote_addr,
-        )
+        throttle.failed(client, f"{request.method} {request.path}")
         return error_response(
             401, "unauthorized", "this endpoint needs Authorization: Bearer <api.token>"
         )

@@ -31,6 +31,11 @@ _UNAUTHORIZED = _json(
     "Missing or wrong bearer token (only when api.token is set)",
     _ERROR["content"]["application/json"]["schema"],
 )
+_THROTTLED = _json(
+    "Too many wrong or missing tokens from this address: refused, token unchecked, for "
+    "the seconds in Retry-After",
+    _ERROR["content"]["application/json"]["schema"],
+)
 _BAD_QUERY = _json(
     "An unknown, repeated, empty or malformed query parameter (every endpoint refuses "
     "parameters it does not list)",
@@ -43,7 +48,7 @@ def _mutating(summary: str, ok: str, **extra: Any) -> dict[str, Any]:
         "post": {
             "summary": summary,
             "security": [{"bearer": []}],
-            "responses": {"200": _json(ok), "401": _UNAUTHORIZED, **extra},
+            "responses": {"200": _json(ok), "401": _UNAUTHORIZED, "429": _THROTTLED, **extra},
         }
     }
 
