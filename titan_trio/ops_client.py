@@ -67,10 +67,10 @@ def request(
     except httpx.HTTPError as exc:
         raise TitanError(f"cannot reach the service at {url} ({exc}); is it running?") from None
     if response.status_code == 401:
+        problem = "refused the" if "Authorization" in headers else "needs a"
         raise TitanError(
-            f"the service refused {'the' if 'Authorization' in headers else 'a missing'} "
-            "bearer token (HTTP 401): give the service's api.token with --token, "
-            "TITAN_API_TOKEN or api.token in --config"
+            f"the service {problem} bearer token (HTTP 401): give the service's api.token "
+            "with --token, TITAN_API_TOKEN or api.token in --config"
         )
     if response.status_code == 429:
         wait = response.headers.get("Retry-After", "")
