@@ -26,7 +26,7 @@ DEFAULT_JSON = Path(__file__).resolve().parents[1] / "config" / "default.json"
 
 # A secret long enough to be valid as ipc.hmacSecret (>= 32 characters).
 HMAC_SECRET = "hmac-secret-0123456789abcdef-XYZ-0123"
-API_TOKEN = "api-token-s3cr3t-value"
+API_TOKEN = "api-token-s3cr3t-value-0123456789abcdef"
 
 
 def problems_of(data: Any, environ: dict[str, str] | None = None) -> list[str]:
@@ -218,6 +218,14 @@ def test_non_loopback_host_without_a_token_is_refused() -> None:
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
 def test_loopback_hosts_need_no_token(host: str) -> None:
     assert parse_config({"api": {"host": host}}, environ={}).api.host == host
+
+
+def test_an_api_token_shorter_than_32_characters_is_refused() -> None:
+    short = "t0ken-" + "x" * 25  # 31 characters
+    for data, environ in (({"api": {"token": short}}, {}), ({}, {"TITAN_API_TOKEN": short})):
+        problem = problem_at(problems_of(data, environ), "api.token")
+        assert problem == "api.token: expected str of length >= 32 (got <hidden>)"
+    assert parse_config({"api": {"token": short + "x"}}, environ={}).api.token == short + "x"
 
 
 def test_non_loopback_host_with_a_token_is_accepted() -> None:
@@ -412,7 +420,7 @@ def test_environment_overrides_win_over_the_file(tmp_path: Path) -> None:
     path.write_text(
         json.dumps(
             {
-                "api": {"port": 1234, "token": "from-the-file"},
+                "api": {"port": 1234, "token": "from-the-file-" + "f" * 32},
                 "ipc": {"socketPath": "file.sock", "hmacSecret": "f" * 40},
                 "database": {"path": "file.db"},
             }

@@ -32,6 +32,8 @@ PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
+# A shared secret (api.token, ipc.hmacSecret): long enough that guessing it is hopeless.
+Secret = Annotated[str, msgspec.Meta(min_length=32)]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
@@ -41,7 +43,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="
 class ApiConfig(_Section):
     host: NonEmptyStr = "127.0.0.1"
     port: Port = 8080
-    token: NonEmptyStr | None = None
+    token: Secret | None = None
     keep_alive_timeout_s: PositiveFloat = 5.0
     max_connections: PositiveInt = 64
 
@@ -49,7 +51,7 @@ class ApiConfig(_Section):
 class IpcConfig(_Section):
     socket_path: NonEmptyStr = "titan-ipc.sock"
     socket_mode: Annotated[str, msgspec.Meta(pattern=r"^0?[0-7]{3}$")] = "0600"
-    hmac_secret: Annotated[str, msgspec.Meta(min_length=32)] | None = None
+    hmac_secret: Secret | None = None
     max_connections: PositiveInt = 16
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=256, le=16 * 1024 * 1024)] = 65536
 

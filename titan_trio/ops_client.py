@@ -71,6 +71,20 @@ def request(
         response = httpx.request(method, url, params=params, headers=headers, timeout=args.timeout)
     except httpx.HTTPError as exc:
         raise TitanError(f"cannot reach the service at {url} ({exc}); is it running?") from None
+    if response.status_code == 401:
+        problem = "refused the" if "Authorization" in headers else "needs a"
+        raise TitanError(
+            f"the service {problem} bearer token (HTTP 401): give the service's api.token "
+            "with --token, TITAN_API_TOKEN or api.token in --config"
+        )
+    if response.status_code == 429:
+        wait = response.headers.get("Retry-After", "")
+        wait = f"{wait} s" if wait.isascii() and wait.isdigit() else "a while"
+        raise TitanError(
+            "the service refuses operator commands from this address for now, after "
+            f"repeated wrong or missing bearer tokens (HTTP 429): check the token, then "
+            f"try again in {wait}"
+        )
     try:
         body = json.loads(response.text, parse_float=Decimal)  # amounts exactly
     except ValueError:

@@ -3,23 +3,28 @@
 Reads only: every answer is built from the engine's live objects or the store. Money and
 quantities are exact decimals written as JSON numbers. Every error is JSON
 ``{"error", "message"}`` with a 4xx code; a 5xx is a bug and is logged with its traceback.
+
+Query strings are parsed before an endpoint runs, against the parameters it declares in
+``query_specs`` (api/query.py: unknown or malformed parameters answer 400). The endpoints
+take no path parameters, and the POST endpoints read no body (one sent is ignored; their
+only parameter, ``trading_state`` of the breaker reset, is in the query string). The
+bearer token and its throttle are api/auth.py.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hmac
 import logging
-import re
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from titan_trio.api.auth import TokenThrottle, token_matches
 from titan_trio.api.openapi import OPENAPI
+from titan_trio.api.query import IsoDate, OneOf, QueryError, QuerySpec, WholeNumber, parse_query
 from titan_trio.clock import iso_utc, now_ms
 from titan_trio.risk.breaker import TradingState
 from titan_trio.risk.sizing import RiskLimits, phase_rules
@@ -32,13 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("titan.api")
 _encoder = msgspec.json.Encoder(decimal_format="number")
 MAX_TRADES_LIMIT = 1000
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-class BadRequest(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+DEFAULT_TRADES_LIMIT = 100
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -49,13 +48,39 @@ def error_response(status: int, error: str, message: str) -> Response:
     return json_response({"error": error, "message": message}, status)
 
 
+def query_specs(symbols: list[str]) -> dict[str, QuerySpec]:
+    """The query parameters each endpoint takes, by route; an endpoint not listed takes none."""
+    return {
+        "/api/trades": {
+            "date": IsoDate(),
+            "limit": WholeNumber(1, MAX_TRADES_LIMIT, default=DEFAULT_TRADES_LIMIT),
+            "symbol": OneOf(tuple(symbols)),
+        },
+        "/api/risk/breaker/reset": {
+            "trading_state": OneOf(
+                (TradingState.ACTIVE.value, TradingState.REDUCING.value),
+                default=TradingState.ACTIVE.value,
+            ),
+        },
+    }
+
+
 def create_app(engine: Engine) -> QuartTrio:
     app = QuartTrio("titan_trio")
     app.config["JSON_SORT_KEYS"] = False
+    specs = query_specs(engine.cfg.symbols)
+    throttle = TokenThrottle(log)
 
-    @app.errorhandler(BadRequest)
-    async def bad_request(exc: BadRequest) -> Response:
-        return error_response(400, "bad_request", exc.message)
+    @app.before_request
+    async def parse_query_string() -> None:
+        """``g.query``: the request's query parameters, parsed for its endpoint (a request
+        for no endpoint goes on to its 404 or 405)."""
+        if request.url_rule is not None:
+            g.query = parse_query(request.args, specs.get(request.url_rule.rule, {}))
+
+    @app.errorhandler(QueryError)
+    async def bad_query(exc: QueryError) -> Response:
+        return error_response(400, exc.error, exc.message)
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
@@ -97,8 +122,8 @@ def create_app(engine: Engine) -> QuartTrio:
 
     @app.get("/api/trades")
     async def trades() -> Response:
-        day, limit, symbol = parse_trades_query(request.args, engine.cfg.symbols)
-        rows = await engine.store.call(records.list_trades, day, limit, symbol)
+        q = g.query
+        rows = await engine.store.call(records.list_trades, q["date"], q["limit"], q["symbol"])
         return json_response(rows)
 
     def operator() -> str:
@@ -108,18 +133,25 @@ def create_app(engine: Engine) -> QuartTrio:
         return named or f"api {request.remote_addr}"
 
     def authorized() -> Response | None:
+        """None when the request may go on; else the refusal: 429 while its client is
+        throttled (the token unchecked), 401 for a missing or wrong token."""
         token = engine.cfg.api.token
         if token is None:
             return None
-        given = request.headers.get("Authorization", "")
-        if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        client = request.remote_addr or "unknown"
+        wait_s = throttle.retry_after(client)
+        if wait_s is not None:
+            refusal = error_response(
+                429,
+                "too_many_attempts",
+                f"too many wrong or missing bearer tokens from {client}; try again in {wait_s} s",
+            )
+            refusal.headers["Retry-After"] = str(wait_s)
+            return refusal
+        if token_matches(request.headers.get("Authorization", ""), token):
+            throttle.succeeded(client)
             return None
-        log.warning(
-            "refused %s %s from %s: missing or wrong bearer token",
-            request.method,
-            request.path,
-            request.remote_addr,
-        )
+        throttle.failed(client, f"{request.method} {request.path}")
         return error_response(
             401, "unauthorized", "this endpoint needs Authorization: Bearer <api.token>"
         )
@@ -148,14 +180,8 @@ def create_app(engine: Engine) -> QuartTrio:
     async def breaker_reset() -> Response:
         if (refusal := authorized()) is not None:
             return refusal
-        wanted = request.args.get("trading_state", "ACTIVE")
-        if wanted not in ("ACTIVE", "REDUCING"):
-            return error_response(
-                400,
-                "invalid_trading_state",
-                f"trading_state must be ACTIVE or REDUCING after a reset (got {wanted!r})",
-            )
-        was_tripped = await engine.risk.reset_breaker(operator(), TradingState(wanted))
+        wanted = TradingState(g.query["trading_state"])
+        was_tripped = await engine.risk.reset_breaker(operator(), wanted)
         return json_response(
             {
                 "reset": was_tripped,
@@ -213,29 +239,6 @@ def create_app(engine: Engine) -> QuartTrio:
         )
 
     return app
-
-
-def parse_trades_query(args: Any, symbols: list[str]) -> tuple[str | None, int, str | None]:
-    unknown = sorted(set(args) - {"date", "limit", "symbol"})
-    if unknown:
-        raise BadRequest(f"unknown query parameter(s): {', '.join(unknown)}")
-    day = args.get("date")
-    if day is not None:
-        if not _DATE.match(day):
-            raise BadRequest(f"date must be YYYY-MM-DD, got {day!r}")
-        try:
-            dt.date.fromisoformat(day)
-        except ValueError:
-            raise BadRequest(f"date {day!r} is not a calendar date") from None
-    raw_limit = args.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_TRADES_LIMIT:
-        raise BadRequest(
-            f"limit must be a whole number from 1 to {MAX_TRADES_LIMIT}, got {raw_limit!r}"
-        )
-    symbol = args.get("symbol")
-    if symbol is not None and symbol not in symbols:
-        raise BadRequest(f"symbol {symbol!r} is not traded; traded: {', '.join(symbols)}")
-    return day, int(raw_limit), symbol
 
 
 async def equity_view(engine: Engine) -> dict[str, Any]:

@@ -31,6 +31,16 @@ _UNAUTHORIZED = _json(
     "Missing or wrong bearer token (only when api.token is set)",
     _ERROR["content"]["application/json"]["schema"],
 )
+_THROTTLED = _json(
+    "Too many wrong or missing tokens from this address: refused, token unchecked, for "
+    "the seconds in Retry-After",
+    _ERROR["content"]["application/json"]["schema"],
+)
+_BAD_QUERY = _json(
+    "An unknown, repeated, empty or malformed query parameter (every endpoint refuses "
+    "parameters it does not list)",
+    _ERROR["content"]["application/json"]["schema"],
+)
 
 
 def _mutating(summary: str, ok: str, **extra: Any) -> dict[str, Any]:
@@ -38,7 +48,7 @@ def _mutating(summary: str, ok: str, **extra: Any) -> dict[str, Any]:
         "post": {
             "summary": summary,
             "security": [{"bearer": []}],
-            "responses": {"200": _json(ok), "401": _UNAUTHORIZED, **extra},
+            "responses": {"200": _json(ok), "401": _UNAUTHORIZED, "429": _THROTTLED, **extra},
         }
     }
 
@@ -96,6 +106,7 @@ OPENAPI: dict[str, Any] = {
                     {
                         "name": "limit",
                         "in": "query",
+                        "description": "ASCII digits",
                         "schema": {
                             "type": "integer",
                             "minimum": 1,
@@ -103,9 +114,14 @@ OPENAPI: dict[str, Any] = {
                             "default": 100,
                         },
                     },
-                    {"name": "symbol", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "symbol",
+                        "in": "query",
+                        "description": "one of the configured symbols",
+                        "schema": {"type": "string"},
+                    },
                 ],
-                "responses": {"200": _json("Trades", _ARRAY), "400": _ERROR},
+                "responses": {"200": _json("Trades", _ARRAY)},
             }
         },
         "/api/risk": {
@@ -128,7 +144,6 @@ OPENAPI: dict[str, Any] = {
                     "Clear a tripped circuit breaker (operator only); peak equity and the "
                     "day's starting equity become the current equity, the losing streak 0",
                     "Whether it was tripped",
-                    **{"400": _json("trading_state is not ACTIVE or REDUCING")},
                 )["post"],
                 "parameters": [
                     {
@@ -168,3 +183,7 @@ OPENAPI: dict[str, Any] = {
         },
     },
 }
+
+for _item in OPENAPI["paths"].values():
+    for _operation in _item.values():
+        _operation["responses"]["400"] = _BAD_QUERY
