@@ -52,6 +52,8 @@ class IpcConfig(_Section):
     hmac_secret: Annotated[str, msgspec.Meta(min_length=32)] | None = None
     max_connections: PositiveInt = 16
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=256, le=16 * 1024 * 1024)] = 65536
+    # A PREPARE whose timestamp is older than this is refused EXPIRED (SPEC §4).
+    max_signal_age_ms: PositiveInt = 5000
 
 
 class S3Config(_Section):

@@ -412,6 +412,43 @@ async def test_confirm_after_the_prepare_ttl_is_expired(config: Callable[..., Co
         assert not engine.shadow.orders and not engine.shadow.positions
 
 
+@pytest.mark.parametrize("secret", [None, SECRET])
+async def test_prepare_from_1970_or_the_future_is_expired_and_prepares_nothing(
+    config: Callable[..., Config], secret: str | None
+) -> None:
+    cfg = config(ipc={"hmacSecret": secret}) if secret else config()
+    async with service(cfg) as engine, await connect(engine) as wire:
+        stale = prepare(engine, "stale-1", timestamp=0)
+        reply = rejected(await wire.request(stale), "EXPIRED", stale)
+        assert "1970-01-01T00:00:00.000Z" in reply["message"], reply
+        assert "5000 ms" in reply["message"], reply
+        future = prepare(engine, "future-1", timestamp=int(time.time() * 1000) + 60_000)
+        reply = rejected(await wire.request(future), "EXPIRED", future)
+        assert "ahead of the service's clock" in reply["message"], reply
+        assert not engine.router.intents
+        # Refused like any gate: the signal id is used up, and nothing can confirm it.
+        reply = rejected(await wire.request(c := confirm("stale-1")), "UNKNOWN_SIGNAL", c)
+        assert "EXPIRED" in reply["message"]
+        again = prepare(engine, "stale-1", rid="again")
+        rejected(await wire.request(again), "DUPLICATE_SIGNAL", again)
+        assert not engine.shadow.orders
+        # A signal made a moment ago is prepared as usual.
+        fresh = prepare(engine, "fresh-1", timestamp=int(time.time() * 1000) - 1000)
+        ok(await wire.request(fresh), "prepared", fresh)
+
+
+async def test_max_signal_age_is_configurable(config: Callable[..., Config]) -> None:
+    async with (
+        service(config(ipc={"maxSignalAgeMs": 120_000})) as engine,
+        await connect(engine) as wire,
+    ):
+        minute_old = prepare(engine, "old-1", timestamp=int(time.time() * 1000) - 60_000)
+        ok(await wire.request(minute_old), "prepared", minute_old)
+        too_old = prepare(engine, "old-2", timestamp=int(time.time() * 1000) - 180_000)
+        reply = rejected(await wire.request(too_old), "EXPIRED", too_old)
+        assert "120000 ms" in reply["message"], reply
+
+
 async def test_unknown_symbol(config: Callable[..., Config]) -> None:
     async with service(config()) as engine, await connect(engine) as wire:
         request = prepare(engine, "doge-1", "DOGEUSDT")

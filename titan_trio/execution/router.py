@@ -201,8 +201,13 @@ class SignalRouter:
                 )
             )
         side = Side.BUY if msg.direction == "LONG" else Side.SELL
+        received = now_ms()
         intent = PreparedIntent(
-            msg, side, now_ms() + self.ttl_ms, trio.current_time() + self.ttl_ms / 1000
+            msg,
+            side,
+            received + self.ttl_ms,
+            trio.current_time() + self.ttl_ms / 1000,
+            received_ms=received,
         )
         self.intents[msg.signal_id] = intent
         return lambda: self._prepare(intent)
