@@ -11,6 +11,8 @@ covers it with a small limit.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -19,6 +21,7 @@ from typing import Any
 import pytest
 import trio
 
+from ipc.client import SignalClient
 from tests.helpers import POLL_S, eventually, merge, service
 from tests.ipc.wire import Wire, frame
 from titan_trio.config import Config
@@ -631,6 +634,40 @@ async def test_max_connections_reply_has_latency_us(config: Callable[..., Config
                 rejected(await second.reply(), "MAX_CONNECTIONS")
 
 
+async def test_idle_connections_do_not_lock_strategies_out(
+    config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every slot taken by a connection that says nothing: once they have been idle for
+    ipc.idleTimeoutS they are closed, and a strategy gets in again."""
+    caplog.set_level(logging.INFO, logger="titan.ipc")
+    idle = {"maxConnections": 4, "maxConnectionsPerProcess": 4, "idleTimeoutS": 0.5}
+    async with service(config(ipc=idle)) as engine:
+        assert engine.ipc is not None
+        squatters = [await connect(engine) for _ in range(4)]
+        await eventually(lambda: engine.ipc.connections == 4)
+        async with await connect(engine) as locked_out:
+            rejected(await locked_out.reply(), "MAX_CONNECTIONS")
+        for squatter in squatters:
+            assert await squatter.at_eof()
+            await squatter.aclose()
+        async with await connect(engine) as strategy:
+            ok(await strategy.request(ping("in")), "pong", ping("in"))
+    closed = [r for r in caplog.records if "idle for 0.5 s" in r.getMessage()]
+    assert len(closed) == 4 and all(r.levelno == logging.WARNING for r in closed)
+    assert all(f"pid {os.getpid()} uid {os.getuid()}" in r.getMessage() for r in closed)
+
+
+async def test_the_client_library_reconnects_after_an_idle_close(
+    config: Callable[..., Config],
+) -> None:
+    async with service(config(ipc={"idleTimeoutS": 0.3})) as engine:
+        assert engine.ipc is not None
+        with SignalClient(engine.cfg.ipc.socket_path, timeout=5) as client:
+            assert (await trio.to_thread.run_sync(client.ping)).status == "pong"
+            await eventually(lambda: engine.ipc.connections == 0)  # closed as idle
+            assert (await trio.to_thread.run_sync(client.ping)).status == "pong"
+
+
 async def test_client_that_disconnects_without_reading_does_not_stop_the_service(
     config: Callable[..., Config],
 ) -> None:
@@ -659,7 +696,10 @@ async def test_invalid_utf8_inside_a_string_does_not_stop_the_service(
 async def test_a_bad_client_and_a_stalled_client_do_not_affect_the_others(
     config: Callable[..., Config],
 ) -> None:
-    cfg = config(risk={"allowPyramiding": True, "maxPositions": 10})
+    cfg = config(
+        risk={"allowPyramiding": True, "maxPositions": 10},
+        ipc={"maxConnectionsPerProcess": 16},  # every client here is this one process
+    )
     symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
     flood = 5000
     async with service(cfg) as engine:
