@@ -27,6 +27,10 @@ Guarantees, each a design decision:
   beyond that a request is answered BUSY at once instead of queueing without bound.
 - A bad frame (too long, not UTF-8, not JSON, invalid) gets exactly one rejected reply
   and the connection stays usable; an over-long frame is discarded up to its newline.
+- Every rejected reply, whatever made it (framing, schema, signature, load, the
+  service's gates), and every refused connection is logged once, through ``_answer``
+  and ``_refuse``: rate-limited per reason (``refusals.py``), so operators can grep for
+  refusals and a misbehaving client cannot flood the log.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from ipc.accept import BackoffListener
 from ipc.framing import TOO_LONG, LineDecoder
 from ipc.peers import Peer, peer_of
 from ipc.protocol import FrameProblem, Message, Reason, Reply, Status, decode_frame, encode_reply
+from ipc.refusals import RefusalLog
 
 log = logging.getLogger("titan.ipc")
 
@@ -75,6 +80,7 @@ Observer = Callable[[str | None, Reply], None]
 class _Slot:
     received_ns: int
     message_type: str | None = None
+    message: Message | None = None
     reply: Reply | None = None
     done: trio.Event = field(default_factory=trio.Event)
 
@@ -93,6 +99,7 @@ def rejected(
 class _Connection:
     stream: trio.SocketStream
     space: trio.Semaphore  # one token per request in flight on this connection
+    peer: Peer = field(default_factory=Peer)
     idle_timeout_s: float | None = None
     slots: deque[_Slot] = field(default_factory=deque)  # unanswered, in request order
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -149,6 +156,7 @@ class IpcListener:
         self.max_pending = max_pending
         self.inflight_per_connection = inflight_per_connection
         self.observer = observer
+        self.refusals = RefusalLog(log)
         self.connections = 0
         self.by_process: Counter[int] = Counter()  # open connections per peer pid
         self.pending = 0
@@ -218,6 +226,7 @@ class IpcListener:
         try:
             async with trio.open_nursery() as nursery:
                 self._jobs = nursery
+                await nursery.start(self.refusals.run)
                 self.listening = True
                 task_status.started()
                 while True:
@@ -250,15 +259,15 @@ class IpcListener:
         return None
 
     async def _refuse(self, stream: trio.SocketStream, peer: Peer, text: str) -> None:
-        holders = ", ".join(f"pid {pid}: {n}" for pid, n in self.by_process.most_common(3))
-        log.warning(
-            "IPC connection from %s refused: %s (open connections by process: %s)",
-            peer,
-            text,
-            holders or "none known",
-        )
         reply = rejected(None, Reason.MAX_CONNECTIONS, text)
         reply.latency_us = 0
+        holders = ", ".join(f"pid {pid}: {n}" for pid, n in self.by_process.most_common(3))
+        self.refusals.refused(
+            "connection",
+            reply,
+            peer,
+            detail=f"{self.connections} open; by process: {holders or 'none known'}",
+        )
         with trio.move_on_after(1.0):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(encode_reply(reply))
@@ -268,7 +277,7 @@ class IpcListener:
     async def _serve_connection(self, stream: trio.SocketStream, peer: Peer) -> None:
         log.info("IPC connection opened: %s (%d open)", peer, self.connections)
         conn = _Connection(
-            stream, trio.Semaphore(self.inflight_per_connection), self.idle_timeout_s
+            stream, trio.Semaphore(self.inflight_per_connection), peer, self.idle_timeout_s
         )
         try:
             with conn.scope:
@@ -315,40 +324,49 @@ class IpcListener:
         conn.slots.append(slot)
         conn.busy()
         if frame is TOO_LONG:
-            slot.finish(
+            self._answer(
+                slot,
+                conn,
                 rejected(
                     None,
                     Reason.INVALID_FRAME,
                     f"frame longer than {self.max_frame_bytes} bytes; discarded",
-                )
+                ),
             )
             return slot
         decoded = decode_frame(frame, self.secret)
         if isinstance(decoded, FrameProblem):
-            slot.finish(
-                rejected(decoded.request_id, decoded.reason, decoded.message, decoded.signal_id)
+            self._answer(
+                slot,
+                conn,
+                rejected(decoded.request_id, decoded.reason, decoded.message, decoded.signal_id),
             )
             return slot
         slot.message_type = type(decoded).__name__.upper()
+        slot.message = decoded
         if not self.admitting:
-            slot.finish(
+            self._answer(
+                slot,
+                conn,
                 rejected(
                     decoded.id,
                     Reason.BUSY,
                     "the service is stopping: nothing was done; retry with the same ids once "
                     "it is back",
                     getattr(decoded, "signal_id", None),
-                )
+                ),
             )
             return slot
         if self.pending >= self.max_pending:
-            slot.finish(
+            self._answer(
+                slot,
+                conn,
                 rejected(
                     decoded.id,
                     Reason.BUSY,
                     f"{self.pending} requests in progress; retry shortly",
                     getattr(decoded, "signal_id", None),
-                )
+                ),
             )
             return slot
         job = self.handler.admit(decoded)
@@ -373,8 +391,23 @@ class IpcListener:
             )
         finally:
             self.pending -= 1
-        slot.finish(reply)
+        self._answer(slot, conn, reply)
         await self._flush(conn)
+
+    def _answer(self, slot: _Slot, conn: _Connection, reply: Reply) -> None:
+        """Every reply to a request is made here: a refusal is logged (rate-limited) when
+        it is made, whether or not the client is still there to read it."""
+        slot.finish(reply)
+        if reply.status is not Status.REJECTED:
+            return
+        message = slot.message
+        self.refusals.refused(
+            slot.message_type or "frame",
+            reply,
+            conn.peer,
+            symbol=getattr(message, "symbol", None),
+            source=getattr(message, "source", None),
+        )
 
     async def _flush(self, conn: _Connection) -> None:
         """Write the finished replies at the head of the connection's queue, in request

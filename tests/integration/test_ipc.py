@@ -600,6 +600,43 @@ async def test_order_the_exchange_refuses_is_broker_rejected(
         assert not [o for o in engine.shadow.orders.values() if o.symbol == "ETHUSDT"]
 
 
+# ----- refusals in the log --------------------------------------------------------------
+
+
+async def test_refused_prepare_and_confirm_are_logged_with_signal_symbol_reason_and_message(
+    config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="titan.ipc")
+
+    def logged(signal_id: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if f"signal={signal_id} " in r.getMessage()]
+
+    async with service(config()) as engine, await connect(engine) as wire:
+        unknown = prepare(engine, "log-1", "DOGEUSDT")
+        reply = rejected(await wire.request(unknown), "UNKNOWN_SYMBOL", unknown)
+        [line] = logged("log-1")
+        assert line.levelno == logging.INFO
+        assert line.getMessage().startswith(
+            "refused PREPARE reason=UNKNOWN_SYMBOL signal=log-1 symbol=DOGEUSDT request=p-log-1"
+        )
+        assert f'message="{reply["message"]}"' in line.getMessage()
+
+        # A CONFIRM names the symbol of its PREPARE; a halt is worth a WARNING.
+        request = prepare(engine, "log-2", "ETHUSDT")
+        ok(await wire.request(request), "prepared", request)
+        await engine.risk.pause("the test")
+        reply = rejected(await wire.request(c := confirm("log-2")), "TRADING_HALTED", c)
+        assert reply["symbol"] == "ETHUSDT"
+        [line] = logged("log-2")
+        assert line.levelno == logging.WARNING
+        assert line.getMessage().startswith(
+            "refused CONFIRM reason=TRADING_HALTED signal=log-2 symbol=ETHUSDT"
+        )
+        # Accepted requests write no such line.
+        ok(await wire.request(ping("fine")), "pong", ping("fine"))
+        assert len([r for r in caplog.records if r.getMessage().startswith("refused")]) == 2
+
+
 # ----- connections ----------------------------------------------------------------------
 
 

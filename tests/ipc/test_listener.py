@@ -21,8 +21,9 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipc.listener import IpcError, IpcListener, Job
-from ipc.protocol import Message, Ping, Reply, Status
+from ipc.listener import IpcError, IpcListener, Job, rejected
+from ipc.protocol import Message, Ping, Reason, Reply, Status
+from ipc.refusals import BURST, RefusalLog
 from tests.helpers import eventually
 from tests.ipc.wire import Wire, frame
 
@@ -361,8 +362,9 @@ async def test_one_process_cannot_take_every_connection(
             assert (refused["status"], refused["reason"]) == ("rejected", "MAX_CONNECTIONS")
             assert "ipc.maxConnectionsPerProcess" in refused["message"], refused
             assert await third.at_eof()
-        [warning] = [r for r in caplog.records if "refused" in r.getMessage()]
-        assert f"pid {os.getpid()} uid {os.getuid()}" in warning.getMessage()
+        [warning] = [r for r in caplog.records if "refused connection" in r.getMessage()]
+        assert warning.levelno == logging.WARNING
+        assert f"pid={os.getpid()} uid={os.getuid()}" in warning.getMessage()
         # The slots this process may not take are there for another one.
         done = await trio.run_process(
             [sys.executable, "-c", ANOTHER_PROCESS, str(path)], capture_stdout=True
@@ -375,6 +377,77 @@ async def test_one_process_cannot_take_every_connection(
         async with await Wire.connect(str(path)) as again:
             assert (await again.request(ping("again")))["status"] == "pong"
         await first.aclose()
+
+
+# ----- refusals in the log --------------------------------------------------------------
+
+
+class Refusing:
+    """Every request is refused EXPIRED once ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+
+    def admit(self, message: Message) -> Job:
+        async def job() -> Reply:
+            await self.release.wait()
+            return rejected(
+                message.id, Reason.EXPIRED, "too old", getattr(message, "signal_id", None)
+            )
+
+        return job
+
+
+def refusal_lines(caplog: pytest.LogCaptureFixture, text: str = "") -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "titan.ipc" and r.getMessage().startswith("refused") and text in r.getMessage()
+    ]
+
+
+async def test_every_refusal_is_logged_once_and_a_flood_is_cut(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "titan.sock"
+    caplog.set_level(logging.INFO, logger="titan.ipc")
+    listener = IpcListener(str(path), 0o600, Echo())
+    # No refill during the test, whatever the machine's speed: the burst is all there is.
+    listener.refusals = RefusalLog(logging.getLogger("titan.ipc"), per_second=1e-6)
+    flood = 1000
+    async with trio.open_nursery() as nursery:
+        await nursery.start(listener.run)
+        async with await Wire.connect(str(path)) as garbage, await Wire.connect(str(path)) as other:
+            await garbage.send_raw(b"not json\n" * flood)
+            replies = await garbage.replies(flood)
+            assert {r["reason"] for r in replies} == {"INVALID_FRAME"}
+            bad = {"type": "PREPARE", "id": "p1", "signal_id": "sig-9", "symbol": "BTCUSDT"}
+            assert (await other.request(bad))["reason"] == "INVALID_SIGNAL"
+        nursery.cancel_scope.cancel()
+    floods = refusal_lines(caplog, "reason=INVALID_FRAME")
+    assert len(floods) == BURST
+    assert all(r.levelno == logging.WARNING for r in floods)
+    assert f"pid={os.getpid()} uid={os.getuid()}" in floods[0].getMessage()
+    [line] = refusal_lines(caplog, "reason=INVALID_SIGNAL")
+    assert line.levelno == logging.INFO
+    assert "signal=sig-9" in line.getMessage() and "request=p1" in line.getMessage()
+    assert "missing required field" in line.getMessage()
+
+
+async def test_a_refusal_is_logged_even_when_its_client_has_gone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "titan.sock"
+    caplog.set_level(logging.INFO, logger="titan.ipc")
+    handler = Refusing()
+    async with serving(path, handler) as listener:
+        async with await Wire.connect(str(path)) as wire:
+            await wire.send({"type": "CONFIRM", "id": "c1", "signal_id": "sig-gone"})
+            await eventually(lambda: listener.pending == 1)
+        handler.release.set()  # the client hung up before its answer was made
+        await eventually(lambda: refusal_lines(caplog, "signal=sig-gone"))
+    [line] = refusal_lines(caplog)
+    assert line.getMessage().startswith("refused CONFIRM reason=EXPIRED signal=sig-gone")
 
 
 # ----- bugs -----------------------------------------------------------------------------

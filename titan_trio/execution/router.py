@@ -288,7 +288,14 @@ class SignalRouter:
                 )
             )
         intent.claimed = True
-        return lambda: self._confirm(msg, intent, started)
+
+        async def job() -> Reply:
+            reply = await self._confirm(msg, intent, started)
+            if reply.symbol is None:  # a refusal: say which symbol it was about
+                reply.symbol = intent.message.symbol
+            return reply
+
+        return job
 
     async def _confirm_unknown(self, msg: Confirm) -> Reply:
         known = await self.store.call(records.signal_status, msg.signal_id)
