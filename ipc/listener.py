@@ -5,8 +5,14 @@ Guarantees, each a design decision:
   never reachable more widely, even for an instant). A stale file from a dead process is
   replaced; a live listener on the path (another instance) stops start-up; a path that
   exists and is not a socket is never deleted.
-- At most ``max_connections`` connections; the next one gets a single MAX_CONNECTIONS
-  reply and is closed.
+- At most ``max_connections`` connections, and at most ``max_connections_per_process``
+  of them from one process (its pid, from SO_PEERCRED), so one careless or hostile process
+  cannot lock every strategy out; the next one gets a single MAX_CONNECTIONS reply and is
+  closed, with a WARNING naming the peer. A peer whose credentials cannot be read (not
+  Linux) counts only toward the total.
+- A connection with nothing to do (no request unanswered, no reply being written, no byte
+  received) for ``idle_timeout_s`` is closed, with a WARNING naming the peer: idle
+  connections cannot hold the slots for ever. A client keeps one open by sending PING.
 - Running out of file descriptors (EMFILE, ENFILE) or kernel memory on ``accept`` never
   stops the listener: it backs off (0.1 s doubling to 1 s), logs a rate-limited WARNING,
   keeps serving the connections it has and accepts again once a descriptor is free
@@ -21,18 +27,22 @@ Guarantees, each a design decision:
   beyond that a request is answered BUSY at once instead of queueing without bound.
 - A bad frame (too long, not UTF-8, not JSON, invalid) gets exactly one rejected reply
   and the connection stays usable; an over-long frame is discarded up to its newline.
+- Every rejected reply, whatever made it (framing, schema, signature, load, the
+  service's gates), and every refused connection is logged once, through ``_answer``
+  and ``_refuse``: rate-limited per reason (``refusals.py``), so operators can grep for
+  refusals and a misbehaving client cannot flood the log.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import stat
-import struct
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -41,7 +51,9 @@ import trio
 
 from ipc.accept import BackoffListener
 from ipc.framing import TOO_LONG, LineDecoder
+from ipc.peers import Peer, peer_of
 from ipc.protocol import FrameProblem, Message, Reason, Reply, Status, decode_frame, encode_reply
+from ipc.refusals import RefusalLog
 
 log = logging.getLogger("titan.ipc")
 
@@ -68,6 +80,7 @@ Observer = Callable[[str | None, Reply], None]
 class _Slot:
     received_ns: int
     message_type: str | None = None
+    message: Message | None = None
     reply: Reply | None = None
     done: trio.Event = field(default_factory=trio.Event)
 
@@ -86,11 +99,24 @@ def rejected(
 class _Connection:
     stream: trio.SocketStream
     space: trio.Semaphore  # one token per request in flight on this connection
+    peer: Peer = field(default_factory=Peer)
+    idle_timeout_s: float | None = None
     slots: deque[_Slot] = field(default_factory=deque)  # unanswered, in request order
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    # Reading runs in this scope; its deadline is idle_timeout_s after the connection last
+    # had nothing to do, and infinite while a request is unanswered or a reply is written.
+    idle: trio.CancelScope = field(default_factory=trio.CancelScope)
     drained: trio.Event = field(default_factory=trio.Event)
     alive: bool = True
     writing: bool = False
+
+    def busy(self) -> None:
+        self.idle.deadline = math.inf
+
+    def rest(self) -> None:
+        """Start the idle clock, unless there is still something to do."""
+        if self.idle_timeout_s is not None and not self.slots and not self.writing:
+            self.idle.deadline = trio.current_time() + self.idle_timeout_s
 
     def close(self) -> None:
         self.alive = False
@@ -111,6 +137,8 @@ class IpcListener:
         handler: RequestHandler,
         *,
         max_connections: int = 16,
+        max_connections_per_process: int = 8,
+        idle_timeout_s: float | None = 300.0,
         max_frame_bytes: int = 65536,
         secret: str | None = None,
         max_pending: int = 1024,
@@ -121,12 +149,16 @@ class IpcListener:
         self.mode = mode
         self.handler = handler
         self.max_connections = max_connections
+        self.max_connections_per_process = max_connections_per_process
+        self.idle_timeout_s = idle_timeout_s
         self.max_frame_bytes = max_frame_bytes
         self.secret = secret
         self.max_pending = max_pending
         self.inflight_per_connection = inflight_per_connection
         self.observer = observer
+        self.refusals = RefusalLog(log)
         self.connections = 0
+        self.by_process: Counter[int] = Counter()  # open connections per peer pid
         self.pending = 0
         self.listening = False
         self.admitting = True  # False once the service is stopping: nothing new starts
@@ -194,42 +226,72 @@ class IpcListener:
         try:
             async with trio.open_nursery() as nursery:
                 self._jobs = nursery
+                await nursery.start(self.refusals.run)
                 self.listening = True
                 task_status.started()
                 while True:
                     stream = await listener.accept()
-                    if self.connections >= self.max_connections:
-                        nursery.start_soon(self._refuse, stream)
+                    peer = peer_of(stream)
+                    refusal = self._refusal(peer)
+                    if refusal is not None:
+                        nursery.start_soon(self._refuse, stream, peer, refusal)
                     else:
                         self.connections += 1
-                        nursery.start_soon(self._serve_connection, stream)
+                        if peer.pid is not None:
+                            self.by_process[peer.pid] += 1
+                        nursery.start_soon(self._serve_connection, stream, peer)
         finally:
             self.listening = False
             with trio.CancelScope(shield=True):
                 await listener.aclose()
             self._remove_socket_file()
 
-    async def _refuse(self, stream: trio.SocketStream) -> None:
-        log.warning("IPC connection refused: %d connections already open", self.connections)
-        reply = rejected(
-            None,
-            Reason.MAX_CONNECTIONS,
-            f"at most {self.max_connections} connections; try again later",
-        )
+    def _refusal(self, peer: Peer) -> str | None:
+        """Why a new connection from ``peer`` is refused, or None to serve it."""
+        if self.connections >= self.max_connections:
+            return f"at most {self.max_connections} connections; try again later"
+        if peer.pid is not None and self.by_process[peer.pid] >= self.max_connections_per_process:
+            return (
+                f"this process (pid {peer.pid}) already holds "
+                f"{self.by_process[peer.pid]} connections, the most one process may "
+                "(ipc.maxConnectionsPerProcess); reuse one, or close one first"
+            )
+        return None
+
+    async def _refuse(self, stream: trio.SocketStream, peer: Peer, text: str) -> None:
+        reply = rejected(None, Reason.MAX_CONNECTIONS, text)
         reply.latency_us = 0
+        holders = ", ".join(f"pid {pid}: {n}" for pid, n in self.by_process.most_common(3))
+        self.refusals.refused(
+            "connection",
+            reply,
+            peer,
+            detail=f"{self.connections} open; by process: {holders or 'none known'}",
+        )
         with trio.move_on_after(1.0):
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(encode_reply(reply))
         self._observe(None, reply)
         await trio.aclose_forcefully(stream)
 
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        peer = _peer(stream)
+    async def _serve_connection(self, stream: trio.SocketStream, peer: Peer) -> None:
         log.info("IPC connection opened: %s (%d open)", peer, self.connections)
-        conn = _Connection(stream, trio.Semaphore(self.inflight_per_connection))
+        conn = _Connection(
+            stream, trio.Semaphore(self.inflight_per_connection), peer, self.idle_timeout_s
+        )
         try:
             with conn.scope:
-                await self._read_requests(conn)
+                conn.rest()
+                with conn.idle:
+                    await self._read_requests(conn)
+                if conn.idle.cancelled_caught:
+                    log.warning(
+                        "IPC connection %s closed: idle for %g s (ipc.idleTimeoutS); a client "
+                        "keeps its connection open by sending PING",
+                        peer,
+                        self.idle_timeout_s,
+                    )
+                    return
                 await conn.wait_drained()  # EOF: answer what was asked, then close
         except Exception as exc:  # contained: one connection never takes the others down
             if not _only_disconnects(exc):
@@ -237,6 +299,10 @@ class IpcListener:
         finally:
             conn.close()
             self.connections -= 1
+            if peer.pid is not None:
+                self.by_process[peer.pid] -= 1
+                if self.by_process[peer.pid] <= 0:
+                    del self.by_process[peer.pid]
             await trio.aclose_forcefully(stream)
             log.info("IPC connection closed: %s (%d open)", peer, self.connections)
 
@@ -246,6 +312,7 @@ class IpcListener:
             data = await conn.stream.receive_some(READ_CHUNK)
             if not data:
                 return
+            conn.rest()  # bytes are activity (a frame begun); a whole frame makes it busy
             for frame in decoder.feed(data):
                 await conn.space.acquire()  # at most inflight unanswered: then stop reading
                 slot = self._admit(frame, conn)
@@ -255,41 +322,51 @@ class IpcListener:
     def _admit(self, frame: bytes | None, conn: _Connection) -> _Slot:
         slot = _Slot(time.perf_counter_ns())
         conn.slots.append(slot)
+        conn.busy()
         if frame is TOO_LONG:
-            slot.finish(
+            self._answer(
+                slot,
+                conn,
                 rejected(
                     None,
                     Reason.INVALID_FRAME,
                     f"frame longer than {self.max_frame_bytes} bytes; discarded",
-                )
+                ),
             )
             return slot
         decoded = decode_frame(frame, self.secret)
         if isinstance(decoded, FrameProblem):
-            slot.finish(
-                rejected(decoded.request_id, decoded.reason, decoded.message, decoded.signal_id)
+            self._answer(
+                slot,
+                conn,
+                rejected(decoded.request_id, decoded.reason, decoded.message, decoded.signal_id),
             )
             return slot
         slot.message_type = type(decoded).__name__.upper()
+        slot.message = decoded
         if not self.admitting:
-            slot.finish(
+            self._answer(
+                slot,
+                conn,
                 rejected(
                     decoded.id,
                     Reason.BUSY,
                     "the service is stopping: nothing was done; retry with the same ids once "
                     "it is back",
                     getattr(decoded, "signal_id", None),
-                )
+                ),
             )
             return slot
         if self.pending >= self.max_pending:
-            slot.finish(
+            self._answer(
+                slot,
+                conn,
                 rejected(
                     decoded.id,
                     Reason.BUSY,
                     f"{self.pending} requests in progress; retry shortly",
                     getattr(decoded, "signal_id", None),
-                )
+                ),
             )
             return slot
         job = self.handler.admit(decoded)
@@ -314,8 +391,23 @@ class IpcListener:
             )
         finally:
             self.pending -= 1
-        slot.finish(reply)
+        self._answer(slot, conn, reply)
         await self._flush(conn)
+
+    def _answer(self, slot: _Slot, conn: _Connection, reply: Reply) -> None:
+        """Every reply to a request is made here: a refusal is logged (rate-limited) when
+        it is made, whether or not the client is still there to read it."""
+        slot.finish(reply)
+        if reply.status is not Status.REJECTED:
+            return
+        message = slot.message
+        self.refusals.refused(
+            slot.message_type or "frame",
+            reply,
+            conn.peer,
+            symbol=getattr(message, "symbol", None),
+            source=getattr(message, "source", None),
+        )
 
     async def _flush(self, conn: _Connection) -> None:
         """Write the finished replies at the head of the connection's queue, in request
@@ -349,6 +441,7 @@ class IpcListener:
             conn.writing = False
             if not conn.slots:
                 conn.drained.set()
+                conn.rest()
 
     def _observe(self, message_type: str | None, reply: Reply) -> None:
         if self.observer is not None:
@@ -359,12 +452,3 @@ def _only_disconnects(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_only_disconnects(e) for e in exc.exceptions)
     return isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError))
-
-
-def _peer(stream: trio.SocketStream) -> str:
-    try:
-        raw = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, gid = struct.unpack("3i", raw)
-        return f"pid {pid} uid {uid} gid {gid}"
-    except (OSError, AttributeError):
-        return "peer unknown"

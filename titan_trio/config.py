@@ -53,7 +53,11 @@ class IpcConfig(_Section):
     socket_mode: Annotated[str, msgspec.Meta(pattern=r"^0?[0-7]{3}$")] = "0600"
     hmac_secret: Secret | None = None
     max_connections: PositiveInt = 16
+    max_connections_per_process: PositiveInt = 8
+    idle_timeout_s: PositiveFloat | None = 300.0  # null: idle connections stay open
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=256, le=16 * 1024 * 1024)] = 65536
+    # A PREPARE whose timestamp is older than this is refused EXPIRED (SPEC §4).
+    max_signal_age_ms: PositiveInt = 5000
 
 
 class S3Config(_Section):

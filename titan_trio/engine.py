@@ -271,6 +271,8 @@ class Engine:
             cfg.socket_mode,
             self.router,
             max_connections=cfg.ipc.max_connections,
+            max_connections_per_process=cfg.ipc.max_connections_per_process,
+            idle_timeout_s=cfg.ipc.idle_timeout_s,
             max_frame_bytes=cfg.ipc.max_frame_bytes,
             secret=cfg.ipc.hmac_secret,
             observer=self.metrics.observe_reply,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Decimal
 
+import msgspec
 import pytest
 
 from ipc.protocol import EntryZone, Prepare, Reason
@@ -114,6 +115,59 @@ def test_prepare_is_refused_while_entries_are_halted(
     entries.evaluate(intent)
     assert intent.rejection == (Reason.TRADING_HALTED, "trading is paused")
     assert intent.size is None
+
+
+def stamped(timestamp: int | None, received: int) -> PreparedIntent:
+    """A PREPARE made at ``timestamp`` that arrived at ``received`` (both ms)."""
+    intent = prepare((94900, 95100), 94001)
+    message = msgspec.structs.replace(intent.message, timestamp=timestamp)
+    return PreparedIntent(message, Side.BUY, received + 10_000, received_ms=received)
+
+
+ARRIVED = 1_795_524_901_000  # 2026-11-24T12:55:01.000Z
+
+
+@pytest.mark.parametrize(
+    ("made", "expected"),
+    [
+        (0, ("1970-01-01T00:00:00.000Z", "2026-11-24T12:55:01.000Z", "5000 ms")),
+        (ARRIVED - 5001, ("2026-11-24T12:54:55.999Z", "5001 ms later")),
+        (ARRIVED + 1001, ("2026-11-24T12:55:02.001Z", "1001 ms ahead", "1000 ms")),
+        (10**20, ("100000000000000000000 ms since the epoch", "ahead")),
+    ],
+)
+def test_prepare_made_too_long_ago_or_in_the_future_is_expired(
+    checks: tuple[EntryChecks, MarketHub, Risk], made: int, expected: tuple[str, ...]
+) -> None:
+    entries, _hub, _risk = checks
+    intent = stamped(made, ARRIVED)
+    entries.evaluate(intent)
+    assert intent.rejection is not None and intent.size is None
+    reason, text = intent.rejection
+    assert reason is Reason.EXPIRED
+    for part in expected:
+        assert part in text, text
+    assert "2026-11-24T12:55:01.000Z" in text  # the service's time, always
+
+
+@pytest.mark.parametrize("made", [ARRIVED - 5000, ARRIVED, ARRIVED + 1000, None])
+def test_prepare_within_the_age_and_the_skew_passes(
+    checks: tuple[EntryChecks, MarketHub, Risk], made: int | None
+) -> None:
+    entries, _hub, _risk = checks
+    intent = stamped(made, ARRIVED)
+    entries.evaluate(intent)
+    assert intent.rejection is None and intent.size is not None
+
+
+def test_halted_trading_is_said_before_a_stale_signal(
+    checks: tuple[EntryChecks, MarketHub, Risk],
+) -> None:
+    entries, _hub, risk = checks
+    risk.refusal = "trading is paused"
+    intent = stamped(0, ARRIVED)
+    entries.evaluate(intent)
+    assert intent.rejection == (Reason.TRADING_HALTED, "trading is paused")
 
 
 def test_confirm_refuses_a_book_that_left_the_zone(

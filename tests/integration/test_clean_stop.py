@@ -66,6 +66,7 @@ def test_a_stop_under_load_leaves_nothing_journaled_and_unsent(
             "maxConsecutiveLosses": 100000,
         },
         execution={"l2": {"maxSpreadPct": 1, "maxSlippagePct": 5}},
+        ipc={"maxConnectionsPerProcess": 16},  # the clients are threads of this process
     )
     proc = spawn(config, tmp_path)
     wait_healthy(port, proc)

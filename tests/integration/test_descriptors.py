@@ -37,7 +37,11 @@ async def test_service_survives_a_descriptor_flood_on_both_sockets(
     tmp_path: Path, config_file: Callable[..., Path]
 ) -> None:
     port = free_port()
-    config = config_file(api={"port": port, "keepAliveTimeoutS": KEEP_ALIVE_S})
+    config = config_file(
+        api={"port": port, "keepAliveTimeoutS": KEEP_ALIVE_S},
+        # The flood comes from this one process: let it take every slot, as before.
+        ipc={"maxConnectionsPerProcess": IPC_MAX_CONNECTIONS},
+    )
     socket_path = str(tmp_path / "titan-ipc.sock")
     log_file = tmp_path / "logs" / "titan-execution.log"
 

@@ -11,6 +11,8 @@ covers it with a small limit.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -19,6 +21,7 @@ from typing import Any
 import pytest
 import trio
 
+from ipc.client import SignalClient
 from tests.helpers import POLL_S, eventually, merge, service
 from tests.ipc.wire import Wire, frame
 from titan_trio.config import Config
@@ -412,6 +415,43 @@ async def test_confirm_after_the_prepare_ttl_is_expired(config: Callable[..., Co
         assert not engine.shadow.orders and not engine.shadow.positions
 
 
+@pytest.mark.parametrize("secret", [None, SECRET])
+async def test_prepare_from_1970_or_the_future_is_expired_and_prepares_nothing(
+    config: Callable[..., Config], secret: str | None
+) -> None:
+    cfg = config(ipc={"hmacSecret": secret}) if secret else config()
+    async with service(cfg) as engine, await connect(engine) as wire:
+        stale = prepare(engine, "stale-1", timestamp=0)
+        reply = rejected(await wire.request(stale), "EXPIRED", stale)
+        assert "1970-01-01T00:00:00.000Z" in reply["message"], reply
+        assert "5000 ms" in reply["message"], reply
+        future = prepare(engine, "future-1", timestamp=int(time.time() * 1000) + 60_000)
+        reply = rejected(await wire.request(future), "EXPIRED", future)
+        assert "ahead of the service's clock" in reply["message"], reply
+        assert not engine.router.intents
+        # Refused like any gate: the signal id is used up, and nothing can confirm it.
+        reply = rejected(await wire.request(c := confirm("stale-1")), "UNKNOWN_SIGNAL", c)
+        assert "EXPIRED" in reply["message"]
+        again = prepare(engine, "stale-1", rid="again")
+        rejected(await wire.request(again), "DUPLICATE_SIGNAL", again)
+        assert not engine.shadow.orders
+        # A signal made a moment ago is prepared as usual.
+        fresh = prepare(engine, "fresh-1", timestamp=int(time.time() * 1000) - 1000)
+        ok(await wire.request(fresh), "prepared", fresh)
+
+
+async def test_max_signal_age_is_configurable(config: Callable[..., Config]) -> None:
+    async with (
+        service(config(ipc={"maxSignalAgeMs": 120_000})) as engine,
+        await connect(engine) as wire,
+    ):
+        minute_old = prepare(engine, "old-1", timestamp=int(time.time() * 1000) - 60_000)
+        ok(await wire.request(minute_old), "prepared", minute_old)
+        too_old = prepare(engine, "old-2", timestamp=int(time.time() * 1000) - 180_000)
+        reply = rejected(await wire.request(too_old), "EXPIRED", too_old)
+        assert "120000 ms" in reply["message"], reply
+
+
 async def test_unknown_symbol(config: Callable[..., Config]) -> None:
     async with service(config()) as engine, await connect(engine) as wire:
         request = prepare(engine, "doge-1", "DOGEUSDT")
@@ -560,6 +600,43 @@ async def test_order_the_exchange_refuses_is_broker_rejected(
         assert not [o for o in engine.shadow.orders.values() if o.symbol == "ETHUSDT"]
 
 
+# ----- refusals in the log --------------------------------------------------------------
+
+
+async def test_refused_prepare_and_confirm_are_logged_with_signal_symbol_reason_and_message(
+    config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="titan.ipc")
+
+    def logged(signal_id: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if f"signal={signal_id} " in r.getMessage()]
+
+    async with service(config()) as engine, await connect(engine) as wire:
+        unknown = prepare(engine, "log-1", "DOGEUSDT")
+        reply = rejected(await wire.request(unknown), "UNKNOWN_SYMBOL", unknown)
+        [line] = logged("log-1")
+        assert line.levelno == logging.INFO
+        assert line.getMessage().startswith(
+            "refused PREPARE reason=UNKNOWN_SYMBOL signal=log-1 symbol=DOGEUSDT request=p-log-1"
+        )
+        assert f'message="{reply["message"]}"' in line.getMessage()
+
+        # A CONFIRM names the symbol of its PREPARE; a halt is worth a WARNING.
+        request = prepare(engine, "log-2", "ETHUSDT")
+        ok(await wire.request(request), "prepared", request)
+        await engine.risk.pause("the test")
+        reply = rejected(await wire.request(c := confirm("log-2")), "TRADING_HALTED", c)
+        assert reply["symbol"] == "ETHUSDT"
+        [line] = logged("log-2")
+        assert line.levelno == logging.WARNING
+        assert line.getMessage().startswith(
+            "refused CONFIRM reason=TRADING_HALTED signal=log-2 symbol=ETHUSDT"
+        )
+        # Accepted requests write no such line.
+        ok(await wire.request(ping("fine")), "pong", ping("fine"))
+        assert len([r for r in caplog.records if r.getMessage().startswith("refused")]) == 2
+
+
 # ----- connections ----------------------------------------------------------------------
 
 
@@ -594,6 +671,40 @@ async def test_max_connections_reply_has_latency_us(config: Callable[..., Config
                 rejected(await second.reply(), "MAX_CONNECTIONS")
 
 
+async def test_idle_connections_do_not_lock_strategies_out(
+    config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every slot taken by a connection that says nothing: once they have been idle for
+    ipc.idleTimeoutS they are closed, and a strategy gets in again."""
+    caplog.set_level(logging.INFO, logger="titan.ipc")
+    idle = {"maxConnections": 4, "maxConnectionsPerProcess": 4, "idleTimeoutS": 0.5}
+    async with service(config(ipc=idle)) as engine:
+        assert engine.ipc is not None
+        squatters = [await connect(engine) for _ in range(4)]
+        await eventually(lambda: engine.ipc.connections == 4)
+        async with await connect(engine) as locked_out:
+            rejected(await locked_out.reply(), "MAX_CONNECTIONS")
+        for squatter in squatters:
+            assert await squatter.at_eof()
+            await squatter.aclose()
+        async with await connect(engine) as strategy:
+            ok(await strategy.request(ping("in")), "pong", ping("in"))
+    closed = [r for r in caplog.records if "idle for 0.5 s" in r.getMessage()]
+    assert len(closed) == 4 and all(r.levelno == logging.WARNING for r in closed)
+    assert all(f"pid {os.getpid()} uid {os.getuid()}" in r.getMessage() for r in closed)
+
+
+async def test_the_client_library_reconnects_after_an_idle_close(
+    config: Callable[..., Config],
+) -> None:
+    async with service(config(ipc={"idleTimeoutS": 0.3})) as engine:
+        assert engine.ipc is not None
+        with SignalClient(engine.cfg.ipc.socket_path, timeout=5) as client:
+            assert (await trio.to_thread.run_sync(client.ping)).status == "pong"
+            await eventually(lambda: engine.ipc.connections == 0)  # closed as idle
+            assert (await trio.to_thread.run_sync(client.ping)).status == "pong"
+
+
 async def test_client_that_disconnects_without_reading_does_not_stop_the_service(
     config: Callable[..., Config],
 ) -> None:
@@ -622,7 +733,10 @@ async def test_invalid_utf8_inside_a_string_does_not_stop_the_service(
 async def test_a_bad_client_and_a_stalled_client_do_not_affect_the_others(
     config: Callable[..., Config],
 ) -> None:
-    cfg = config(risk={"allowPyramiding": True, "maxPositions": 10})
+    cfg = config(
+        risk={"allowPyramiding": True, "maxPositions": 10},
+        ipc={"maxConnectionsPerProcess": 16},  # every client here is this one process
+    )
     symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
     flood = 5000
     async with service(cfg) as engine:

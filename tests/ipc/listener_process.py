@@ -21,7 +21,9 @@ from tests.ipc.test_listener import Echo
 
 
 async def main(path: str, spare: int) -> None:
-    listener = IpcListener(path, 0o600, Echo(), max_connections=1000)
+    listener = IpcListener(
+        path, 0o600, Echo(), max_connections=1000, max_connections_per_process=1000
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(listener.run)
         print("ready", limit_descriptors(os.getpid(), spare), flush=True)

@@ -5,9 +5,12 @@ it."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import socket
 import stat
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,8 +21,10 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipc.listener import IpcError, IpcListener, Job
-from ipc.protocol import Message, Ping, Reply, Status
+from ipc.listener import IpcError, IpcListener, Job, rejected
+from ipc.protocol import Message, Ping, Reason, Reply, Status
+from ipc.refusals import BURST, RefusalLog
+from tests.helpers import eventually
 from tests.ipc.wire import Wire, frame
 
 LIMIT_S = 5.0
@@ -255,6 +260,194 @@ async def test_busy_when_max_pending_requests_are_in_progress(tmp_path: Path) ->
         assert (await first.reply())["id"] == "slow"
         # with the slot free again, the second connection is served
         assert (await second.request(ping("later")))["status"] == "pong"
+
+
+# ----- idle connections and one process's share ----------------------------------------
+
+IDLE_S = 300.0
+
+
+async def test_idle_connection_is_closed_after_the_timeout_with_a_warning(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "titan.sock"
+    caplog.set_level(logging.INFO, logger="titan.ipc")
+    async with (
+        serving(path, idle_timeout_s=IDLE_S) as listener,
+        await Wire.connect(str(path)) as wire,
+    ):
+        assert (await wire.request(ping("hello")))["status"] == "pong"
+        answered = trio.current_time()
+        assert await wire.at_eof(within_s=2 * IDLE_S)
+        assert IDLE_S <= trio.current_time() - answered < IDLE_S + 1
+        await eventually(lambda: listener.connections == 0)
+    [warning] = [r for r in caplog.records if "idle" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    assert f"pid {os.getpid()} uid {os.getuid()}" in warning.getMessage()
+    assert "ipc.idleTimeoutS" in warning.getMessage()
+
+
+async def test_bytes_of_a_frame_keep_a_connection_open(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "titan.sock"
+    async with serving(path, idle_timeout_s=IDLE_S), await Wire.connect(str(path)) as wire:
+        for piece in (b'{"type":"PING",', b'"id":', b'"slow-typist"}'):
+            await trio.sleep(IDLE_S - 1)
+            await wire.send_raw(piece)
+        await trio.sleep(IDLE_S - 1)
+        assert (await wire.request(b""))["id"] == "slow-typist"
+
+
+async def test_a_connection_waiting_for_its_reply_is_not_idle(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "titan.sock"
+    handler = Blocking()
+    async with (
+        serving(path, handler, idle_timeout_s=IDLE_S),
+        await Wire.connect(str(path)) as wire,
+    ):
+        await wire.send(ping("slow"))
+        await trio.sleep(3 * IDLE_S)  # the request is still being handled
+        handler.release.set()
+        assert (await wire.reply())["id"] == "slow"
+        # The idle time counts from the reply.
+        answered = trio.current_time()
+        assert await wire.at_eof(within_s=2 * IDLE_S)
+        assert IDLE_S <= trio.current_time() - answered < IDLE_S + 1
+
+
+async def test_a_connection_whose_replies_are_being_written_is_not_idle(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    path = tmp_path / "titan.sock"
+    idle_s = 2.0  # shorter than the write timeout: the replies wait in the socket meanwhile
+    count = 20_000  # more replies than the socket buffers hold: the service is mid-write
+    async with serving(path, idle_timeout_s=idle_s), await Wire.connect(str(path)) as wire:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wire.send_raw, b"".join(frame(ping(i)) for i in range(count)))
+            await trio.sleep(3 * idle_s)  # reading nothing meanwhile
+            replies = await wire.replies(count, within_s=60)
+        assert [r["id"] for r in replies] == list(range(count))
+
+
+ANOTHER_PROCESS = """
+import socket, sys
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.settimeout(5)
+sock.connect(sys.argv[1])
+sock.sendall(b'{"type":"PING","id":"other"}\\n')
+reply = b""
+while not reply.endswith(b"\\n"):
+    chunk = sock.recv(4096)
+    if not chunk:
+        break
+    reply += chunk
+print(reply.decode())
+"""
+
+
+async def test_one_process_cannot_take_every_connection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "titan.sock"
+    caplog.set_level(logging.WARNING, logger="titan.ipc")
+    async with serving(path, max_connections=4, max_connections_per_process=2) as listener:
+        first, second = await Wire.connect(str(path)), await Wire.connect(str(path))
+        for wire in (first, second):
+            assert (await wire.request(ping("in")))["status"] == "pong"
+        async with await Wire.connect(str(path)) as third:
+            refused = await third.reply()
+            assert (refused["status"], refused["reason"]) == ("rejected", "MAX_CONNECTIONS")
+            assert "ipc.maxConnectionsPerProcess" in refused["message"], refused
+            assert await third.at_eof()
+        [warning] = [r for r in caplog.records if "refused connection" in r.getMessage()]
+        assert warning.levelno == logging.WARNING
+        assert f"pid={os.getpid()} uid={os.getuid()}" in warning.getMessage()
+        # The slots this process may not take are there for another one.
+        done = await trio.run_process(
+            [sys.executable, "-c", ANOTHER_PROCESS, str(path)], capture_stdout=True
+        )
+        other = json.loads(done.stdout)
+        assert (other["id"], other["status"]) == ("other", "pong")
+        # Its own share comes back as its connections close.
+        await second.aclose()
+        await eventually(lambda: listener.connections == 1)
+        async with await Wire.connect(str(path)) as again:
+            assert (await again.request(ping("again")))["status"] == "pong"
+        await first.aclose()
+
+
+# ----- refusals in the log --------------------------------------------------------------
+
+
+class Refusing:
+    """Every request is refused EXPIRED once ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+
+    def admit(self, message: Message) -> Job:
+        async def job() -> Reply:
+            await self.release.wait()
+            return rejected(
+                message.id, Reason.EXPIRED, "too old", getattr(message, "signal_id", None)
+            )
+
+        return job
+
+
+def refusal_lines(caplog: pytest.LogCaptureFixture, text: str = "") -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "titan.ipc" and r.getMessage().startswith("refused") and text in r.getMessage()
+    ]
+
+
+async def test_every_refusal_is_logged_once_and_a_flood_is_cut(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "titan.sock"
+    caplog.set_level(logging.INFO, logger="titan.ipc")
+    listener = IpcListener(str(path), 0o600, Echo())
+    # No refill during the test, whatever the machine's speed: the burst is all there is.
+    listener.refusals = RefusalLog(logging.getLogger("titan.ipc"), per_second=1e-6)
+    flood = 1000
+    async with trio.open_nursery() as nursery:
+        await nursery.start(listener.run)
+        async with await Wire.connect(str(path)) as garbage, await Wire.connect(str(path)) as other:
+            await garbage.send_raw(b"not json\n" * flood)
+            replies = await garbage.replies(flood)
+            assert {r["reason"] for r in replies} == {"INVALID_FRAME"}
+            bad = {"type": "PREPARE", "id": "p1", "signal_id": "sig-9", "symbol": "BTCUSDT"}
+            assert (await other.request(bad))["reason"] == "INVALID_SIGNAL"
+        nursery.cancel_scope.cancel()
+    floods = refusal_lines(caplog, "reason=INVALID_FRAME")
+    assert len(floods) == BURST
+    assert all(r.levelno == logging.WARNING for r in floods)
+    assert f"pid={os.getpid()} uid={os.getuid()}" in floods[0].getMessage()
+    [line] = refusal_lines(caplog, "reason=INVALID_SIGNAL")
+    assert line.levelno == logging.INFO
+    assert "signal=sig-9" in line.getMessage() and "request=p1" in line.getMessage()
+    assert "missing required field" in line.getMessage()
+
+
+async def test_a_refusal_is_logged_even_when_its_client_has_gone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "titan.sock"
+    caplog.set_level(logging.INFO, logger="titan.ipc")
+    handler = Refusing()
+    async with serving(path, handler) as listener:
+        async with await Wire.connect(str(path)) as wire:
+            await wire.send({"type": "CONFIRM", "id": "c1", "signal_id": "sig-gone"})
+            await eventually(lambda: listener.pending == 1)
+        handler.release.set()  # the client hung up before its answer was made
+        await eventually(lambda: refusal_lines(caplog, "signal=sig-gone"))
+    [line] = refusal_lines(caplog)
+    assert line.getMessage().startswith("refused CONFIRM reason=EXPIRED signal=sig-gone")
 
 
 # ----- bugs -----------------------------------------------------------------------------

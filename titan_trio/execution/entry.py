@@ -18,6 +18,7 @@ from decimal import Decimal
 import trio
 
 from ipc.protocol import Prepare, Reason
+from titan_trio.clock import iso_utc
 from titan_trio.config import Config
 from titan_trio.domain.instruments import Instrument
 from titan_trio.domain.orders import Order, OrderType, Side, TimeInForce
@@ -34,6 +35,9 @@ from titan_trio.risk.sizing import (
     size_position,
 )
 from titan_trio.state.shadow import ShadowState
+
+# How far ahead of the service's clock a PREPARE's timestamp may be (SPEC §4: 1 s).
+MAX_CLOCK_SKEW_MS = 1000
 
 
 def client_order_id(kind: str, signal_id: str) -> str:
@@ -54,6 +58,7 @@ class PreparedIntent:
     rules: PhaseRules | None = None
     rejection: tuple[Reason, str] | None = None
     claimed: bool = False  # a CONFIRM or ABORT has taken it
+    received_ms: int | None = None  # wall clock when the PREPARE arrived (its age is from it)
 
 
 class EntryChecks:
@@ -98,6 +103,30 @@ class EntryChecks:
         if refusal is not None:
             raise EntryRejected(Reason.TRADING_HALTED, refusal)
 
+    def check_signal_age(self, msg: Prepare, received_ms: int | None) -> None:
+        """A PREPARE made longer than ``ipc.maxSignalAgeMs`` before it arrived (delayed
+        in a queue, or captured and delivered late) trades on an old idea; one from
+        further ahead than MAX_CLOCK_SKEW_MS comes from a clock that is wrong. Without a
+        ``timestamp`` there is nothing to judge."""
+        if msg.timestamp is None or received_ms is None:
+            return
+        age = received_ms - msg.timestamp
+        limit = self.cfg.ipc.max_signal_age_ms
+        if age > limit:
+            raise EntryRejected(
+                Reason.EXPIRED,
+                f"signal made at {iso_utc(msg.timestamp)} arrived at {iso_utc(received_ms)}, "
+                f"{age} ms later; a PREPARE older than {limit} ms is refused "
+                "(ipc.maxSignalAgeMs): send a fresh signal",
+            )
+        if -age > MAX_CLOCK_SKEW_MS:
+            raise EntryRejected(
+                Reason.EXPIRED,
+                f"signal made at {iso_utc(msg.timestamp)} is {-age} ms ahead of the service's "
+                f"clock ({iso_utc(received_ms)}); at most {MAX_CLOCK_SKEW_MS} ms of clock skew "
+                "is allowed: check the strategy's clock",
+            )
+
     def check_price_band(self, msg: Prepare, mid: Decimal) -> None:
         """Every price of the signal within ``maxPriceDeviationPct`` of the market."""
         band = Decimal(repr(self.cfg.execution.max_price_deviation_pct)) / 100
@@ -118,11 +147,12 @@ class EntryChecks:
 
     def evaluate(self, intent: PreparedIntent) -> None:
         """PREPARE: gates and sizing on the current book, in SPEC §6's order (trading
-        state, symbol, positions, leverage, L2); sets the intent's size, entry price and
-        phase rules, or its rejection."""
+        state, the signal's age, symbol, positions, leverage, L2); sets the intent's size,
+        entry price and phase rules, or its rejection."""
         msg = intent.message
         try:
             self.check_trading_state()
+            self.check_signal_age(msg, intent.received_ms)
             instrument = self.instruments.get(msg.symbol)
             if instrument is None:
                 raise EntryRejected(

@@ -201,8 +201,13 @@ class SignalRouter:
                 )
             )
         side = Side.BUY if msg.direction == "LONG" else Side.SELL
+        received = now_ms()
         intent = PreparedIntent(
-            msg, side, now_ms() + self.ttl_ms, trio.current_time() + self.ttl_ms / 1000
+            msg,
+            side,
+            received + self.ttl_ms,
+            trio.current_time() + self.ttl_ms / 1000,
+            received_ms=received,
         )
         self.intents[msg.signal_id] = intent
         return lambda: self._prepare(intent)
@@ -283,7 +288,14 @@ class SignalRouter:
                 )
             )
         intent.claimed = True
-        return lambda: self._confirm(msg, intent, started)
+
+        async def job() -> Reply:
+            reply = await self._confirm(msg, intent, started)
+            if reply.symbol is None:  # a refusal: say which symbol it was about
+                reply.symbol = intent.message.symbol
+            return reply
+
+        return job
 
     async def _confirm_unknown(self, msg: Confirm) -> Reply:
         known = await self.store.call(records.signal_status, msg.signal_id)
