@@ -1,10 +1,11 @@
 """The IPC listener: a Unix-domain stream socket speaking the protocol of ``protocol.py``.
 
 Guarantees, each a design decision:
-- The socket file is created with the configured mode (under a tight umask, so it is
-  never reachable more widely, even for an instant). A stale file from a dead process is
-  replaced; a live listener on the path (another instance) stops start-up; a path that
-  exists and is not a socket is never deleted.
+- The socket file (``socket_file.py``) is created with the configured mode; a stale one
+  is replaced, a live one (another instance) stops start-up. It is checked every
+  PATH_CHECK_S: deleted, it is made again (WARNING) and new connections are taken there;
+  replaced by something else, that is left alone and reported (ERROR), and health says
+  the IPC component is unhealthy while the path is not this service's socket.
 - At most ``max_connections`` connections, and at most ``max_connections_per_process``
   of them from one process (its pid, from SO_PEERCRED), so one careless or hostile process
   cannot lock every strategy out; the next one gets a single MAX_CONNECTIONS reply and is
@@ -38,9 +39,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import socket
-import stat
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -54,17 +52,15 @@ from ipc.framing import TOO_LONG, LineDecoder
 from ipc.peers import Peer, peer_of
 from ipc.protocol import FrameProblem, Message, Reason, Reply, Status, decode_frame, encode_reply
 from ipc.refusals import RefusalLog
+from ipc.socket_file import IpcError, PathState, SocketFile
 
 log = logging.getLogger("titan.ipc")
 
+PATH_CHECK_S = 1.0  # how often the socket file is checked (and re-created when deleted)
 WRITE_TIMEOUT_S = 10.0  # a client that takes longer than this to read a reply is dropped
 READ_CHUNK = 65536
 
 Job = Callable[[], Awaitable[Reply]]
-
-
-class IpcError(Exception):
-    """The listener cannot start (socket in use, path not a socket, ...)."""
 
 
 class RequestHandler(Protocol):
@@ -162,89 +158,94 @@ class IpcListener:
         self.pending = 0
         self.listening = False
         self.admitting = True  # False once the service is stopping: nothing new starts
-        self._inode: int | None = None
+        self.socket_file = SocketFile(path, mode)
         self._jobs: trio.Nursery | None = None
+        self._accepting: trio.CancelScope | None = None
 
     def stop_admitting(self) -> None:
         """From now on every request is answered BUSY ("stopping") without being run; the
         ones already admitted finish and are answered."""
         self.admitting = False
 
-    # ----- socket file -----------------------------------------------------------------
-
-    def _clear_stale_path(self) -> None:
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise IpcError(f"{self.path} exists and is not a socket; refusing to replace it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(1.0)
-        try:
-            probe.connect(self.path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            log.warning("replacing stale IPC socket %s (no process listens on it)", self.path)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-            return
-        except OSError as exc:
-            raise IpcError(f"cannot check the IPC socket {self.path}: {exc.strerror}") from None
-        finally:
-            probe.close()
-        raise IpcError(
-            f"another process is listening on the IPC socket {self.path}; "
-            "is another titan instance running?"
-        )
-
-    def _bind(self) -> trio.socket.SocketType:
-        self._clear_stale_path()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o777 & ~self.mode)
-        try:
-            sock.bind(self.path)  # synchronous, so the umask covers exactly this call
-        except OSError as exc:
-            sock.close()
-            raise IpcError(f"cannot create the IPC socket {self.path}: {exc.strerror}") from None
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.path, self.mode)
-        self._inode = os.stat(self.path).st_ino
-        sock.listen(128)
-        return trio.socket.from_stdlib_socket(sock)
-
-    def _remove_socket_file(self) -> None:
-        with contextlib.suppress(OSError):
-            if self._inode is not None and os.stat(self.path).st_ino == self._inode:
-                os.unlink(self.path)
-
     # ----- serving ---------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        sock = self._bind()
-        listener = BackoffListener(trio.SocketListener(sock), log, "IPC listener")
+        sock = self.socket_file.bind()
         try:
             async with trio.open_nursery() as nursery:
                 self._jobs = nursery
                 await nursery.start(self.refusals.run)
+                self._accepting = await nursery.start(self._accept, sock)
                 self.listening = True
                 task_status.started()
+                await self._watch_path(nursery)
+        finally:
+            self.listening = False
+            self.socket_file.remove()
+
+    def path_state(self) -> PathState:
+        """Whether the socket path still is this listener's socket (health asks)."""
+        return self.socket_file.state()
+
+    async def _watch_path(self, nursery: trio.Nursery) -> None:
+        """Every PATH_CHECK_S: a socket file that was deleted is made again, and new
+        connections are taken on it (the old socket, which nobody can reach any more, is
+        closed; its connections carry on). Something else at the path is left alone and
+        reported: health says unhealthy until an operator clears it."""
+        reported: PathState | None = None
+        while True:
+            await trio.sleep(PATH_CHECK_S)
+            state = self.socket_file.state()
+            if state is PathState.MISSING:
+                log.warning(
+                    "IPC socket %s was deleted: strategies could not connect; re-creating it",
+                    self.path,
+                )
+                try:
+                    sock = self.socket_file.bind()
+                except IpcError as exc:
+                    log.error("IPC socket %s could not be re-created: %s", self.path, exc)
+                    continue
+                old = self._accepting
+                self._accepting = await nursery.start(self._accept, sock)
+                if old is not None:
+                    old.cancel()
+                state = PathState.OURS
+            elif state is PathState.REPLACED and reported is not PathState.REPLACED:
+                log.error(
+                    "IPC socket path %s is no longer this service's socket (something else "
+                    "was put there): strategies cannot reach the service; remove it and the "
+                    "service makes its socket again",
+                    self.path,
+                )
+            reported = state
+
+    async def _accept(
+        self,
+        sock: trio.socket.SocketType,
+        *,
+        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Take connections on ``sock`` until cancelled (the socket is then closed)."""
+        listener = BackoffListener(trio.SocketListener(sock), log, "IPC listener")
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            try:
                 while True:
                     stream = await listener.accept()
                     peer = peer_of(stream)
                     refusal = self._refusal(peer)
+                    assert self._jobs is not None
                     if refusal is not None:
-                        nursery.start_soon(self._refuse, stream, peer, refusal)
+                        self._jobs.start_soon(self._refuse, stream, peer, refusal)
                     else:
                         self.connections += 1
                         if peer.pid is not None:
                             self.by_process[peer.pid] += 1
-                        nursery.start_soon(self._serve_connection, stream, peer)
-        finally:
-            self.listening = False
-            with trio.CancelScope(shield=True):
-                await listener.aclose()
-            self._remove_socket_file()
+                        self._jobs.start_soon(self._serve_connection, stream, peer)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await listener.aclose()
 
     def _refusal(self, peer: Peer) -> str | None:
         """Why a new connection from ``peer`` is refused, or None to serve it."""

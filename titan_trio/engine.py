@@ -404,9 +404,13 @@ class Engine:
 
     def _ipc_health(self) -> dict[str, Any]:
         listening = self.ipc is not None and self.ipc.listening
+        # the path must still be our socket: a deleted one reaches nobody (it is made
+        # again within a second), something else there is reported until removed
+        path = self.ipc.path_state().value if self.ipc is not None else None
         return {
-            "status": "healthy" if listening else "unhealthy",
+            "status": "healthy" if listening and path == "ours" else "unhealthy",
             "socket_path": os.path.abspath(self.cfg.ipc.socket_path),
+            "socket_file": path,
             "listening": listening,
             "connections": 0 if self.ipc is None else self.ipc.connections,
             "max_connections": self.cfg.ipc.max_connections,

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -814,3 +815,38 @@ async def test_prepared_signal_does_not_survive_a_restart(config: Callable[..., 
         rejected(await wire.request(again), "DUPLICATE_SIGNAL", again)
         assert not engine.shadow.orders and not engine.shadow.positions
         assert engine.broker is not None and not engine.broker.exchange.positions
+
+
+def put_a_file_at(path: str) -> None:
+    """Someone deletes the socket file and leaves something else there."""
+    os.unlink(path)
+    with open(path, "w") as f:
+        f.write("left here by something else")
+
+
+async def test_health_sees_the_socket_file_gone_or_replaced_and_it_comes_back(
+    make_config: Callable[..., Config],
+) -> None:
+    async with service(make_config()) as engine:
+        path = engine.cfg.ipc.socket_path
+        async with httpx.AsyncClient(base_url=engine.api_url, timeout=5) as client:
+
+            async def ipc_health() -> tuple[str, str, str]:
+                body = (await client.get("/api/health")).json()
+                metrics = (await client.get("/metrics")).text
+                line = next(
+                    m for m in metrics.splitlines()
+                    if m.startswith('titan_health_status{component="ipc"}')
+                )  # fmt: skip
+                return body["ipc"]["status"], body["ipc"]["socket_file"], line.split()[-1]
+
+            assert await ipc_health() == ("healthy", "ours", "1.0")
+            put_a_file_at(path)
+            assert await ipc_health() == ("unhealthy", "replaced", "0.0")
+            os.unlink(path)  # cleared: the service makes its socket again
+            await eventually(
+                lambda: engine.ipc is not None and engine.ipc.path_state().value == "ours"
+            )
+            assert await ipc_health() == ("healthy", "ours", "1.0")
+            async with await Wire.connect(path) as wire:
+                assert (await wire.request({"type": "PING", "id": 1}))["status"] == "pong"

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from ipc.listener import IpcError, IpcListener, Job, rejected
 from ipc.protocol import Message, Ping, Reason, Reply, Status
 from ipc.refusals import BURST, RefusalLog
+from ipc.socket_file import PathState
 from tests.helpers import eventually
 from tests.ipc.wire import Wire, frame
 
@@ -110,6 +111,41 @@ async def test_socket_is_created_with_the_requested_mode(tmp_path: Path, mode: i
             await assert_pong(path)
     finally:
         os.umask(old_umask)
+
+
+async def test_a_deleted_socket_file_is_made_again_and_old_connections_carry_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "titan.sock"
+    async with serving(path) as listener, await Wire.connect(str(path)) as before:
+        os.unlink(path)  # a clean-up job, or a careless operator
+        assert listener.path_state() is PathState.MISSING  # health sees it at once
+        with caplog.at_level(logging.WARNING, logger="titan.ipc"):
+            await eventually(lambda: listener.path_state() is PathState.OURS, LIMIT_S)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        await assert_pong(path, "new")  # strategies reach the service again
+        assert (await before.request(ping("old")))["status"] == "pong"
+    assert any("was deleted" in r.getMessage() for r in caplog.records)
+
+
+async def test_something_else_put_at_the_path_is_reported_and_left_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "titan.sock"
+    async with serving(path) as listener:
+        os.unlink(path)
+        path.write_text("not ours")  # before the listener looked again
+        with caplog.at_level(logging.ERROR, logger="titan.ipc"):
+            await eventually(
+                lambda: any("no longer this service" in r.getMessage() for r in caplog.records),
+                LIMIT_S,
+            )
+        assert listener.path_state() is PathState.REPLACED
+        assert path.read_text() == "not ours"
+        path.unlink()  # the operator clears it: the socket comes back
+        await eventually(lambda: listener.path_state() is PathState.OURS, LIMIT_S)
+        await assert_pong(path)
+    assert path.exists() is False  # removed at the end: it was ours again
 
 
 async def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
