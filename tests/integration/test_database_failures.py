@@ -3,8 +3,9 @@ metric and in the log with SQLite's cause; the service keeps running and is heal
 once writes succeed; a stop record that cannot be written neither fails a clean stop nor
 hides what stopped the service. Health is whether the database commits now (issue #10):
 unhealthy while another process holds the write lock, healthy in a read-only directory
-whose database file is writable. Last, the real thing: a service process on a small
-disk that fills up and empties again."""
+whose database file is writable. Strategies refused for the database get BUSY naming
+SQLite's cause, and the log says so once, not once per request. Last, the real thing: a
+service process on a small disk that fills up and empties again."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from tests.conftest import fill_disk, free_port
 from tests.helpers import PROCESS_POLL_S, eventually, service, spawn, stop, wait_healthy
 from tests.integration.test_risk import prepare_msg
 from tests.integration.test_risk import signal as send_signal
+from tests.integration.test_safety import FailingWrites
+from tests.ipc.wire import Wire
 from titan_trio.config import Config
 from titan_trio.engine import Engine
 from titan_trio.errors import StoreError, TitanError
@@ -277,6 +280,46 @@ async def test_a_read_only_directory_with_a_writable_database_is_healthy_and_tra
             assert db_health["status"] == "healthy" and db_health["writable"] is True
 
 
+# ----- strategies refused for the database: told why, and the log says it once ---------------
+
+
+async def test_a_database_fault_answers_busy_naming_it_and_logs_once_not_per_request(
+    risk_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    async with service(risk_config()) as engine:
+        await quiet(engine)  # no background write of its own meets the fault
+        writes = FailingWrites(engine)  # every write fails, as on a full disk
+        writes.failing = True
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            stream = await trio.open_unix_socket(engine.cfg.ipc.socket_path)
+            async with stream:
+                wire = Wire(stream)
+                replies = [
+                    await wire.request(prepare_msg(engine, f"db-{n}", "ETHUSDT"))
+                    for n in range(100)
+                ]
+            during = list(caplog.records)
+            writes.failing = False
+            await eventually(lambda: engine.risk.trading_state.value == "ACTIVE", limit_s=10)
+        for reply in replies:
+            assert (reply["status"], reply["reason"]) == ("rejected", "BUSY"), reply
+            assert reply["message"].startswith(
+                "the database cannot record this request: database or disk is full; "
+                "nothing was done; retrying with the same ids is safe"
+            ), reply
+        assert not [r for r in caplog.records if r.exc_info], "no traceback for a database fault"
+        loud = [r.getMessage() for r in during if r.levelno >= logging.WARNING]
+        assert len(loud) == 1 and "database writes failing" in loud[0], loud
+        recovered = [
+            r.getMessage()
+            for r in caplog.records
+            if r.getMessage().startswith("database writes work again")
+        ]
+        assert len(recovered) == 1
+        assert "100 requests refused while they failed" in recovered[0]
+
+
 # ----- a real small disk, filled and emptied under a running service ------------------------
 
 
@@ -335,3 +378,27 @@ def test_service_on_a_full_disk_keeps_running_and_recovers(
     assert "database write failed: database or disk is full (SQLITE_FULL)" in out
     assert "database writes succeed again" in out
     assert out.rstrip().splitlines()[-1].endswith("stopped cleanly")
+
+
+async def test_expired_signals_the_database_cannot_journal_are_told_once_not_every_round(
+    risk_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "titan.router")
+    async with service(risk_config(execution={"prepareTtlMs": 50})) as engine:
+        writes = FailingWrites(engine, only=(records.expire_signals,))
+        attempts = 0
+
+        async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal attempts
+            attempts += fn is records.expire_signals
+            return await writes.call(fn, *args, **kwargs)
+
+        engine.store.call = counted  # type: ignore[method-assign]
+        writes.failing = True
+        prepared = await send_signal(engine, prepare_msg(engine, "exp-1", "ETHUSDT"))
+        assert prepared.status == "prepared", prepared
+        await eventually(lambda: attempts >= 10)  # ten rounds of the expiry sweep
+        told = [r.getMessage() for r in caplog.records if "not journaled yet" in r.getMessage()]
+        assert len(told) == 1, told
+        writes.failing = False
+        await eventually(lambda: "1 expired signals journaled after all" in caplog.text)
