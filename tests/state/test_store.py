@@ -772,6 +772,26 @@ async def test_a_database_failing_and_recovering_over_and_over_is_logged_once_a_
     ]
 
 
+async def test_a_read_after_a_failed_write_does_not_say_writes_work(tmp_path: Path) -> None:
+    """Pony replaces the connection a write failed on; a read on the new one commits
+    nothing and must not clear the failure (health would say healthy under the lock)."""
+    path = tmp_path / "t.db"
+    async with open_store(path) as store:
+        await store.call(set_busy_timeout, 50)  # 5 s in service; a test need not wait
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreError, match="locked"):
+                await store.call(records.add_event, 1, "INFO", "test", "refused")
+            assert await store.call(records.kv_get, "k") is None  # a read works
+            assert store.stats.last_error == "database is locked (SQLITE_BUSY)"
+            assert store.takes_writes()[0] is False
+        finally:
+            other.close()
+        await store.call(records.add_event, 2, "INFO", "test", "written")
+        assert store.stats.last_error is None
+
+
 async def test_wal_is_truncated_past_its_bound(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
     largest = 0

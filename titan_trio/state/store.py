@@ -381,7 +381,7 @@ class Store:
                 self._deliver(job, outcome.Error(as_store_error(exc)))
             return
         elapsed = time.perf_counter() - started
-        wrote = before is None or self._pony_changes() != before
+        wrote = self._wrote_since(before)
         self._to_trio(self._committed, elapsed, len(batch), wrote)
         for job, result in zip(batch, results, strict=True):
             self._deliver(job, outcome.Value(result))
@@ -391,6 +391,18 @@ class Store:
     def _pony_connected(self, conn: sqlite3.Connection) -> None:
         """schema.open_database's hook: pony opened ``conn`` on this thread."""
         self._pony.conn = conn
+
+    def _wrote_since(self, before: tuple[sqlite3.Connection, int] | None) -> bool:
+        """Whether the transaction that just committed wrote a row. A connection pony
+        opened in between (it replaces one a write failed on) counts from zero: a read on
+        it proves nothing, so it must not clear a write failure."""
+        after = self._pony_changes()
+        if after is None:
+            return True  # cannot tell
+        conn, changes = after
+        if before is None or before[0] is not conn:
+            return changes > 0
+        return changes != before[1]
 
     def _pony_changes(self) -> tuple[sqlite3.Connection, int] | None:
         """This thread's pony connection and its count of rows changed so far: compared
@@ -492,7 +504,7 @@ class Store:
                 before = self._pony_changes()
                 with orm.db_session(strict=True):
                     result = fn(self.entities, *args)
-                wrote = before is None or self._pony_changes() != before
+                wrote = self._wrote_since(before)
         except Deferred:
             raise
         except Exception as exc:
