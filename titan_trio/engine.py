@@ -381,13 +381,15 @@ class Engine:
         return {"status": "healthy" if healthy else "unhealthy", "feeds": feeds}
 
     def _database_health(self) -> dict[str, Any]:
+        """Healthy when the database commits now (the store's write probe, at most one a
+        second, never a guess from file permissions) and nothing waits to be saved."""
         stats = self.store.stats
-        writable = self.store.is_writable()
+        writable, why_not = self.store.takes_writes()
         age = self.store.last_commit_age_s
         # Changes kept in memory that the database refused, and what that stopped.
         unsaved = len(self.sync.unsaved) if hasattr(self, "sync") else 0
         faults = dict(self.risk.storage_faults) if hasattr(self, "risk") else {}
-        ok = writable and stats.last_error is None and not unsaved and not faults
+        ok = writable and not unsaved and not faults
         return {
             "status": "healthy" if ok else "unhealthy",
             "unsaved_changes": unsaved,
@@ -396,6 +398,7 @@ class Engine:
             else None,
             "path": self.store.path,
             "writable": writable,
+            "not_writable_because": why_not,
             "last_commit_age_s": None if age is None else round(age, 3),
             "commits": stats.commits,
             "last_error": stats.last_error,

@@ -611,6 +611,28 @@ async def test_inline_connection_that_cannot_roll_back_is_replaced(tmp_path: Pat
         assert await store.call(all_kv) == {"k": 3, "other": 4}
 
 
+async def test_an_inline_connection_that_cannot_write_leaves_the_write_to_the_store_thread(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One notion of "the database takes writes": when only the inline connection cannot
+    write (a file made read-only after the store thread's connection opened it), the
+    write is the store thread's, and succeeds there; nothing fails, one WARNING says so."""
+    async with open_store(tmp_path / "t.db") as store:
+        await store.call(records.kv_set, "k", 1, 1, urgent=True)
+        raw = store._raw
+        assert raw is not None
+        raw.conn.execute("PRAGMA query_only = 1")  # it refuses writes: SQLITE_READONLY
+        for n in range(2, 5):
+            await store.call(records.kv_set, "k", n, n, urgent=True)
+        assert await store.call(records.kv_get, "k") == 4
+        assert raw.closed  # dropped; urgent writes go to the store thread for a while
+        assert store.stats.last_error is None and store.stats.write_failures == 0
+        ok, cause = store.takes_writes()
+        assert (ok, cause) == (True, None)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "writes on a second connection" in warnings[0]
+
+
 # ----- the database failing: a full disk, a write lock held elsewhere ------------------------
 
 
@@ -719,6 +741,55 @@ async def test_write_lock_held_elsewhere_fails_the_batch_once_and_then_clears(
         assert store._raw is raw and store.stats.last_error is None
         await store.call(records.add_event, 7, "INFO", "test", "on the store thread")
         assert await store.call(all_kv) == {"k": 6}
+
+
+async def test_a_database_failing_and_recovering_over_and_over_is_logged_once_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lock another process takes and releases again and again: the same cause is
+    logged once (and its recovery once), not twice per round."""
+    caplog.set_level(logging.INFO, "titan.store")
+    path = tmp_path / "t.db"
+    async with open_store(path) as store:
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            for i in range(5):
+                # 5 s in service, a test need not wait (again each round: pony replaces
+                # a connection a write failed on, and the new one has the service's)
+                await store.call(set_busy_timeout, 50)
+                other.execute("BEGIN IMMEDIATE")
+                with pytest.raises(StoreError, match="locked"):
+                    await store.call(records.add_event, i, "INFO", "test", "refused")
+                other.execute("ROLLBACK")
+                await store.call(records.add_event, i, "INFO", "test", "written")
+        finally:
+            other.close()
+        assert store.stats.write_failures == 5 and store.stats.last_error is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "database write failed: database is locked (SQLITE_BUSY)",
+        "database writes succeed again (after: database is locked (SQLITE_BUSY))",
+    ]
+
+
+async def test_a_read_after_a_failed_write_does_not_say_writes_work(tmp_path: Path) -> None:
+    """Pony replaces the connection a write failed on; a read on the new one commits
+    nothing and must not clear the failure (health would say healthy under the lock)."""
+    path = tmp_path / "t.db"
+    async with open_store(path) as store:
+        await store.call(set_busy_timeout, 50)  # 5 s in service; a test need not wait
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreError, match="locked"):
+                await store.call(records.add_event, 1, "INFO", "test", "refused")
+            assert await store.call(records.kv_get, "k") is None  # a read works
+            assert store.stats.last_error == "database is locked (SQLITE_BUSY)"
+            assert store.takes_writes()[0] is False
+        finally:
+            other.close()
+        await store.call(records.add_event, 2, "INFO", "test", "written")
+        assert store.stats.last_error is None
 
 
 async def test_wal_is_truncated_past_its_bound(tmp_path: Path) -> None:

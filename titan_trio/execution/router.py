@@ -52,7 +52,14 @@ from titan_trio.state.store import Store
 
 log = logging.getLogger("titan.router")
 IN_FLIGHT_WAIT_S = 2.0  # how long a CLOSE waits for an entry on its way to the exchange
+REPEAT_WARNING_S = 60.0  # a background write failing again is told at most this often
 _encoder = msgspec.json.Encoder()
+
+
+def database_refusal(cause: str, outcome: str) -> str:
+    """What a strategy is told when the database cannot record its request: SQLite's
+    cause and what happened (nothing), in one shape for every path."""
+    return f"the database cannot record this request: {cause}; {outcome}"
 
 
 def _rejected(msg: Message, reason: Reason, text: str) -> Reply:
@@ -100,9 +107,11 @@ class SignalRouter:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Expire prepared intents nobody confirmed (on trio's monotonic clock), journaling
         them EXPIRED; a journal write that fails is tried again on the next round (the
-        intents are gone from memory already, so nothing can confirm them meanwhile)."""
+        intents are gone from memory already, so nothing can confirm them meanwhile),
+        with a WARNING when it first fails and then at most one a minute."""
         task_status.started()
         unrecorded: list[str] = []
+        warned_at: float | None = None
         while True:
             await trio.sleep(min(1.0, self.ttl_ms / 1000))
             now = trio.current_time()
@@ -118,12 +127,17 @@ class SignalRouter:
                 try:
                     await self.store.call(records.expire_signals, unrecorded, now_ms())
                 except StoreError as exc:
-                    log.warning(
-                        "%d expired signals not journaled yet (%s); retrying",
-                        len(unrecorded),
-                        exc,
-                    )
+                    if warned_at is None or now - warned_at >= REPEAT_WARNING_S:
+                        warned_at = now
+                        log.warning(
+                            "%d expired signals not journaled yet (%s); retrying",
+                            len(unrecorded),
+                            exc,
+                        )
                     continue
+                if warned_at is not None:
+                    log.info("%d expired signals journaled after all", len(unrecorded))
+                    warned_at = None
                 unrecorded = []
 
     def admit(self, message: Message) -> Job:
@@ -141,6 +155,24 @@ class SignalRouter:
                     "retry in a moment",
                 )
             )
+        if isinstance(message, Prepare | Confirm | Close):
+            # Refused for the database alone (a storage fault the risk controller holds
+            # until a write works): BUSY at once, without waiting on the database again.
+            purpose = OrderPurpose.CLOSE if isinstance(message, Close) else OrderPurpose.ENTRY
+            cause = self.risk.storage_refusal(purpose)
+            if cause is not None:
+                self.risk.storage_refused()
+                return self._reply_now(
+                    _rejected(
+                        message,
+                        Reason.BUSY,
+                        database_refusal(
+                            cause,
+                            "nothing was done; retrying with the same ids is safe once it "
+                            "takes writes again",
+                        ),
+                    )
+                )
         if isinstance(message, Prepare):
             return self._admit_prepare(message)
         if isinstance(message, Confirm):
@@ -153,10 +185,12 @@ class SignalRouter:
         return self._ping(message)
 
     def _storage_guarded(self, message: Message, job: Job) -> Job:
-        """A request the database could not record is answered BUSY (nothing was sent:
-        every order is committed before it is sent), and the risk controller is told,
-        so trading narrows until writes work again: REDUCING when entries cannot be
-        recorded, HALTED when exits cannot."""
+        """A request the database could not record is answered BUSY naming SQLite's
+        cause (no order was sent: every order is committed before it is sent), and the
+        risk controller is told, so trading narrows until writes work again: REDUCING
+        when entries cannot be recorded, HALTED when exits cannot. Nothing is logged
+        here: the store logs the cause once, the controller the fault and a count of the
+        requests refused meanwhile."""
 
         async def guarded() -> Reply:
             try:
@@ -166,17 +200,14 @@ class SignalRouter:
                     self.risk.storage_failed("exits", TradingState.HALTED, str(exc))
                 elif isinstance(message, Prepare | Confirm):
                     self.risk.storage_failed("entries", TradingState.REDUCING, str(exc))
-                retry = (
-                    "PREPARE again with a new signal id"
-                    if isinstance(message, Confirm)  # its intent is gone
-                    else "retrying with the same ids is safe"
-                )
-                return _rejected(
-                    message,
-                    Reason.BUSY,
-                    f"the database refused to record this request ({exc}); nothing was "
-                    f"sent; {retry}",
-                )
+                self.risk.storage_refused()
+                if isinstance(message, Confirm):  # its intent is gone
+                    outcome = "no order was sent; PREPARE again with a new signal id"
+                elif isinstance(message, Close):
+                    outcome = "no order was sent; retrying with the same ids is safe"
+                else:
+                    outcome = "nothing was done; retrying with the same ids is safe"
+                return _rejected(message, Reason.BUSY, database_refusal(str(exc), outcome))
 
         return guarded
 

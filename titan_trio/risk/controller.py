@@ -16,7 +16,11 @@ adding to what it cannot record. ``storage_failed`` narrows the effective tradin
 (REDUCING when shadow state or entries cannot be saved, HALTED when exits cannot), the
 persisted operator state is left alone, and a probe (``storage_probe``, given by the
 engine: it flushes what is unsaved) runs every few seconds until writes work again; then
-the fault lifts by itself, with a WARNING either way.
+the fault lifts by itself, with a WARNING either way. While it lasts, a strategy's order
+that only the fault keeps out is answered BUSY naming the database (``storage_refusal``,
+not TRADING_HALTED: nobody halted trading, and it resumes by itself); the requests
+refused meanwhile are counted (``storage_refused``) and told in one WARNING every
+STORAGE_SUMMARY_S and in the line that says writes work again, never a line each.
 
 Writes of its own record that fail (a locked or full database) are never fatal: the
 record stays in memory, is marked unsaved and is written again at the next change or
@@ -53,6 +57,7 @@ log = logging.getLogger("titan.risk")
 STATE_KEY = "risk.state"
 LEGACY_TRACKER_KEY = "equity.tracker"  # where peak and day start lived before
 STORAGE_PROBE_S = 2.0
+STORAGE_SUMMARY_S = 60.0  # while the database fails: one line this often, however busy
 SAVE_DEADLINE_S = 1.0
 # The flatten bounds itself (execution.flatten.FLATTEN_DEADLINE_S); this is the outer
 # bound on the shielded wait for it, so no shutdown ever waits longer.
@@ -86,6 +91,8 @@ class RiskController:
         self.storage_faults: dict[str, tuple[TradingState, str]] = {}
         self.unsaved = False  # the record in memory is ahead of the database
         self._probing = False
+        self._fault_began = 0.0  # trio time the current storage fault began
+        self._refused = 0  # requests refused for the database since then
         self._fault_generation = 0
         self._nursery: trio.Nursery | None = None
 
@@ -219,12 +226,30 @@ class RiskController:
 
     # ----- storage faults --------------------------------------------------------------
 
+    def storage_refusal(self, purpose: OrderPurpose) -> str | None:
+        """The database's cause when a storage fault alone keeps an order of ``purpose``
+        out now; None when it may pass, or when the operator's or breaker's state refuses
+        it anyway (that is ``refusal``'s answer)."""
+        if not self.storage_faults or order_allowed(self.trading_state, purpose):
+            return None
+        if not order_allowed(self.state.trading_state, purpose):
+            return None
+        return "; ".join(dict.fromkeys(cause for _, cause in self.storage_faults.values()))
+
+    def storage_refused(self) -> None:
+        """A request was refused because the database cannot record it (counted, and
+        told in the fault's summary lines instead of a line each)."""
+        self._refused += 1
+
     def storage_failed(self, source: str, state: TradingState, cause: str) -> None:
         """``source``'s writes fail: trade no further than ``state`` until they work."""
         self._fault_generation += 1  # a probe that started before this must not clear it
         known = self.storage_faults.get(source)
         if known is not None and known[0].severity >= state.severity:
             return
+        if not self.storage_faults:  # a new fault: its own count and clock
+            self._fault_began = trio.current_time()
+            self._refused = 0
         before = self.trading_state
         self.storage_faults[source] = (state, cause)
         log.critical(
@@ -239,6 +264,7 @@ class RiskController:
             self._nursery.start_soon(self._probe_storage)
 
     async def _probe_storage(self) -> None:
+        told_at, told = trio.current_time(), 0  # the last summary line, and its count
         try:
             while self.storage_faults:
                 await trio.sleep(STORAGE_PROBE_S)
@@ -248,7 +274,18 @@ class RiskController:
                         await self.storage_probe()
                     await self.store.call(records.kv_set, STATE_KEY, self.state.to_json(), now_ms())
                 except StoreError as exc:
-                    log.info("database still failing (%s); next try in %s s", exc, STORAGE_PROBE_S)
+                    now = trio.current_time()
+                    if now - told_at >= STORAGE_SUMMARY_S:
+                        log.warning(
+                            "database still failing after %.0f s (%s): trading %s; %d "
+                            "requests refused in the last %.0f s",
+                            now - self._fault_began,
+                            exc,
+                            self.trading_state.value,
+                            self._refused - told,
+                            now - told_at,
+                        )
+                        told_at, told = now, self._refused
                     continue
                 self.unsaved = False
                 if generation != self._fault_generation:
@@ -256,9 +293,12 @@ class RiskController:
                 sources = ", ".join(sorted(self.storage_faults))
                 self.storage_faults.clear()
                 log.warning(
-                    "database writes work again (%s saved): trading state back to %s",
+                    "database writes work again after %.0f s (%s saved): trading state back "
+                    "to %s; %d requests refused while they failed",
+                    trio.current_time() - self._fault_began,
                     sources,
                     self.trading_state.value,
+                    self._refused,
                 )
         finally:
             self._probing = False

@@ -30,8 +30,16 @@ thread, the plain one for inline writes) write again as soon as space returns or
 lock is released (one that cannot even roll back is replaced). While writes fail,
 ``stats.last_error`` holds the cause (the health check says unhealthy) and
 ``stats.write_failures`` counts them (a metric); the next transaction that writes a row
-clears the error (a read proves nothing). One WARNING per new cause, one INFO when
-writes succeed again.
+clears the error (a read proves nothing). One WARNING per cause, one INFO when writes
+succeed again, repeats rate-limited (write_health.py).
+
+One notion of "the database takes writes now": a transaction on the store thread
+commits. The inline connection defers to it: an inline write that meets the database
+failing (read-only, an I/O error, a lock, a full disk) did nothing and is run on the
+store thread instead, whose connection decides (a file made read-only after the service
+opened it is still written through the store thread's connection, opened before). Health
+asks ``takes_writes``, answered from that and from a write probe the store thread runs
+at most once a second (write_health.py).
 
 WAL bound: automatic checkpoints are off (schema.py) so that no commit on the trio thread
 ever pays for one. The store thread checkpoints PASSIVE every CHECKPOINT_EVERY commits
@@ -63,6 +71,7 @@ from titan_trio.errors import StoreError, TitanError
 from titan_trio.state.failures import as_store_error, database_failure, describe
 from titan_trio.state.raw import Deferred, RawDatabase
 from titan_trio.state.schema import Entities, open_database
+from titan_trio.state.write_health import PROBE_BUSY_MS, PROBE_KEY, PROBE_SQL, WriteHealth
 
 log = logging.getLogger("titan.store")
 
@@ -85,6 +94,7 @@ class _Checkpoint:
 
 
 _STOP = object()
+_PROBE = object()
 _PASSIVE = _Checkpoint("PASSIVE")
 _TRUNCATE = _Checkpoint("TRUNCATE")
 INLINE_SHARE = 0.2  # of the trio thread's time, at most, for inline commits
@@ -99,6 +109,9 @@ CHECKPOINT_EVERY = 500  # commits between PASSIVE WAL checkpoints (on the store 
 WAL_TRUNCATE_BYTES = 64 * 1024 * 1024
 WAL_CHECK_EVERY = 8  # inline commits between looks at the WAL's size (a stat, ~3 us)
 CHECKPOINT_BUSY_S = 0.5  # how long a checkpoint waits for a writer or an old reader
+# After the inline connection met the database failing (not a lock, not a full disk),
+# urgent writes go to the store thread for this long before the inline path is tried again.
+INLINE_RETRY_S = 10.0
 
 
 @dataclass
@@ -111,6 +124,7 @@ class StoreStats:
     max_batch_seconds: float = 0.0
     last_error: str | None = None  # set while writes fail; cleared by one that succeeds
     write_failures: int = 0  # calls the database failed (a TitanError a job raises is not one)
+    write_probes: int = 0  # health's write probes run (at most one a second)
 
 
 class Store:
@@ -152,6 +166,9 @@ class Store:
         self.inline_burst_s = inline_burst_s
         self._inline_budget = inline_burst_s
         self._inline_refilled = time.perf_counter()
+        self._inline_paused_until = 0.0  # monotonic; after the inline connection failed
+        self._inline_error: str | None = None  # logged once, not at every attempt
+        self.writes = WriteHealth(self.stats)
 
     # ----- lifecycle -------------------------------------------------------------------
 
@@ -243,13 +260,15 @@ class Store:
         while True:
             batch: list[_Job] = []
             checkpoint: _Checkpoint | None = None
-            stop = False
+            probe = stop = False
             item = self._queue.get()
             while True:
                 if item is _STOP:
                     stop = True
                     break
-                if isinstance(item, _Checkpoint):  # after the batch: one, the stronger
+                if item is _PROBE:  # after the batch: it proves what the batch did not
+                    probe = True
+                elif isinstance(item, _Checkpoint):  # after the batch: one, the stronger
                     checkpoint = item if checkpoint is None or item is _TRUNCATE else checkpoint
                 else:
                     batch.append(item)
@@ -263,6 +282,8 @@ class Store:
                 self._run_batch(batch)
             if stop:
                 return
+            if probe:
+                self._probe()
             if checkpoint is not None:
                 self._checkpoint(checkpoint.mode)
 
@@ -289,6 +310,33 @@ class Store:
         if mode == "TRUNCATE":
             self._truncate_at = self.wal_truncate_bytes + (self._wal_bytes() if busy else 0)
         return busy == 0
+
+    def _probe(self) -> None:
+        """The write probe (store thread only): one upsert committed through the store
+        thread's connection, as every write goes, waiting at most PROBE_BUSY_MS for a
+        lock another connection holds."""
+        conn = getattr(self._pony, "conn", None)
+        waited: int | None = None
+        cause: str | None = None
+        try:
+            if conn is not None:
+                try:
+                    waited = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+                    conn.execute(f"PRAGMA busy_timeout = {PROBE_BUSY_MS}")
+                except sqlite3.Error:
+                    conn = None  # gone: the session below opens another, with its pragmas
+            with orm.db_session(strict=True):
+                assert self.entities is not None
+                self.entities.db.execute(
+                    PROBE_SQL, {"key": PROBE_KEY, "now": int(time.time() * 1000)}
+                )
+        except Exception as exc:
+            cause = str(as_store_error(exc))
+        finally:
+            if conn is not None and waited is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute(f"PRAGMA busy_timeout = {waited}")
+        self._to_trio(self._probed, cause)
 
     def _wal_bytes(self) -> int:
         try:
@@ -333,7 +381,7 @@ class Store:
                 self._deliver(job, outcome.Error(as_store_error(exc)))
             return
         elapsed = time.perf_counter() - started
-        wrote = before is None or self._pony_changes() != before
+        wrote = self._wrote_since(before)
         self._to_trio(self._committed, elapsed, len(batch), wrote)
         for job, result in zip(batch, results, strict=True):
             self._deliver(job, outcome.Value(result))
@@ -343,6 +391,18 @@ class Store:
     def _pony_connected(self, conn: sqlite3.Connection) -> None:
         """schema.open_database's hook: pony opened ``conn`` on this thread."""
         self._pony.conn = conn
+
+    def _wrote_since(self, before: tuple[sqlite3.Connection, int] | None) -> bool:
+        """Whether the transaction that just committed wrote a row. A connection pony
+        opened in between (it replaces one a write failed on) counts from zero: a read on
+        it proves nothing, so it must not clear a write failure."""
+        after = self._pony_changes()
+        if after is None:
+            return True  # cannot tell
+        conn, changes = after
+        if before is None or before[0] is not conn:
+            return changes > 0
+        return changes != before[1]
 
     def _pony_changes(self) -> tuple[sqlite3.Connection, int] | None:
         """This thread's pony connection and its count of rows changed so far: compared
@@ -389,6 +449,7 @@ class Store:
             and self.inline
             and plain_sql(fn, args)
             and self._inline_allowed()
+            and time.monotonic() >= self._inline_paused_until
         ):
             try:
                 return self._run_here(fn, args, raw=True)
@@ -443,12 +504,16 @@ class Store:
                 before = self._pony_changes()
                 with orm.db_session(strict=True):
                     result = fn(self.entities, *args)
-                wrote = before is None or self._pony_changes() != before
+                wrote = self._wrote_since(before)
         except Deferred:
             raise
         except Exception as exc:
-            if raw and database_failure(exc) == sqlite3.SQLITE_FULL:
-                # Rolled back, nothing done; the store thread can truncate the WAL and retry.
+            code = database_failure(exc)
+            if raw and code is not None:
+                # Rolled back, nothing done: the store thread's connection decides (on a
+                # full disk it truncates the WAL and retries).
+                if code not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    self._pause_inline(exc)
                 raise Deferred(str(exc)) from exc
             self._failed(exc)
             raise as_store_error(exc) from exc
@@ -456,6 +521,7 @@ class Store:
         self._inline_budget -= elapsed
         self._committed(elapsed, 1, wrote)
         if raw:
+            self._inline_error = None
             self._inline_commits += 1
             if (
                 self._inline_commits % WAL_CHECK_EVERY == 0
@@ -464,43 +530,64 @@ class Store:
                 self._request_checkpoint(_TRUNCATE)
         return result
 
+    def _pause_inline(self, exc: BaseException) -> None:
+        """The inline connection cannot write (a file made read-only, an I/O error): drop
+        it, and leave urgent writes to the store thread for INLINE_RETRY_S."""
+        self._inline_paused_until = time.monotonic() + INLINE_RETRY_S
+        if self._raw is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._raw.close()
+        text = str(as_store_error(exc))
+        if text != self._inline_error:
+            log.warning(
+                "writes on a second connection to the database fail (%s): they go through "
+                "the store thread's connection for now (if the database file was made "
+                "read-only, a restart would fail until that is fixed)",
+                text,
+            )
+        self._inline_error = text
+
     def _failed(self, exc: BaseException, jobs: int = 1) -> None:
         """A refusal the caller asked for (a TitanError) says nothing about the database;
         anything else is its health until a transaction that writes succeeds."""
-        if isinstance(exc, TitanError):
-            return
-        text = str(as_store_error(exc))
-        self.stats.write_failures += jobs
-        if text != self.stats.last_error:
-            log.warning("database write failed: %s", text)
-        self.stats.last_error = text
+        if not isinstance(exc, TitanError):
+            self.writes.failed(str(as_store_error(exc)), jobs)
 
     def _committed(self, elapsed: float, jobs: int, wrote: bool = True) -> None:
-        if wrote and self.stats.last_error is not None:
-            log.info("database writes succeed again (after: %s)", self.stats.last_error)
-            self.stats.last_error = None
+        if wrote:
+            self.writes.succeeded()
         self.stats.commits += 1
         self.stats.jobs += jobs
         self.stats.last_commit_monotonic = time.monotonic()
         self.stats.last_batch_seconds = elapsed
         self.stats.max_batch_seconds = max(self.stats.max_batch_seconds, elapsed)
+        self._count_for_checkpoint()
+
+    def _count_for_checkpoint(self) -> None:
         self._since_checkpoint += 1
         if self._since_checkpoint >= CHECKPOINT_EVERY:
             self._since_checkpoint = 0
             self._request_checkpoint(_PASSIVE)
+
+    def _probed(self, cause: str | None) -> None:
+        self.writes.probe_finished(cause)
+        if cause is None:
+            self._count_for_checkpoint()  # its frames are in the WAL like any commit's
 
     @property
     def last_commit_age_s(self) -> float | None:
         last = self.stats.last_commit_monotonic
         return None if last is None else time.monotonic() - last
 
-    def is_writable(self) -> bool:
-        return (
-            self.entities is not None
-            and not self._closed.is_set()
-            and os.access(os.path.dirname(self.path) or ".", os.W_OK)
-            and (not os.path.exists(self.path) or os.access(self.path, os.W_OK))
-        )
+    def takes_writes(self) -> tuple[bool, str | None]:
+        """Whether the database takes writes now, and if not, why (SQLite's cause). Never
+        waits: it answers from what writes and the last probe did, and asks for the next
+        probe when that one is a second old (write_health.py)."""
+        if self.entities is None or self._closing or self._closed.is_set():
+            return False, "the database is not open"
+        if self.writes.probe_due():
+            self._queue.put(_PROBE)
+        return self.writes.verdict()
 
 
 F = TypeVar("F", bound=Callable[..., Any])
