@@ -349,14 +349,18 @@ class SignalRouter:
         signal_id: str,
         purpose: OrderPurpose,
         plan: EntryPlan | None = None,
+        journal: records.SignalEntry | None = None,
     ) -> Reply:
-        """Journal the order with its signal, send it, answer with the broker's view."""
+        """Journal the order with its signal (a new one: ``journal``), send it, answer
+        with the broker's view."""
         status_word = "CONFIRMED" if isinstance(msg, Confirm) else "CLOSED"
         try:
             if plan is not None:
                 ack = await self.executor.place_entry(order, plan, signal_status=status_word)
             else:
-                ack = await self.placer.place(order, purpose, signal_status=status_word)
+                ack = await self.placer.place(
+                    order, purpose, signal_status=status_word, journal=journal
+                )
         except EntryRejected as exc:  # the trading state changed while it was journaled
             return _rejected(msg, exc.reason, exc.message)
         except BrokerRejected:
@@ -476,7 +480,12 @@ class SignalRouter:
     async def _close(self, msg: Close) -> Reply:
         """Exit a position: the symbol's resting entries are cancelled first, whatever
         the position (an entry resting when the strategy decides to get out must not
-        fill later), then what the exchange holds is closed reduce-only at market."""
+        fill later), then what the exchange holds is closed reduce-only at market.
+
+        Its cost is a CONFIRM's when there is nothing to cancel (the usual case): one
+        look at the exchange's positions and one commit, the signal's journal entry with
+        the exit order, before the order is sent. Otherwise the signal is journaled
+        first, the entries cancelled, and the position looked up once they are."""
         # From here on no entry of this symbol is sent (the placer asks, right before
         # each submit): one in flight behind us cannot slip past the cancels below.
         with self.placer.closing(msg.symbol):
@@ -490,8 +499,15 @@ class SignalRouter:
             rejection = (Reason.TRADING_HALTED, refusal)
         elif msg.symbol not in self.instruments:
             rejection = (Reason.UNKNOWN_SYMBOL, f"{msg.symbol} is not traded")
-        elif not self._resting_entries(msg.symbol) and await self._held(msg.symbol) is None:
-            rejection = (Reason.INVALID_SIGNAL, f"no open position on {msg.symbol}")
+        elif not self._resting_entries(msg.symbol):
+            position = await self._held(msg.symbol)
+            if position is None:
+                rejection = (Reason.INVALID_SIGNAL, f"no open position on {msg.symbol}")
+            elif not self._resting_entries(msg.symbol):  # still none after that await
+                try:
+                    return await self._exit(msg, position, started, journal=True)
+                except records.SignalUsed:
+                    pass  # a repeated CLOSE: the journal below says so, and what became of it
         fresh = await self.store.call(
             records.journal_signal,
             msg.signal_id,
@@ -502,6 +518,7 @@ class SignalRouter:
             rejection[0].value if rejection else None,
             _encoder.encode(msg).decode(),
             now_ms(),
+            urgent=True,
         )
         if not fresh:
             repeat = await self._repeat_answer(msg, msg.signal_id)
@@ -525,6 +542,7 @@ class SignalRouter:
                 "REJECTED",
                 Reason.BROKER_REJECTED.value,
                 now_ms(),
+                urgent=True,
             )
             log.warning("CLOSE %s refused: %s", msg.signal_id, text)
             reply = _rejected(msg, Reason.BROKER_REJECTED, text)
@@ -533,7 +551,7 @@ class SignalRouter:
         position = await self._held(msg.symbol)
         if position is None:
             await self.store.call(
-                records.set_signal_status, msg.signal_id, "CLOSED", None, now_ms()
+                records.set_signal_status, msg.signal_id, "CLOSED", None, now_ms(), urgent=True
             )
             log.info(
                 "CLOSE %s: no position on %s; cancelled %d resting entry orders",
@@ -550,6 +568,17 @@ class SignalRouter:
                 message=f"no position was open; cancelled {len(cancelled)} resting entry "
                 "orders, none had filled",
             )
+        reply = await self._exit(msg, position, started)
+        if cancelled and reply.status is Status.CLOSED:
+            reply.cancelled_orders = cancelled
+        return reply
+
+    async def _exit(
+        self, msg: Close, position: Position, started: float, *, journal: bool = False
+    ) -> Reply:
+        """Close ``position`` reduce-only at market. ``journal``: the CLOSE is not
+        journaled yet, and is in the exit order's commit; records.SignalUsed when its
+        signal id was used before (nothing recorded, nothing sent)."""
         side = position.side
         assert side is not None
         rec = self.shadow.positions.get(msg.symbol)
@@ -564,11 +593,20 @@ class SignalRouter:
             f"CLOSE: {msg.reason}" if msg.reason else "CLOSE",
             signal_id=msg.signal_id,
         )
+        entry: records.SignalEntry | None = None
+        if journal:
+            coid = order.client_order_id
+            known = (self.shadow.orders, self.shadow.unsettled, self.placer.sending)
+            if any(coid in orders for orders in known):
+                # this signal's exit is under way or done: it must not be tracked over
+                raise records.SignalUsed(f"signal {msg.signal_id} was already used")
+            entry = records.SignalEntry(
+                msg.signal_id, "CLOSE", None, msg.symbol, _encoder.encode(msg).decode(), now
+            )
         self.shadow.track(order)
-        reply = await self._place(msg, order, started, msg.signal_id, OrderPurpose.CLOSE)
-        if cancelled and reply.status is Status.CLOSED:
-            reply.cancelled_orders = cancelled
-        return reply
+        return await self._place(
+            msg, order, started, msg.signal_id, OrderPurpose.CLOSE, journal=entry
+        )
 
     def _resting_entries(self, symbol: str) -> list[Order]:
         return [

@@ -1,0 +1,173 @@
+"""The signal router on the paper broker, with trio's MockClock: what a CLOSE waits for
+and what it costs, in virtual time and in round trips (no real waiting, no wall clock).
+
+The rig is the engine's wiring without its sockets: the router's jobs are run the way
+the IPC listener runs them, the database commits inline (the store's thread would let
+virtual time run ahead of its work).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from ipc.protocol import Close, Confirm, EntryZone, Message, Prepare, Reply
+from titan_trio.brokers.paper import PaperBroker
+from titan_trio.clock import now_ms
+from titan_trio.config import Config
+from titan_trio.domain.orders import OrderRequest
+from titan_trio.domain.quotes import Quote
+from titan_trio.engine import instruments_from_config
+from titan_trio.execution.executor import Executor
+from titan_trio.execution.placement import OrderPlacer
+from titan_trio.execution.router import SignalRouter
+from titan_trio.feeds.hub import MarketHub
+from titan_trio.metrics import Metrics
+from titan_trio.risk.controller import RiskController
+from titan_trio.state.shadow import ShadowState
+from titan_trio.state.store import Store
+from titan_trio.state.sync import ShadowSync
+
+MID = Decimal("95000.00")
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+@dataclass
+class Rig:
+    router: SignalRouter
+    broker: PaperBroker
+    store: Store
+    shadow: ShadowState
+    sync: ShadowSync
+
+    async def ask(self, message: Message) -> Reply:
+        return await self.router.admit(message)()
+
+    async def settled(self) -> None:
+        """Until the shadow state applied every broker event sent so far."""
+        while not self.sync.idle(self.broker.events_sent):  # noqa: ASYNC110
+            await trio.sleep(0.001)
+
+
+@asynccontextmanager
+async def rig(cfg: Config, tmp_path: Path) -> AsyncIterator[Rig]:
+    instruments = instruments_from_config(cfg)
+    hub = MarketHub()
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(Store(str(tmp_path / "t.db"), always_inline=True).run)
+        broker = PaperBroker(cfg.broker, instruments, hub, store)
+        await nursery.start(broker.run)
+        shadow = ShadowState(await broker.balance())
+        sync = ShadowSync(shadow, store, broker.events)
+        await nursery.start(sync.run)
+        equity: Callable[[], Decimal] = lambda: shadow.equity(hub.book)  # noqa: E731
+        capital = Decimal(repr(cfg.broker.initial_capital))
+        risk = RiskController(cfg.risk, store, capital, equity)
+        await nursery.start(risk.run)
+        metrics = Metrics(lambda: None)  # type: ignore[arg-type,return-value]
+        placer = OrderPlacer(
+            broker, shadow, store, metrics, gate=risk.refusal, storage_failed=risk.storage_failed
+        )
+        executor = Executor(cfg.execution, broker, placer, hub)
+        await nursery.start(executor.run)
+        router = SignalRouter(
+            cfg,
+            instruments,
+            hub,
+            shadow,
+            broker,
+            store,
+            metrics,
+            equity,
+            risk,
+            executor,
+        )
+        tick = instruments["BTCUSDT"].tick_size
+        hub.publish(
+            Quote("BTCUSDT", MID, MID + tick, Decimal(1000), Decimal(1000), MID, now_ms(), "test")
+        )
+        yield Rig(router, broker, store, shadow, sync)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def cfg(make_config: Callable[..., Config]) -> Config:
+    # Phase 3 equity: taker entries, which fill as soon as the exchange takes them.
+    return make_config(
+        simulation={"intervalMs": 60000},
+        execution={"l2": {"maxAgeMs": 600000, "maxSpreadPct": 1}},
+    )
+
+
+def prepare(signal_id: str) -> Prepare:
+    return Prepare(
+        id=f"p-{signal_id}",
+        signal_id=signal_id,
+        source="test",
+        symbol="BTCUSDT",
+        direction="LONG",
+        entry_zone=EntryZone(float(MID * Decimal("0.999")), float(MID * Decimal("1.001"))),
+        stop_loss=float(MID * Decimal("0.99")),
+        take_profits=[],
+        confidence=90,
+        leverage=5,
+    )
+
+
+def close(signal_id: str) -> Close:
+    return Close(id=f"x-{signal_id}", signal_id=signal_id, symbol="BTCUSDT")
+
+
+async def test_a_close_costs_what_a_confirm_costs_before_its_order_is_sent(
+    cfg: Config, tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    """Each database commit and each question to the exchange before the order goes out
+    is time the strategy waits: a CLOSE of a held position (nothing to cancel) makes one
+    commit (its journal entry with its exit order) and asks the exchange for positions
+    once, as a CONFIRM makes one commit."""
+    async with rig(cfg, tmp_path) as r:
+        asked: list[str] = []
+        commits_at_submit: list[int] = []
+        submit, positions = r.broker.submit, r.broker.positions
+
+        async def counting_submit(request: OrderRequest) -> Any:
+            commits_at_submit.append(r.store.stats.commits)
+            return await submit(request)
+
+        async def counting_positions() -> Any:
+            asked.append("positions")
+            return await positions()
+
+        r.broker.submit = counting_submit  # type: ignore[method-assign]
+        r.broker.positions = counting_positions  # type: ignore[method-assign]
+        assert (await r.ask(prepare("in-1"))).status == "prepared"
+        await r.settled()
+        before = r.store.stats.commits
+        accepted = await r.ask(Confirm(id=2, signal_id="in-1"))
+        assert accepted.order_status == "FILLED", accepted
+        confirm_commits = commits_at_submit[-1] - before
+        await r.settled()
+        asked.clear()
+        before = r.store.stats.commits
+        closed = await r.ask(close("out-1"))
+        assert closed.status == "closed" and closed.order_status == "FILLED", closed
+        close_commits = commits_at_submit[-1] - before
+        assert (confirm_commits, close_commits, len(asked)) == (1, 1, 1)
+        # and it is journaled like any other: a repeat says what became of it
+        await r.settled()
+        again = await r.ask(close("out-1"))
+        assert again.reason == "DUPLICATE_SIGNAL", again
+        assert again.client_order_id == closed.client_order_id
+        assert again.order_status == "FILLED"
