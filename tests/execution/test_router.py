@@ -37,6 +37,7 @@ from titan_trio.state.store import Store
 from titan_trio.state.sync import ShadowSync
 
 MID = Decimal("95000.00")
+ACK_S = 0.3013  # how long the exchange takes to acknowledge an entry, when it is slow
 
 
 @pytest.fixture
@@ -93,6 +94,7 @@ async def rig(cfg: Config, tmp_path: Path) -> AsyncIterator[Rig]:
             equity,
             risk,
             executor,
+            events_applied=sync.applied,
         )
         tick = instruments["BTCUSDT"].tick_size
         hub.publish(
@@ -128,6 +130,49 @@ def prepare(signal_id: str) -> Prepare:
 
 def close(signal_id: str) -> Close:
     return Close(id=f"x-{signal_id}", signal_id=signal_id, symbol="BTCUSDT")
+
+
+def slow_entry_acknowledgements(broker: PaperBroker) -> None:
+    """An exchange that takes ACK_S to acknowledge each entry (exits go through at once)."""
+    submit = broker.submit
+
+    async def slow_submit(request: OrderRequest) -> Any:
+        if not request.reduce_only:
+            await trio.sleep(ACK_S)
+        return await submit(request)
+
+    broker.submit = slow_submit  # type: ignore[method-assign]
+
+
+async def test_a_close_right_behind_its_confirm_is_answered_when_the_entry_is(
+    cfg: Config, tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    """A strategy that gets out right after getting in (its CLOSE pipelined behind its
+    CONFIRM) waits for the entry to reach the exchange, and not a moment longer."""
+    async with rig(cfg, tmp_path) as r:
+        slow_entry_acknowledgements(r.broker)
+        assert (await r.ask(prepare("in-1"))).status == "prepared"
+        replies: dict[str, tuple[Reply, float]] = {}
+
+        async def ask(name: str, message: Message) -> None:
+            reply = await r.ask(message)
+            replies[name] = reply, trio.current_time()
+
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, "confirm", Confirm(id=2, signal_id="in-1"))
+            await trio.testing.wait_all_tasks_blocked()  # the entry is on its way
+            assert r.shadow.orders
+            nursery.start_soon(ask, "close", close("out-1"))
+        (confirmed, confirmed_at), (closed, closed_at) = replies["confirm"], replies["close"]
+        assert confirmed.status == "accepted" and confirmed.order_status == "FILLED", confirmed
+        assert closed.status == "closed" and closed.order_status == "FILLED", closed
+        assert closed.size == confirmed.size  # the whole entry, once it had filled
+        assert confirmed_at - started == pytest.approx(ACK_S)
+        assert closed_at - started == pytest.approx(ACK_S)  # no poll interval on top
+        await r.settled()
+        assert not r.shadow.positions and not r.shadow.orders
+        assert not [p for p in await r.broker.positions() if not p.is_flat]
 
 
 async def test_a_close_costs_what_a_confirm_costs_before_its_order_is_sent(

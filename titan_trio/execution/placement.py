@@ -70,6 +70,7 @@ class OrderPlacer:
         # Orders being placed right now: their outcome is this process's to record, so
         # nothing else may settle them meanwhile (a repeated CONFIRM, reconciliation).
         self.sending: set[str] = set()
+        self._sent: dict[str, trio.Event] = {}  # set when the order's placing is over
 
     @contextmanager
     def closing(self, symbol: str) -> Iterator[None]:
@@ -106,6 +107,7 @@ class OrderPlacer:
         before."""
         coid = order.client_order_id
         self.sending.add(coid)
+        self._sent[coid] = trio.Event()
         try:
             return await self._place(order, purpose, signal_status, journal)
         except trio.Cancelled:
@@ -115,6 +117,14 @@ class OrderPlacer:
             raise
         finally:
             self.sending.discard(coid)
+            self._sent.pop(coid).set()
+
+    async def sent(self, client_order_id: str) -> None:
+        """Return once the order is not being placed (its send returned or failed); at
+        once when it is not."""
+        done = self._sent.get(client_order_id)
+        if done is not None:
+            await done.wait()
 
     async def _never_sent(self, order: Order) -> None:
         """The service is stopping between recording an order and sending it: record

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 import msgspec
@@ -52,6 +52,9 @@ from titan_trio.state.store import Store
 
 log = logging.getLogger("titan.router")
 IN_FLIGHT_WAIT_S = 2.0  # how long a CLOSE waits for an entry on its way to the exchange
+# A CLOSE waiting for such an entry wakes when its send returns and when the shadow sync
+# applies broker events; this often too, for a change made elsewhere (reconciliation).
+IN_FLIGHT_RECHECK_S = 0.05
 _encoder = msgspec.json.Encoder()
 
 
@@ -79,6 +82,7 @@ class SignalRouter:
         risk: RiskController,
         executor: Executor,
         ready: Callable[[], bool] = lambda: True,
+        events_applied: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.instruments = instruments
         # False until the first reconciliation after start finished: no entry before the
@@ -91,6 +95,8 @@ class SignalRouter:
         self.risk = risk
         self.executor = executor
         self.placer = executor.placer
+        # Returns once the shadow sync applied the next broker events (ShadowSync.applied).
+        self.events_applied = events_applied or trio.sleep_forever
         self.entries = EntryChecks(cfg, instruments, hub, shadow, equity, risk.refusal)
         self.ttl_ms = cfg.execution.prepare_ttl_ms
         self.intents: dict[str, PreparedIntent] = {}
@@ -633,14 +639,14 @@ class SignalRouter:
         # An entry still on its way to the exchange is waited for (bounded): cancelling
         # it before the exchange has it would find nothing, and it would rest after.
         with trio.move_on_after(IN_FLIGHT_WAIT_S):
-            while any(o.status in IN_FLIGHT for o in entries):  # noqa: ASYNC110
-                await trio.sleep(0.005)  # the shadow sync moves it on
+            for order in entries:
+                await self._answered(order)
         cancelled: list[str] = []
         still_resting: list[str] = []
         for order in entries:
             coid = order.client_order_id
-            if order.status is OrderStatus.REJECTED:
-                continue  # refused before it was sent
+            if not order.status.is_open:
+                continue  # finished meanwhile (filled, or refused before it was sent)
             if order.status in IN_FLIGHT:
                 still_resting.append(f"{coid}: sent, the exchange has not answered yet")
                 continue
@@ -655,6 +661,17 @@ class SignalRouter:
             except TitanError as exc:
                 still_resting.append(f"{coid}: {exc}")
         return cancelled, still_resting
+
+    async def _answered(self, order: Order) -> None:
+        """Until ``order`` is not in flight, as the shadow state has it: woken when its
+        send returns and when broker events were applied (and every IN_FLIGHT_RECHECK_S
+        for a change made elsewhere)."""
+        while order.status in IN_FLIGHT:
+            with trio.move_on_after(IN_FLIGHT_RECHECK_S):
+                if order.client_order_id in self.placer.sending:
+                    await self.placer.sent(order.client_order_id)
+                else:
+                    await self.events_applied()
 
     # ----- helpers ---------------------------------------------------------------------
 
