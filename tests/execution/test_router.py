@@ -32,6 +32,7 @@ from titan_trio.execution.router import SignalRouter
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.metrics import Metrics
 from titan_trio.risk.controller import RiskController
+from titan_trio.state import records
 from titan_trio.state.shadow import ShadowState
 from titan_trio.state.store import Store
 from titan_trio.state.sync import ShadowSync
@@ -172,6 +173,40 @@ async def test_a_close_right_behind_its_confirm_is_answered_when_the_entry_is(
         assert closed_at - started == pytest.approx(ACK_S)  # no poll interval on top
         await r.settled()
         assert not r.shadow.positions and not r.shadow.orders
+        assert not [p for p in await r.broker.positions() if not p.is_flat]
+
+
+async def test_a_close_pipelined_behind_its_prepare_and_confirm_closes_what_they_open(
+    cfg: Config, tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    """PREPARE, CONFIRM and CLOSE sent at once (the CONFIRM still waiting for its PREPARE
+    when the CLOSE arrives): the CLOSE waits for the entry, then closes it; it never
+    answers "no open position" and leaves the entry to fill behind it."""
+    async with rig(cfg, tmp_path) as r:
+        call = r.store.call
+
+        async def slow_journal(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            if fn is records.journal_signal and args[1] == "PREPARE":
+                await trio.sleep(0.2)  # a busy database
+            return await call(fn, *args, **kwargs)
+
+        r.store.call = slow_journal  # type: ignore[method-assign]
+        messages = [prepare("in-1"), Confirm(id=2, signal_id="in-1"), close("out-1")]
+        jobs = [r.router.admit(m) for m in messages]  # in arrival order, as the listener
+        replies: list[Reply] = []
+
+        async def run(job: Any) -> None:
+            replies.append(await job())
+
+        async with trio.open_nursery() as nursery:
+            for job in jobs:
+                nursery.start_soon(run, job)
+        by_id = {reply.id: reply for reply in replies}
+        confirmed, closed = by_id[2], by_id["x-out-1"]
+        assert confirmed.status == "accepted" and confirmed.order_status == "FILLED", confirmed
+        assert closed.status == "closed" and closed.size == confirmed.size, closed
+        await r.settled()
+        assert not r.shadow.positions
         assert not [p for p in await r.broker.positions() if not p.is_flat]
 
 

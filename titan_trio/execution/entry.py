@@ -54,6 +54,7 @@ class PreparedIntent:
     rules: PhaseRules | None = None
     rejection: tuple[Reason, str] | None = None
     claimed: bool = False  # a CONFIRM or ABORT has taken it
+    dropped: trio.Event = field(default_factory=trio.Event)  # gone from the router's table
 
 
 class EntryChecks:

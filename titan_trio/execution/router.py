@@ -154,7 +154,13 @@ class SignalRouter:
         if isinstance(message, Abort):
             return self._admit_abort(message)
         if isinstance(message, Close):
-            return lambda: self._close(message)
+            # CONFIRMs of its symbol that arrived before it: it waits for their entries
+            before = [
+                it
+                for it in self.intents.values()
+                if it.claimed and it.message.symbol == message.symbol and not it.dropped.is_set()
+            ]
+            return lambda: self._close(message, before)
         assert isinstance(message, Ping)
         return self._ping(message)
 
@@ -273,6 +279,9 @@ class SignalRouter:
     def _drop(self, signal_id: str, intent: PreparedIntent) -> None:
         if self.intents.get(signal_id) is intent:
             del self.intents[signal_id]
+        # A CLOSE waiting for it runs once this task yields: a CONFIRM tracks its entry
+        # order before that (no await in between), so the CLOSE finds it.
+        intent.dropped.set()
 
     # ----- CONFIRM ---------------------------------------------------------------------
 
@@ -483,21 +492,28 @@ class SignalRouter:
 
     # ----- CLOSE -----------------------------------------------------------------------
 
-    async def _close(self, msg: Close) -> Reply:
+    async def _close(self, msg: Close, before: list[PreparedIntent]) -> Reply:
         """Exit a position: the symbol's resting entries are cancelled first, whatever
         the position (an entry resting when the strategy decides to get out must not
         fill later), then what the exchange holds is closed reduce-only at market.
+        CONFIRMs of the symbol that arrived ``before`` it are waited for until their
+        entry order exists (a CLOSE pipelined right behind its CONFIRM closes what that
+        CONFIRM opens), within IN_FLIGHT_WAIT_S as a whole.
 
         Its cost is a CONFIRM's when there is nothing to cancel (the usual case): one
         look at the exchange's positions and one commit, the signal's journal entry with
         the exit order, before the order is sent. Otherwise the signal is journaled
         first, the entries cancelled, and the position looked up once they are."""
+        deadline = trio.current_time() + IN_FLIGHT_WAIT_S
+        with trio.move_on_at(deadline):
+            for intent in before:
+                await intent.dropped.wait()
         # From here on no entry of this symbol is sent (the placer asks, right before
         # each submit): one in flight behind us cannot slip past the cancels below.
         with self.placer.closing(msg.symbol):
-            return await self._close_now(msg)
+            return await self._close_now(msg, deadline)
 
-    async def _close_now(self, msg: Close) -> Reply:
+    async def _close_now(self, msg: Close, deadline: float) -> Reply:
         started = time.perf_counter()
         rejection: tuple[Reason, str] | None = None
         refusal = self.risk.refusal(OrderPurpose.CLOSE)
@@ -535,7 +551,7 @@ class SignalRouter:
             )
         if rejection is not None:
             return _rejected(msg, *rejection)
-        cancelled, still_resting = await self._cancel_entries(msg.symbol)
+        cancelled, still_resting = await self._cancel_entries(msg.symbol, deadline)
         if still_resting:
             text = (
                 f"could not cancel the resting entry orders of {msg.symbol} "
@@ -632,13 +648,14 @@ class SignalRouter:
             return rec.position
         return None
 
-    async def _cancel_entries(self, symbol: str) -> tuple[list[str], list[str]]:
+    async def _cancel_entries(self, symbol: str, deadline: float) -> tuple[list[str], list[str]]:
         """Cancel the symbol's entry orders: the ids cancelled, and what is still resting
         (or may be: an exchange that does not answer), each with why."""
         entries = self._resting_entries(symbol)
-        # An entry still on its way to the exchange is waited for (bounded): cancelling
-        # it before the exchange has it would find nothing, and it would rest after.
-        with trio.move_on_after(IN_FLIGHT_WAIT_S):
+        # An entry still on its way to the exchange is waited for (until ``deadline``):
+        # cancelling it before the exchange has it would find nothing, and it would rest
+        # after.
+        with trio.move_on_at(deadline):
             for order in entries:
                 await self._answered(order)
         cancelled: list[str] = []
