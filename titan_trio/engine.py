@@ -264,6 +264,7 @@ class Engine:
             self.risk,
             self.executor,
             ready=self.reconciler.ready.is_set,
+            events_applied=sync.applied,
         )
         await nursery.start(self.router.run)
         self.ipc = IpcListener(

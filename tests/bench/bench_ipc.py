@@ -1,4 +1,5 @@
-"""IPC benchmark: PREPARE+CONFIRM round trips through the Unix socket of a real service.
+"""IPC benchmark: PREPARE+CONFIRM and CLOSE round trips through the Unix socket of a real
+service.
 
 The service runs as its own process (``python -m titan_trio run``) on a temporary
 configuration; this script is the client (a separate process): plain blocking sockets,
@@ -14,6 +15,10 @@ Prints, measured in this run on this machine:
   service's ``titan_order_latency_seconds`` histogram (diffed around the rate, p50/p99
   interpolated inside buckets, so only as exact as the buckets); replies by status and
   reason; lost, duplicated and out-of-order replies;
+- CLOSE at 50 cycles/s: each cycle a PREPARE+CONFIRM (which fills: the bench's equity
+  is phase 3, taker entries) and, on a second connection as soon as the CONFIRM is
+  answered, a CLOSE of the position (one reduce-only market order); CLOSE and CONFIRM
+  round trips and ``latency_us`` of the same run side by side, with their ratio;
 - the floor: a bare trio NDJSON echo server on a Unix socket (its own process), same
   client code and pacing, at 100 and 1,000 messages/s;
 - the service's RSS after the warm-up (the rate runs) and after 100,000 more signals
@@ -33,10 +38,11 @@ Each PREPARE: BTCUSDT LONG, entry zone the current ask +-2 %, stop 1 % below the
 Run: `make bench` (or `.venv/bin/python tests/bench/bench_ipc.py`). Takes 1.5-3 min: the
 100,000-signal RSS run is bound by how many pairs per second the service handles (about
 800-1,150 closed loop on a 2-CPU machine); it stops after RSS_TIME_LIMIT_S and
-extrapolates, clearly labelled. `--rate 100 --no-rss` runs one rate without the RSS run
-(about 20 s), for iterating. The last line compares this run's echo floor with the
-reference floor the latency target was set against: on a shared host it moves 2-6x
-from hour to hour, and every latency of the run with it.
+extrapolates, clearly labelled. `--rate 100 --no-rss` runs one rate and the CLOSE run
+without the RSS run (about 30 s), for iterating; `--no-close` leaves the CLOSE run out.
+The last line compares this run's echo floor with the reference floor the latency target
+was set against: on a shared host it moves 2-6x from hour to hour, and every latency of
+the run with it.
 """
 
 from __future__ import annotations
@@ -71,6 +77,8 @@ RSS_SAMPLE_EVERY = 10_000
 RSS_TIME_LIMIT_S = 180.0
 RSS_TARGET_MB = 10.0
 CONFIRM_P99_TARGET_US = 2000.0
+CLOSE_RATE, CLOSE_DURATION = 50, 10.0  # cycles per second, seconds
+CLOSE_TARGET_RATIO = 1.5  # CLOSE round trip p50 and p99 over the same run's CONFIRM's
 # The issue's floor for "these machines": a bare trio echo server's round trip at
 # 100 msg/s. The same machine kind measures 2-6x that at busy times (shared hosts), and
 # every figure of a run scales with it, so each run prints its own floor against this.
@@ -661,6 +669,18 @@ class Signals:
             (2 * k + 1, "CONFIRM", _encoder.encode(confirm) + b"\n"),
         ]
 
+    def close(self, k: int) -> list[Frame]:
+        """A CLOSE of the whole position, under a fresh signal id (request ids -1, -2, ...:
+        apart from the pairs' ids)."""
+        message = {
+            "type": "CLOSE",
+            "id": -(k + 1),
+            "signal_id": f"{self.run}-close-{k}",
+            "symbol": SYMBOL,
+            "reason": "bench",
+        }
+        return [(-(k + 1), "CLOSE", _encoder.encode(message) + b"\n")]
+
 
 @dataclass
 class RateRow:
@@ -727,6 +747,86 @@ def run_rate(service: Service, signals: Signals, rate: int, duration: float) -> 
         print(f"      {stall_episodes(result)}")
     print(f"      {cpu1.usage_since(cpu0, pairs)}")
     return row
+
+
+@dataclass
+class CloseRow:
+    pairs: Analysis
+    closes: Analysis
+    complete: bool
+
+    def ratio(self, p: float, figures: str = "rtt") -> float:
+        """CLOSE over CONFIRM at percentile p, of their round trips (or latency_us)."""
+        close = getattr(self.closes, figures).get("CLOSE", [])
+        confirm = pct(getattr(self.pairs, figures).get("CONFIRM", []), p)
+        return pct(close, p) / confirm if confirm else float("nan")
+
+
+def run_close(service: Service, signals: Signals, rate: int, duration: float) -> CloseRow:
+    """Cycle k's PREPARE+CONFIRM at t0 + k/rate on one connection; its CLOSE on another
+    as soon as the CONFIRM's reply is read, as a strategy getting out at once would (the
+    entry's fill is then still being recorded and protected). Each pair waits for the
+    CLOSE before it: a CLOSE always finds one filled entry to close, never another CLOSE
+    of the symbol at work (a slow reply holds the timetable back instead; how often is
+    printed). Round trips are from the send."""
+    signals.around(service.ask())
+    time.sleep(1.0)  # let the previous run's broker events settle
+    conns = (Connection(service.socket_path), Connection(service.socket_path))
+    results = (RunResult("close run: pairs"), RunResult("close run: closes"))
+    makers: tuple[MakeFrames, MakeFrames] = (signals.pair, signals.close)
+    clock = time.perf_counter_ns
+    n = round(rate * duration)
+    interval = 1e9 / rate
+    held_back = 0  # pairs that waited for a CLOSE's reply past their slot
+    stalled = False
+    cpu0 = CpuMark.take(service.pid)
+    t0 = clock() + 2_000_000
+    for k in range(n):
+        for which in (0, 1):
+            # before a CLOSE, its cycle's 2 replies; before a pair, the CLOSE before it
+            if not conns[1 - which].wait_for(2 * (k + 1) if which else k, DRAIN_LIMIT_S):
+                stalled = True
+                break
+            target = now = clock()
+            if not which:
+                target = t0 + int(k * interval)
+                if target > now:
+                    time.sleep((target - now) / 1e9)
+                elif now - target > 1_000_000:
+                    held_back += 1
+            result = results[which]
+            for rid, kind, data in makers[which](k):
+                t = clock()
+                conns[which].sock.sendall(data)
+                result.sent.append((rid, kind, t))
+                result.due.append(target)
+        if stalled:
+            break
+    complete = not stalled
+    for conn, result in zip(conns, results, strict=True):
+        result.first_send_ns, result.last_send_ns = result.sent[0][2], result.sent[-1][2]
+        complete = conn.wait_for(len(result.sent), DRAIN_LIMIT_S) and complete
+        conn.close()
+        result.lines = conn.lines
+    cpu1 = CpuMark.take(service.pid)
+    service.check_alive()
+    pairs, closes = analyse(results[0]), analyse(results[1])
+    print(
+        f"  CLOSE run, {rate:,} cycles/s for {duration:.0f} s (PREPARE+CONFIRM, then a CLOSE "
+        f"on a second connection once the CONFIRM is answered): {held_back} of {n:,} pairs "
+        "went over 1 ms past their slot, waiting for the CLOSE before them"
+        + (" STALLED: a reply did not come" if stalled else "")
+    )
+    for a in (pairs, closes):
+        print(
+            f"      lost {a.lost}, duplicated {a.duplicated}, out of order {a.out_of_order}; "
+            f"replies: {', '.join(f'{k}: {v:,}' for k, v in sorted(a.outcomes.items()))}"
+        )
+    for result in results:
+        for sample in rejection_samples(result):
+            print(f"      rejected: {sample}")
+    print(f"      {cpu1.usage_since(cpu0, n)}")
+    return CloseRow(pairs, closes, complete)
 
 
 @dataclass
@@ -852,6 +952,31 @@ def print_table(rows: list[RateRow], floor: dict[int, list[float]]) -> None:
     print("(floor: bare trio NDJSON echo server, one message per tick at that rate, same client)")
 
 
+def print_close(row: CloseRow, floor: dict[int, list[float]]) -> None:
+    print()
+    print(
+        f"CLOSE against CONFIRM, same run ({CLOSE_RATE} cycles/s), microseconds: "
+        "rtt p50/p99/max, latency_us p50/p99/max"
+    )
+    for label, a, kind in (
+        ("PREPARE", row.pairs, "PREPARE"),
+        ("CONFIRM", row.pairs, "CONFIRM"),
+        ("CLOSE", row.closes, "CLOSE"),
+    ):
+        print(
+            f"  {label:>8}: rtt {triple(a.rtt.get(kind, [])):>25}   "
+            f"latency_us {triple(a.latency_us.get(kind, [])):>25}"
+        )
+    fl = floor.get(100, [])
+    print(
+        f"  CLOSE / CONFIRM rtt: p50 {row.ratio(0.5):.2f}x, p99 {row.ratio(0.99):.2f}x; "
+        f"latency_us: p50 {row.ratio(0.5, 'latency_us'):.2f}x, "
+        f"p99 {row.ratio(0.99, 'latency_us'):.2f}x (a CONFIRM's figures include the end of "
+        "the PREPARE sent right before it; floor rtt p50/p99 at 100 msg/s: "
+        f"{us(pct(fl, 0.5))}/{us(pct(fl, 0.99))})"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="IPC benchmark (see the module docstring).")
     parser.add_argument(
@@ -862,6 +987,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run only this rate (repeatable); the default runs all of them",
     )
     parser.add_argument("--no-rss", action="store_true", help="skip the 100,000-signal RSS run")
+    parser.add_argument("--no-close", action="store_true", help="skip the CLOSE run")
     args = parser.parse_args(argv)
     rates = [(r, d) for r, d in RATES if not args.rate or r in args.rate]
     bench_started = time.monotonic()
@@ -873,6 +999,7 @@ def main(argv: list[str] | None = None) -> int:
 
         service = Service(tmp)
         rows: list[RateRow] = []
+        close: CloseRow | None = None
         rss: RssResult | None = None
         failure: str | None = None
         try:
@@ -885,6 +1012,8 @@ def main(argv: list[str] | None = None) -> int:
             signals = Signals()
             for rate, duration in rates:
                 rows.append(run_rate(service, signals, rate, duration))
+            if not args.no_close:
+                close = run_close(service, signals, CLOSE_RATE, CLOSE_DURATION)
             if not args.no_rss:
                 rss = run_rss(service, signals)
         except ServiceDied as exc:
@@ -909,6 +1038,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     print_table(rows, floor)
+    if close is not None:
+        print_close(close, floor)
     print()
     by_rate = {r.rate: r for r in rows}
     targets: list[tuple[str, bool, str]] = []
@@ -937,6 +1068,21 @@ def main(argv: list[str] | None = None) -> int:
                 if r1000.achieved < 900
                 else f"{len(r1000.result.sent):,} requests, lost {a.lost}, duplicated "
                 f"{a.duplicated}, out of order {a.out_of_order}",
+            )
+        )
+    if close is not None:
+        p50, p99 = close.ratio(0.5), close.ratio(0.99)
+        targets.append(
+            (
+                f"CLOSE round trip within {CLOSE_TARGET_RATIO}x the CONFIRM's (same run, "
+                f"{CLOSE_RATE} cycles/s)",
+                p50 <= CLOSE_TARGET_RATIO
+                and p99 <= CLOSE_TARGET_RATIO
+                and close.closes.lost == 0
+                and close.complete,
+                f"p50 {p50:.2f}x, p99 {p99:.2f}x; CLOSE p50/p99 "
+                f"{us(pct(close.closes.rtt.get('CLOSE', []), 0.5))}/"
+                f"{us(pct(close.closes.rtt.get('CLOSE', []), 0.99))} us",
             )
         )
     if rss is not None:

@@ -290,6 +290,51 @@ async def test_a_stop_the_market_already_passed_closes_the_position(
         assert await r.broker.positions() == []
 
 
+async def test_a_stop_for_a_position_closed_meanwhile_is_no_protection_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with rig(tmp_path) as r:
+        placer = r.executor.placer
+        market = Order(
+            "buy-gone",
+            "BTCUSDT",
+            Side.BUY,
+            OrderType.MARKET,
+            D("0.010"),
+            time_in_force=TimeInForce.IOC,
+            leverage=D(5),
+        )
+        await placer.place(market, OrderPurpose.ENTRY)
+        with trio.fail_after(1):
+            while "BTCUSDT" not in r.shadow.positions:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        set_stop_loss = r.broker.set_stop_loss
+
+        async def closed_first(symbol: str, stop: D | None) -> None:
+            # a CLOSE reaches the exchange between the protector's look and its request
+            exit_ = Order(
+                "sell-gone",
+                "BTCUSDT",
+                Side.SELL,
+                OrderType.MARKET,
+                D("0.010"),
+                time_in_force=TimeInForce.IOC,
+                reduce_only=True,
+                leverage=D(5),
+            )
+            await placer.place(exit_, OrderPurpose.CLOSE)
+            await set_stop_loss(symbol, stop)
+
+        r.broker.set_stop_loss = closed_first  # type: ignore[method-assign]
+        protector = Protector(r.broker, placer, {"BTCUSDT": BTC}, r.hub)
+        with caplog.at_level(logging.INFO, logger="titan.protection"):
+            await protector._set_stop("BTCUSDT", D("94000.0"))
+        assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+        assert "position is closed" in caplog.records[-1].getMessage()
+        assert placer.metrics.protection_failures._value.get() == 0
+        assert await r.broker.positions() == []
+
+
 async def test_a_take_profit_that_cannot_be_placed_leaves_the_stop_and_the_service_up(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -22,7 +22,7 @@ from tests.helpers import eventually, service
 from tests.integration.test_risk import api, open_long, prepare_msg, publish, signal
 from titan_trio.clock import now_ms
 from titan_trio.config import Config
-from titan_trio.domain.orders import OrderRequest, OrderType, Side, TimeInForce
+from titan_trio.domain.orders import Order, OrderRequest, OrderType, Side, TimeInForce
 from titan_trio.domain.positions import Position
 from titan_trio.errors import BrokerRejected, StoreError
 from titan_trio.state import records
@@ -139,6 +139,7 @@ class FailingWrites:
 SERVICE_RECORDS = (
     records.run_all,
     records.journal_signal,
+    records.journal_order,
     records.set_signal_status,
     records.save_order,
 )
@@ -188,6 +189,45 @@ async def test_a_failed_save_stops_entries_and_trading_recovers_by_itself(
         saved = await engine.store.call(records.load_positions)
         assert {r.position.symbol for r in saved} == set(engine.shadow.positions)
         assert (await signal(engine, prepare_msg(engine, "fs-3", "ETHUSDT"))).status == ("prepared")
+
+
+class FailingExitWrites(FailingWrites):
+    """Refuses only the write that records the exit order of the CLOSE ``signal_id`` (a
+    disk that fills up just then), while ``failing`` is set."""
+
+    def __init__(self, engine: Any, signal_id: str) -> None:
+        super().__init__(engine)
+        self.signal_id = signal_id
+
+    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        exit_order = any(isinstance(a, Order) and a.signal_id == self.signal_id for a in args)
+        if self.failing and exit_order:
+            raise StoreError("database or disk is full")
+        return await self._call(fn, *args, **kwargs)
+
+
+async def test_a_close_the_database_refused_can_be_retried_with_its_signal_id(
+    risk_config: Callable[..., Config],
+) -> None:
+    # BUSY says nothing was sent and the same ids may be retried: the retry closes, and
+    # does not meet a journal entry the refused attempt left behind (DUPLICATE_SIGNAL).
+    async with service(risk_config()) as engine:
+        await open_long(engine, "rt-1")
+        writes = FailingExitWrites(engine, "rt-x")
+        writes.failing = True
+        close = {"type": "CLOSE", "id": 1, "signal_id": "rt-x", "symbol": "BTCUSDT"}
+        refused = await signal(engine, close)
+        assert refused.reason == "BUSY", refused
+        assert not [o for o in engine.shadow.orders.values() if o.signal_id == "rt-x"]
+        assert [p for p in await engine.broker.positions() if not p.is_flat]  # nothing sent
+        writes.failing = False
+        await eventually(lambda: engine.risk.trading_state.value == "ACTIVE", limit_s=10)
+        closed = await signal(engine, {**close, "id": 2})
+        assert closed.status == "closed" and closed.order_status == "FILLED", closed
+        await eventually(lambda: "BTCUSDT" not in engine.shadow.positions)
+        again = await signal(engine, {**close, "id": 3})
+        assert again.reason == "DUPLICATE_SIGNAL", again
+        assert again.client_order_id == closed.client_order_id
 
 
 async def test_flatten_cancels_orders_only_the_broker_knows_and_reports_each_error(

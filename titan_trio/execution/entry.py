@@ -59,6 +59,7 @@ class PreparedIntent:
     rejection: tuple[Reason, str] | None = None
     claimed: bool = False  # a CONFIRM or ABORT has taken it
     received_ms: int | None = None  # wall clock when the PREPARE arrived (its age is from it)
+    dropped: trio.Event = field(default_factory=trio.Event)  # gone from the router's table
 
 
 class EntryChecks:

@@ -2,9 +2,10 @@
 execution styles): the one path every order takes to the broker.
 
 The order is tracked as exposure, committed (PENDING_SUBMIT, with its signal's new
-status in the same transaction when given), asked through the trading-state gateway
-(``gate``, the risk controller's rule for the order's purpose) with no await between
-that answer and the submit, then sent under its own deterministic id.
+status, or a new signal's journal entry, in the same transaction when given), asked
+through the trading-state gateway (``gate``, the risk controller's rule for the order's
+purpose) with no await between that answer and the submit, then sent under its own
+deterministic id.
 A rejection the exchange proved is recorded before it is reported; anything else
 (timeout, dropped connection) propagates with the order left in flight for the
 private stream or reconciliation to settle, never re-sent under a new id.
@@ -69,6 +70,7 @@ class OrderPlacer:
         # Orders being placed right now: their outcome is this process's to record, so
         # nothing else may settle them meanwhile (a repeated CONFIRM, reconciliation).
         self.sending: set[str] = set()
+        self._sent: dict[str, trio.Event] = {}  # set when the order's placing is over
 
     @contextmanager
     def closing(self, symbol: str) -> Iterator[None]:
@@ -90,20 +92,39 @@ class OrderPlacer:
         return None
 
     async def place(
-        self, order: Order, purpose: OrderPurpose, *, signal_status: str | None = None
+        self,
+        order: Order,
+        purpose: OrderPurpose,
+        *,
+        signal_status: str | None = None,
+        journal: records.SignalEntry | None = None,
     ) -> Order:
         """Send ``order``; returns the broker's view. Raises BrokerRejected (recorded),
-        EntryRejected (TRADING_HALTED, recorded) or StoreError (not sent)."""
-        self.sending.add(order.client_order_id)
+        EntryRejected (TRADING_HALTED, recorded) or StoreError (not sent).
+
+        ``journal``: a new signal to journal at ``signal_status`` in the order's own
+        commit; records.SignalUsed (nothing recorded, nothing sent) when its id was used
+        before."""
+        coid = order.client_order_id
+        self.sending.add(coid)
+        self._sent[coid] = trio.Event()
         try:
-            return await self._place(order, purpose, signal_status)
+            return await self._place(order, purpose, signal_status, journal)
         except trio.Cancelled:
             if order.status is OrderStatus.PENDING_SUBMIT:  # stopped before it was sent
                 with trio.move_on_after(CANCELLED_SAVE_S, shield=True):
                     await self._never_sent(order)
             raise
         finally:
-            self.sending.discard(order.client_order_id)
+            self.sending.discard(coid)
+            self._sent.pop(coid).set()
+
+    async def sent(self, client_order_id: str) -> None:
+        """Return once the order is not being placed (its send returned or failed); at
+        once when it is not."""
+        done = self._sent.get(client_order_id)
+        if done is not None:
+            await done.wait()
 
     async def _never_sent(self, order: Order) -> None:
         """The service is stopping between recording an order and sending it: record
@@ -117,10 +138,21 @@ class OrderPlacer:
         except StoreError as exc:  # the next start settles it with the broker instead
             log.warning("order %s: 'never sent' not recorded (%s)", order.client_order_id, exc)
 
-    async def _place(self, order: Order, purpose: OrderPurpose, signal_status: str | None) -> Order:
+    async def _place(
+        self,
+        order: Order,
+        purpose: OrderPurpose,
+        signal_status: str | None,
+        journal: records.SignalEntry | None,
+    ) -> Order:
         self.shadow.track(order)
         try:
-            if signal_status is not None and order.signal_id is not None:
+            if journal is not None:
+                assert signal_status is not None
+                await self.store.call(
+                    records.journal_order, journal, signal_status, order, urgent=True
+                )
+            elif signal_status is not None and order.signal_id is not None:
                 await self.store.call(
                     records.set_signal_status,
                     order.signal_id,
@@ -134,7 +166,7 @@ class OrderPlacer:
                 await self.store.call(records.save_order, order, urgent=True)
         except BaseException as exc:
             # Never sent and not on disk: it must not hold exposure.
-            self.shadow.orders.pop(order.client_order_id, None)
+            self.shadow.untrack(order.client_order_id)
             if isinstance(exc, StoreError):
                 if purpose is OrderPurpose.ENTRY:
                     self.storage_failed("entries", TradingState.REDUCING, str(exc))

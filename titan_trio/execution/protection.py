@@ -13,7 +13,9 @@ With pyramiding, the latest entry's stop replaces the position's stop.
 Failures are contained per position: whatever goes wrong placing one position's stop or
 targets (an exchange refusal, or a bug) is logged at ERROR with the position named,
 counted in ``titan_protection_failures_total`` (an alert), and the service carries on;
-a failing take profit never touches the position's stop loss.
+a failing take profit never touches the position's stop loss. A stop the exchange refuses
+because the position is gone (closed between our look and the request: a CLOSE right
+behind its entry) is no failure: there is nothing left to protect.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ from titan_trio.brokers.base import Broker
 from titan_trio.clock import now_ms
 from titan_trio.domain.instruments import Instrument
 from titan_trio.domain.orders import Order, OrderType, Side, TimeInForce, market_close
-from titan_trio.errors import TitanError
+from titan_trio.errors import BrokerRejected, TitanError
 from titan_trio.execution.placement import OrderPlacer
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.risk.breaker import OrderPurpose
 from titan_trio.state.shadow import FillChanges, PositionRecord
 
 log = logging.getLogger("titan.protection")
+NO_POSITION = "NO_POSITION"  # the exchange's answer to a stop for a position it does not hold
 
 
 def split_targets(qty: Decimal, targets: int, instrument: Instrument) -> list[Decimal]:
@@ -144,6 +147,10 @@ class Protector:
             await self.broker.set_stop_loss(symbol, stop)
             log.info("stop loss %s set on %s", stop, symbol)
         except TitanError as exc:
+            if isinstance(exc, BrokerRejected) and exc.reason == NO_POSITION:
+                # closed since we looked (a CLOSE right behind the entry): nothing to protect
+                log.info("stop loss %s not set on %s: the position is closed", stop, symbol)
+                return
             self.placer.metrics.protection_failures.inc()
             log.error(
                 "position %s is NOT protected: setting stop loss %s failed: %s", symbol, stop, exc

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 
 import msgspec
@@ -53,6 +53,9 @@ from titan_trio.state.store import Store
 log = logging.getLogger("titan.router")
 IN_FLIGHT_WAIT_S = 2.0  # how long a CLOSE waits for an entry on its way to the exchange
 REPEAT_WARNING_S = 60.0  # a background write failing again is told at most this often
+# A CLOSE waiting for such an entry wakes when its send returns and when the shadow sync
+# applies broker events; this often too, for a change made elsewhere (reconciliation).
+IN_FLIGHT_RECHECK_S = 0.05
 _encoder = msgspec.json.Encoder()
 
 
@@ -86,6 +89,7 @@ class SignalRouter:
         risk: RiskController,
         executor: Executor,
         ready: Callable[[], bool] = lambda: True,
+        events_applied: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.instruments = instruments
         # False until the first reconciliation after start finished: no entry before the
@@ -98,6 +102,8 @@ class SignalRouter:
         self.risk = risk
         self.executor = executor
         self.placer = executor.placer
+        # Returns once the shadow sync applied the next broker events (ShadowSync.applied).
+        self.events_applied = events_applied or trio.sleep_forever
         self.entries = EntryChecks(cfg, instruments, hub, shadow, equity, risk.refusal)
         self.ttl_ms = cfg.execution.prepare_ttl_ms
         self.intents: dict[str, PreparedIntent] = {}
@@ -180,7 +186,13 @@ class SignalRouter:
         if isinstance(message, Abort):
             return self._admit_abort(message)
         if isinstance(message, Close):
-            return lambda: self._close(message)
+            # CONFIRMs of its symbol that arrived before it: it waits for their entries
+            before = [
+                it
+                for it in self.intents.values()
+                if it.claimed and it.message.symbol == message.symbol and not it.dropped.is_set()
+            ]
+            return lambda: self._close(message, before)
         assert isinstance(message, Ping)
         return self._ping(message)
 
@@ -303,6 +315,9 @@ class SignalRouter:
     def _drop(self, signal_id: str, intent: PreparedIntent) -> None:
         if self.intents.get(signal_id) is intent:
             del self.intents[signal_id]
+        # A CLOSE waiting for it runs once this task yields: a CONFIRM tracks its entry
+        # order before that (no await in between), so the CLOSE finds it.
+        intent.dropped.set()
 
     # ----- CONFIRM ---------------------------------------------------------------------
 
@@ -392,14 +407,18 @@ class SignalRouter:
         signal_id: str,
         purpose: OrderPurpose,
         plan: EntryPlan | None = None,
+        journal: records.SignalEntry | None = None,
     ) -> Reply:
-        """Journal the order with its signal, send it, answer with the broker's view."""
+        """Journal the order with its signal (a new one: ``journal``), send it, answer
+        with the broker's view."""
         status_word = "CONFIRMED" if isinstance(msg, Confirm) else "CLOSED"
         try:
             if plan is not None:
                 ack = await self.executor.place_entry(order, plan, signal_status=status_word)
             else:
-                ack = await self.placer.place(order, purpose, signal_status=status_word)
+                ack = await self.placer.place(
+                    order, purpose, signal_status=status_word, journal=journal
+                )
         except EntryRejected as exc:  # the trading state changed while it was journaled
             return _rejected(msg, exc.reason, exc.message)
         except BrokerRejected:
@@ -516,16 +535,28 @@ class SignalRouter:
 
     # ----- CLOSE -----------------------------------------------------------------------
 
-    async def _close(self, msg: Close) -> Reply:
+    async def _close(self, msg: Close, before: list[PreparedIntent]) -> Reply:
         """Exit a position: the symbol's resting entries are cancelled first, whatever
         the position (an entry resting when the strategy decides to get out must not
-        fill later), then what the exchange holds is closed reduce-only at market."""
+        fill later), then what the exchange holds is closed reduce-only at market.
+        CONFIRMs of the symbol that arrived ``before`` it are waited for until their
+        entry order exists (a CLOSE pipelined right behind its CONFIRM closes what that
+        CONFIRM opens), within IN_FLIGHT_WAIT_S as a whole.
+
+        Its cost is a CONFIRM's when there is nothing to cancel (the usual case): one
+        look at the exchange's positions and one commit, the signal's journal entry with
+        the exit order, before the order is sent. Otherwise the signal is journaled
+        first, the entries cancelled, and the position looked up once they are."""
+        deadline = trio.current_time() + IN_FLIGHT_WAIT_S
+        with trio.move_on_at(deadline):
+            for intent in before:
+                await intent.dropped.wait()
         # From here on no entry of this symbol is sent (the placer asks, right before
         # each submit): one in flight behind us cannot slip past the cancels below.
         with self.placer.closing(msg.symbol):
-            return await self._close_now(msg)
+            return await self._close_now(msg, deadline)
 
-    async def _close_now(self, msg: Close) -> Reply:
+    async def _close_now(self, msg: Close, deadline: float) -> Reply:
         started = time.perf_counter()
         rejection: tuple[Reason, str] | None = None
         refusal = self.risk.refusal(OrderPurpose.CLOSE)
@@ -533,8 +564,15 @@ class SignalRouter:
             rejection = (Reason.TRADING_HALTED, refusal)
         elif msg.symbol not in self.instruments:
             rejection = (Reason.UNKNOWN_SYMBOL, f"{msg.symbol} is not traded")
-        elif not self._resting_entries(msg.symbol) and await self._held(msg.symbol) is None:
-            rejection = (Reason.INVALID_SIGNAL, f"no open position on {msg.symbol}")
+        elif not self._resting_entries(msg.symbol):
+            position = await self._held(msg.symbol)
+            if position is None:
+                rejection = (Reason.INVALID_SIGNAL, f"no open position on {msg.symbol}")
+            elif not self._resting_entries(msg.symbol):  # still none after that await
+                try:
+                    return await self._exit(msg, position, started, journal=True)
+                except records.SignalUsed:
+                    pass  # a repeated CLOSE: the journal below says so, and what became of it
         fresh = await self.store.call(
             records.journal_signal,
             msg.signal_id,
@@ -545,6 +583,7 @@ class SignalRouter:
             rejection[0].value if rejection else None,
             _encoder.encode(msg).decode(),
             now_ms(),
+            urgent=True,
         )
         if not fresh:
             repeat = await self._repeat_answer(msg, msg.signal_id)
@@ -555,7 +594,7 @@ class SignalRouter:
             )
         if rejection is not None:
             return _rejected(msg, *rejection)
-        cancelled, still_resting = await self._cancel_entries(msg.symbol)
+        cancelled, still_resting = await self._cancel_entries(msg.symbol, deadline)
         if still_resting:
             text = (
                 f"could not cancel the resting entry orders of {msg.symbol} "
@@ -568,6 +607,7 @@ class SignalRouter:
                 "REJECTED",
                 Reason.BROKER_REJECTED.value,
                 now_ms(),
+                urgent=True,
             )
             log.warning("CLOSE %s refused: %s", msg.signal_id, text)
             reply = _rejected(msg, Reason.BROKER_REJECTED, text)
@@ -576,7 +616,7 @@ class SignalRouter:
         position = await self._held(msg.symbol)
         if position is None:
             await self.store.call(
-                records.set_signal_status, msg.signal_id, "CLOSED", None, now_ms()
+                records.set_signal_status, msg.signal_id, "CLOSED", None, now_ms(), urgent=True
             )
             log.info(
                 "CLOSE %s: no position on %s; cancelled %d resting entry orders",
@@ -593,6 +633,17 @@ class SignalRouter:
                 message=f"no position was open; cancelled {len(cancelled)} resting entry "
                 "orders, none had filled",
             )
+        reply = await self._exit(msg, position, started)
+        if cancelled and reply.status is Status.CLOSED:
+            reply.cancelled_orders = cancelled
+        return reply
+
+    async def _exit(
+        self, msg: Close, position: Position, started: float, *, journal: bool = False
+    ) -> Reply:
+        """Close ``position`` reduce-only at market. ``journal``: the CLOSE is not
+        journaled yet, and is in the exit order's commit; records.SignalUsed when its
+        signal id was used before (nothing recorded, nothing sent)."""
         side = position.side
         assert side is not None
         rec = self.shadow.positions.get(msg.symbol)
@@ -607,11 +658,20 @@ class SignalRouter:
             f"CLOSE: {msg.reason}" if msg.reason else "CLOSE",
             signal_id=msg.signal_id,
         )
+        entry: records.SignalEntry | None = None
+        if journal:
+            coid = order.client_order_id
+            known = (self.shadow.orders, self.shadow.unsettled, self.placer.sending)
+            if any(coid in orders for orders in known):
+                # this signal's exit is under way or done: it must not be tracked over
+                raise records.SignalUsed(f"signal {msg.signal_id} was already used")
+            entry = records.SignalEntry(
+                msg.signal_id, "CLOSE", None, msg.symbol, _encoder.encode(msg).decode(), now
+            )
         self.shadow.track(order)
-        reply = await self._place(msg, order, started, msg.signal_id, OrderPurpose.CLOSE)
-        if cancelled and reply.status is Status.CLOSED:
-            reply.cancelled_orders = cancelled
-        return reply
+        return await self._place(
+            msg, order, started, msg.signal_id, OrderPurpose.CLOSE, journal=entry
+        )
 
     def _resting_entries(self, symbol: str) -> list[Order]:
         return [
@@ -631,21 +691,22 @@ class SignalRouter:
             return rec.position
         return None
 
-    async def _cancel_entries(self, symbol: str) -> tuple[list[str], list[str]]:
+    async def _cancel_entries(self, symbol: str, deadline: float) -> tuple[list[str], list[str]]:
         """Cancel the symbol's entry orders: the ids cancelled, and what is still resting
         (or may be: an exchange that does not answer), each with why."""
         entries = self._resting_entries(symbol)
-        # An entry still on its way to the exchange is waited for (bounded): cancelling
-        # it before the exchange has it would find nothing, and it would rest after.
-        with trio.move_on_after(IN_FLIGHT_WAIT_S):
-            while any(o.status in IN_FLIGHT for o in entries):  # noqa: ASYNC110
-                await trio.sleep(0.005)  # the shadow sync moves it on
+        # An entry still on its way to the exchange is waited for (until ``deadline``):
+        # cancelling it before the exchange has it would find nothing, and it would rest
+        # after.
+        with trio.move_on_at(deadline):
+            for order in entries:
+                await self._answered(order)
         cancelled: list[str] = []
         still_resting: list[str] = []
         for order in entries:
             coid = order.client_order_id
-            if order.status is OrderStatus.REJECTED:
-                continue  # refused before it was sent
+            if not order.status.is_open:
+                continue  # finished meanwhile (filled, or refused before it was sent)
             if order.status in IN_FLIGHT:
                 still_resting.append(f"{coid}: sent, the exchange has not answered yet")
                 continue
@@ -660,6 +721,17 @@ class SignalRouter:
             except TitanError as exc:
                 still_resting.append(f"{coid}: {exc}")
         return cancelled, still_resting
+
+    async def _answered(self, order: Order) -> None:
+        """Until ``order`` is not in flight, as the shadow state has it: woken when its
+        send returns and when broker events were applied (and every IN_FLIGHT_RECHECK_S
+        for a change made elsewhere)."""
+        while order.status in IN_FLIGHT:
+            with trio.move_on_after(IN_FLIGHT_RECHECK_S):
+                if order.client_order_id in self.placer.sending:
+                    await self.placer.sent(order.client_order_id)
+                else:
+                    await self.events_applied()
 
     # ----- helpers ---------------------------------------------------------------------
 

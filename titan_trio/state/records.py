@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -186,6 +187,42 @@ def journal_signal(
         },
     )
     return cursor.rowcount == 1
+
+
+@dataclass(frozen=True, slots=True)
+class SignalEntry:
+    """A new signal's journal entry, for ``journal_order``."""
+
+    signal_id: str
+    kind: str
+    source: str | None
+    symbol: str | None
+    payload: str
+    received_ms: int
+
+
+class SignalUsed(TitanError):
+    """The signal id was journaled before: nothing was written."""
+
+
+@plain_sql_function
+def journal_order(e: Entities, entry: SignalEntry, status: str, order: Order) -> None:
+    """Journal a new signal at ``status`` together with the order it places, in one
+    commit (a CLOSE with nothing to cancel first); SignalUsed, and nothing written, when
+    its id was journaled before."""
+    if not journal_signal(
+        e,
+        entry.signal_id,
+        entry.kind,
+        entry.source,
+        entry.symbol,
+        status,
+        None,
+        entry.payload,
+        entry.received_ms,
+    ):
+        raise SignalUsed(f"signal {entry.signal_id} was already used")
+    set_signal_status(e, entry.signal_id, status, None, entry.received_ms, order)
 
 
 def signal_status(e: Entities, signal_id: str) -> tuple[str, str | None] | None:

@@ -170,6 +170,12 @@ class ShadowState:
         self.orders[order.client_order_id] = order
         self.applied_qty.setdefault(order.client_order_id, ZERO)
 
+    def untrack(self, client_order_id: str) -> None:
+        """Forget an order that was tracked but never recorded nor sent."""
+        self.orders.pop(client_order_id, None)
+        if not self.applied_qty.get(client_order_id):
+            self.applied_qty.pop(client_order_id, None)
+
     def apply_order(self, order: Order) -> Order:
         """Apply the broker's view of an order to ours, as an event through the
         transition table, and return ours; open orders are kept, finished ones drop out

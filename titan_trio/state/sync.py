@@ -109,6 +109,7 @@ class ShadowSync:
         self.bad_writes = 0  # writes dropped because they can never pass
         self.applying = False
         self.events_done = 0  # broker events applied (and committed, or kept as unsaved)
+        self._applied = trio.Event()  # set, and replaced, whenever events were applied
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -131,6 +132,11 @@ class ShadowSync:
         clean stop waits for this). Counted, not read off the channel: an event handed
         straight to this task is in no buffer while it waits to run."""
         return not self.applying and self.events_done >= events_sent
+
+    async def applied(self) -> None:
+        """Return once the next broker events are applied to the shadow state (in
+        memory: their commit may still be under way)."""
+        await self._applied.wait()
 
     async def _save(self, writes: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> None:
         """Commit what is unsaved and ``writes``, retrying a failing database a few
@@ -269,6 +275,8 @@ class ShadowSync:
                 )
                 self.shadow.balance = event.balance
                 writes.append((records.kv_set, ("shadow.balance", str(event.balance), now_ms())))
+        self._applied.set()  # whoever waits for an order to move on looks again
+        self._applied = trio.Event()
         if writes or self.unsaved:
             await self._save(writes)
         for changes in fills:
