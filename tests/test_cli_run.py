@@ -4,6 +4,8 @@ stopped the service."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,3 +85,17 @@ def test_a_log_that_cannot_be_opened_is_one_line_on_stderr(
     assert out == ""
     assert err == f"titan: cannot open the log in {logs}: File exists ({logs.parent})\n"
     assert not (tmp_path / "titan.db").exists()
+
+
+def test_a_reader_that_stops_early_gets_no_traceback() -> None:
+    """``titan --help | head -1``: the pipe closes under the CLI, which says nothing."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "titan_trio", "config", "validate", "--help"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=30) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
