@@ -433,7 +433,10 @@ def build_parser() -> _Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        return _main(argv)
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # here, where a closed pipe can still be caught
     except BrokenPipeError:
         # The reader went away (`titan market | head`): what it wanted it has. Later
         # writes, and the flush at exit, go nowhere instead of raising again.
