@@ -39,6 +39,17 @@ def test_starts_healthy_and_stops_cleanly(
     assert (tmp_path / "logs" / "titan-execution.log").read_text().count("ready") == 1
 
 
+def run_to_exit(config: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``titan run`` that is expected to stop by itself (refused or failed start)."""
+    return subprocess.run(
+        [sys.executable, "-m", "titan_trio", "run", "--config", str(config)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
 def test_second_instance_fails_fast_and_restart_resumes(
     tmp_path: Path, config_file: Callable[..., Path]
 ) -> None:
@@ -48,13 +59,7 @@ def test_second_instance_fails_fast_and_restart_resumes(
     try:
         wait_healthy(port, first)
         # Same database: refused by the instance lock, before touching anything.
-        second = subprocess.run(
-            [sys.executable, "-m", "titan_trio", "run", "--config", str(config)],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
+        second = run_to_exit(config, tmp_path)
         assert second.returncode == 1
         assert "another titan instance" in second.stdout + second.stderr
         assert "Traceback" not in second.stdout + second.stderr
@@ -96,13 +101,7 @@ def test_refused_second_start_writes_only_to_stderr(
     first = spawn(config, tmp_path)
     try:
         wait_healthy(port, first)
-        second = subprocess.run(
-            [sys.executable, "-m", "titan_trio", "run", "--config", str(config)],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
+        second = run_to_exit(config, tmp_path)
         wait_healthy(port, first)
     finally:
         code, _took, out = stop(first)
@@ -144,13 +143,7 @@ def run_once(cwd: Path, doc: dict) -> str:
     """Start an instance that must fail fast; return what it printed."""
     path = cwd / "config.json"
     path.write_text(json.dumps(doc))
-    proc = subprocess.run(
-        [sys.executable, "-m", "titan_trio", "run", "--config", str(path)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
+    proc = run_to_exit(path, cwd)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "Traceback" not in out
@@ -162,13 +155,7 @@ def test_bad_config_exits_2_listing_every_problem(tmp_path: Path) -> None:
     bad.write_text(
         json.dumps({"api": {"port": "eighty"}, "risk": {"maxRiskPct": -1}, "mode": "demo"})
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "titan_trio", "run", "--config", str(bad)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
+    proc = run_to_exit(bad, tmp_path)
     assert proc.returncode == 2
     for path in ("api.port", "risk.maxRiskPct", "mode"):
         assert path in proc.stderr
