@@ -1,5 +1,5 @@
 """The bearer token's throttle: on trio's mock clock for its schedule, and through the
-real service for what a client sees (429 with Retry-After, the token not even checked)."""
+real service for what a client sees (429 with Retry-After; a right token always passes)."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ async def test_the_addresses_remembered_are_bounded(
     assert throttle.retry_after("10.0.0.1") is None  # the longest quiet, forgotten first
 
 
-async def test_a_client_that_keeps_guessing_gets_429_without_its_token_checked(
+async def test_a_client_that_keeps_guessing_gets_429_and_the_right_token_still_passes(
     make_config: Callable[..., Config], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="titan.api")
@@ -111,8 +111,8 @@ async def test_a_client_that_keeps_guessing_gets_429_without_its_token_checked(
             wrong = {"Authorization": f"Bearer {TOKEN[:-1]}{n}"}
             response = await client.post("/api/trading/pause", headers=wrong)
             assert response.status_code == 401
-        right = {"Authorization": f"Bearer {TOKEN}"}
-        response = await client.post("/api/trading/pause", headers=right)
+        wrong = {"Authorization": f"Bearer {TOKEN[:-1]}x"}
+        response = await client.post("/api/trading/pause", headers=wrong)
         assert response.status_code == 429
         assert response.headers["Retry-After"] == "1"
         assert response.json() == {
@@ -121,4 +121,9 @@ async def test_a_client_that_keeps_guessing_gets_429_without_its_token_checked(
         }
         assert engine.risk.trading_state.value == "ACTIVE"  # nothing happened
         assert (await client.get("/api/risk")).status_code == 200  # reads are not throttled
+        # the operator, on the same address, is never kept out
+        right = {"Authorization": f"Bearer {TOKEN}"}
+        response = await client.post("/api/emergency/flatten-all", headers=right)
+        assert response.status_code == 200
+        assert engine.risk.trading_state.value == "HALTED"
     assert "client 127.0.0.1 gave 5 wrong or missing bearer tokens in a row" in caplog.text

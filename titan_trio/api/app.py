@@ -133,12 +133,17 @@ def create_app(engine: Engine) -> QuartTrio:
         return named or f"api {request.remote_addr}"
 
     def authorized() -> Response | None:
-        """None when the request may go on; else the refusal: 429 while its client is
-        throttled (the token unchecked), 401 for a missing or wrong token."""
+        """None when the request may go on; else the refusal: 401 for a missing or wrong
+        token, 429 instead while its client is throttled. A right token always passes:
+        on a loopback API every local process shares one address, and a process guessing
+        must never keep the operator out of an emergency flatten."""
         token = engine.cfg.api.token
         if token is None:
             return None
         client = request.remote_addr or "unknown"
+        if token_matches(request.headers.get("Authorization", ""), token):
+            throttle.succeeded(client)
+            return None
         wait_s = throttle.retry_after(client)
         if wait_s is not None:
             refusal = error_response(
@@ -148,9 +153,6 @@ def create_app(engine: Engine) -> QuartTrio:
             )
             refusal.headers["Retry-After"] = str(wait_s)
             return refusal
-        if token_matches(request.headers.get("Authorization", ""), token):
-            throttle.succeeded(client)
-            return None
         throttle.failed(client, f"{request.method} {request.path}")
         return error_response(
             401, "unauthorized", "this endpoint needs Authorization: Bearer <api.token>"

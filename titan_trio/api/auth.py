@@ -5,14 +5,16 @@ the throttle keeps a careless or hostile client from trying at the speed of the 
 (about 370 attempts a second before) and from flooding the log with refusals. Per client
 address, each a decision:
 
-- After ``MAX_FAILURES`` (5) wrong or missing tokens, the client is refused with 429 and
-  ``Retry-After`` for ``FIRST_BACKOFF_S`` (1 s), **without its token being checked**
-  (otherwise each refused request would still be a guess). Every further failure once a
-  refusal has run out doubles it, up to ``MAX_BACKOFF_S`` (60 s). Requests refused with
-  429 do not lengthen it. The cap is short on purpose: everyone on the same address
-  (every local process, on a loopback-bound API) shares the refusal, the operator's
-  ``titan flatten`` included.
-- A correct token forgets the address's failures; so does ``FORGET_AFTER_S`` (10 min)
+- After ``MAX_FAILURES`` (5) wrong or missing tokens, the client's wrong tokens are
+  answered 429 with ``Retry-After`` for ``FIRST_BACKOFF_S`` (1 s) instead of 401, and not
+  logged one by one. Every further failure once a refusal has run out doubles it, up to
+  ``MAX_BACKOFF_S`` (60 s). Requests refused with 429 do not lengthen it.
+- A correct token is always accepted, throttled or not. Everyone on the same address
+  (every local process, on a loopback-bound API) shares the throttle, so refusing right
+  tokens would let any local process keep the operator's ``titan flatten`` out for good
+  (one wrong token each time the refusal runs out). What the throttle does not stop (a
+  client guessing on through 429s) the token's length does.
+- A correct token also forgets the address's failures; so does ``FORGET_AFTER_S`` (10 min)
   without a failure.
 - Only endpoints that need the token are throttled; reads (health, metrics) never are.
 - The address is the connection's peer; ``X-Forwarded-For`` is not trusted. Behind a

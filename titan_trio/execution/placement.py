@@ -134,7 +134,7 @@ class OrderPlacer:
         )
         self.shadow.apply_order(order)
         try:
-            await self.store.call(records.save_order, order)
+            await self.store.call(records.expire_unsent_order, order)
         except StoreError as exc:  # the next start settles it with the broker instead
             log.warning("order %s: 'never sent' not recorded (%s)", order.client_order_id, exc)
 

@@ -107,6 +107,7 @@ class SignalRouter:
         self.entries = EntryChecks(cfg, instruments, hub, shadow, equity, risk.refusal)
         self.ttl_ms = cfg.execution.prepare_ttl_ms
         self.intents: dict[str, PreparedIntent] = {}
+        self.closes: set[str] = set()  # CLOSE signal ids being worked on
 
     # ----- the service -----------------------------------------------------------------
 
@@ -192,7 +193,23 @@ class SignalRouter:
                 for it in self.intents.values()
                 if it.claimed and it.message.symbol == message.symbol and not it.dropped.is_set()
             ]
-            return lambda: self._close(message, before)
+            if message.signal_id in self.closes:
+                return self._reply_now(
+                    _rejected(
+                        message,
+                        Reason.DUPLICATE_SIGNAL,
+                        f"signal {message.signal_id} is being closed right now; ask again",
+                    )
+                )
+            self.closes.add(message.signal_id)
+
+            async def close_job() -> Reply:
+                try:
+                    return await self._close(message, before)
+                finally:
+                    self.closes.discard(message.signal_id)
+
+            return close_job
         assert isinstance(message, Ping)
         return self._ping(message)
 

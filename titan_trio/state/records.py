@@ -306,6 +306,22 @@ def save_order(e: Entities, o: Order) -> None:
     )
 
 
+@plain_sql_function
+def expire_unsent_order(e: Entities, o: Order) -> None:
+    """Record that ``o`` was never sent, only over its own PENDING_SUBMIT row (a commit
+    that never happened, or a repeat whose journal entry was refused, has no such row)."""
+    e.db.execute(
+        "UPDATE orders SET status = $status, reject_reason = $why, updated_ms = $now "
+        "WHERE client_order_id = $coid AND status = 'PENDING_SUBMIT'",
+        {
+            "status": o.status.value,
+            "why": o.reject_reason,
+            "now": o.updated_ms,
+            "coid": o.client_order_id,
+        },
+    )
+
+
 def _order_from_row(r: Any) -> Order:
     return Order(
         client_order_id=r.client_order_id,
