@@ -7,10 +7,11 @@ Guarantees, each a design decision:
   replaced by something else, that is left alone and reported (ERROR), and health says
   the IPC component is unhealthy while the path is not this service's socket.
 - At most ``max_connections`` connections, and at most ``max_connections_per_process``
-  of them from one process (its pid, from SO_PEERCRED), so one careless or hostile process
-  cannot lock every strategy out; the next one gets a single MAX_CONNECTIONS reply and is
-  closed, with a WARNING naming the peer. A peer whose credentials cannot be read (not
-  Linux) counts only toward the total.
+  of them from one process (its pid, from SO_PEERCRED); the last ``max_connections // 8``
+  (rounded down) are kept for processes that hold none yet, so neither one nor a few
+  careless or hostile processes can lock every strategy out; a connection refused gets
+  a single MAX_CONNECTIONS reply and is closed, with a WARNING naming the peer. A peer
+  whose credentials cannot be read (not Linux) counts only toward the total.
 - A connection with nothing to do (no request unanswered, no reply being written, no byte
   received) for ``idle_timeout_s`` is closed, with a WARNING naming the peer: idle
   connections cannot hold the slots for ever. A client keeps one open by sending PING.
@@ -155,6 +156,9 @@ class IpcListener:
         self.refusals = RefusalLog(log)
         self.connections = 0
         self.by_process: Counter[int] = Counter()  # open connections per peer pid
+        # The last few slots are kept for processes that hold no connection yet, so a
+        # handful of greedy processes cannot lock every other strategy out.
+        self.reserved = max_connections // 8
         self.pending = 0
         self.listening = False
         self.admitting = True  # False once the service is stopping: nothing new starts
@@ -192,24 +196,29 @@ class IpcListener:
         connections are taken on it (the old socket, which nobody can reach any more, is
         closed; its connections carry on). Something else at the path is left alone and
         reported: health says unhealthy until an operator clears it."""
-        reported: PathState | None = None
+        reported: PathState | None = None  # what was last logged: each change once
         while True:
             await trio.sleep(PATH_CHECK_S)
             state = self.socket_file.state()
             if state is PathState.MISSING:
-                log.warning(
-                    "IPC socket %s was deleted: strategies could not connect; re-creating it",
-                    self.path,
-                )
+                if reported is not PathState.MISSING:
+                    log.warning(
+                        "IPC socket %s was deleted: strategies could not connect; re-creating it",
+                        self.path,
+                    )
                 try:
                     sock = self.socket_file.bind()
                 except IpcError as exc:
-                    log.error("IPC socket %s could not be re-created: %s", self.path, exc)
+                    if reported is not PathState.MISSING:  # tried again every second, quietly
+                        log.error("IPC socket %s could not be re-created: %s", self.path, exc)
+                    reported = PathState.MISSING
                     continue
                 old = self._accepting
                 self._accepting = await nursery.start(self._accept, sock)
                 if old is not None:
                     old.cancel()
+                if reported is PathState.MISSING:
+                    log.warning("IPC socket %s is back", self.path)
                 state = PathState.OURS
             elif state is PathState.REPLACED and reported is not PathState.REPLACED:
                 log.error(
@@ -251,6 +260,13 @@ class IpcListener:
         """Why a new connection from ``peer`` is refused, or None to serve it."""
         if self.connections >= self.max_connections:
             return f"at most {self.max_connections} connections; try again later"
+        holds = 0 if peer.pid is None else self.by_process[peer.pid]
+        if holds and self.connections >= self.max_connections - self.reserved:
+            return (
+                f"this process (pid {peer.pid}) already holds {holds} connections and the "
+                f"last {self.reserved} of {self.max_connections} are kept for processes "
+                "that hold none; reuse one, or close one first"
+            )
         if peer.pid is not None and self.by_process[peer.pid] >= self.max_connections_per_process:
             return (
                 f"this process (pid {peer.pid}) already holds "

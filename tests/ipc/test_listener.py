@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import stat
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -579,3 +581,19 @@ async def test_arbitrary_bytes_in_arbitrary_pieces_never_break_the_listener(
         with trio.fail_after(LIMIT_S):
             while listener.connections:  # noqa: ASYNC110 - closing crosses a socket
                 await trio.sleep(0.001)
+
+
+async def test_a_socket_directory_that_is_gone_is_not_logged_every_second(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    listener = IpcListener(str(run_dir / "titan.sock"), 0o600, Echo())
+    caplog.set_level(logging.WARNING, logger="titan.ipc")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(listener.run)
+        shutil.rmtree(run_dir)
+        await trio.sleep(3600)  # an hour
+        nursery.cancel_scope.cancel()
+    lines = [r for r in caplog.records if r.name == "titan.ipc"]
+    assert [r.levelname for r in lines] == ["WARNING", "ERROR"], [r.getMessage() for r in lines]

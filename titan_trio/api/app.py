@@ -267,9 +267,10 @@ async def equity_view(engine: Engine) -> dict[str, Any]:
 def _number(text: str) -> Decimal | str:
     """A figure recorded as text, as a number when it is one."""
     try:
-        return Decimal(text)
+        number = Decimal(text)
     except ArithmeticError:
         return text
+    return number if number.is_finite() else text  # NaN is no JSON number
 
 
 def breaker_view(engine: Engine) -> dict[str, Any]:
