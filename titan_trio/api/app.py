@@ -48,6 +48,11 @@ def error_response(status: int, error: str, message: str) -> Response:
     return json_response({"error": error, "message": message}, status)
 
 
+# Probes take no parameters and ignore what they get: an uptime monitor's cache-buster
+# (``/api/health?_=1700000000``) or a Prometheus job's ``params`` must not turn them red.
+PROBES = frozenset({"/api/health", "/metrics"})
+
+
 def query_specs(symbols: list[str]) -> dict[str, QuerySpec]:
     """The query parameters each endpoint takes, by route; an endpoint not listed takes none."""
     return {
@@ -76,7 +81,8 @@ def create_app(engine: Engine) -> QuartTrio:
         """``g.query``: the request's query parameters, parsed for its endpoint (a request
         for no endpoint goes on to its 404 or 405)."""
         if request.url_rule is not None:
-            g.query = parse_query(request.args, specs.get(request.url_rule.rule, {}))
+            rule = request.url_rule.rule
+            g.query = {} if rule in PROBES else parse_query(request.args, specs.get(rule, {}))
 
     @app.errorhandler(QueryError)
     async def bad_query(exc: QueryError) -> Response:

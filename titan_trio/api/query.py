@@ -4,10 +4,10 @@ Every endpoint declares the query parameters it takes (a ``QuerySpec``: name to 
 the app parses each request's query string against it before the endpoint runs. What it
 accepts, each a decision:
 
-- **Unknown parameters are refused** (400 ``unknown_parameter``), on every endpoint,
-  ``/metrics`` included: an operator who types ``?limt=5`` or ``?sybmol=BTCUSDT`` gets an
-  error, not an answer to a question they did not ask. Endpoints without parameters
-  refuse any.
+- **Unknown parameters are refused** (400 ``unknown_parameter``): an operator who types
+  ``?limt=5`` or ``?sybmol=BTCUSDT`` gets an error, not an answer to a question they did
+  not ask. Endpoints without parameters refuse any, except the probes (``/api/health``,
+  ``/metrics``; app.PROBES), which ignore them: monitors add cache-busters.
 - A parameter given twice is refused (which one was meant?), and so is an empty value.
 - Whole numbers are ASCII digits only, within the endpoint's bounds: no sign, no spaces,
   no other scripts' digits (``str.isdigit`` takes "²" and "١٠", and ``int`` takes "١٠").
