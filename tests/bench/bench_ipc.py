@@ -496,7 +496,6 @@ def write_config(tmp: Path, port: int) -> Path:
     doc["api"]["port"] = port
     doc["ipc"]["socketPath"] = str(tmp / "titan-ipc.sock")
     doc["database"]["path"] = str(tmp / "titan.db")
-    doc["database"]["backupDir"] = str(tmp / "backups")
     doc["logging"]["dir"] = str(tmp / "logs")
     risk_pct = 0.005
     doc["risk"].update(
