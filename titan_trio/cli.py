@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from titan_trio import __version__
+from titan_trio.clock import iso_utc
 from titan_trio.config import Config, default_config_path, ignored_settings, load_config
 from titan_trio.errors import ConfigError, StartupError, TitanError
 from titan_trio.ops_client import (
@@ -272,6 +273,17 @@ def _fill_from_market(args: argparse.Namespace) -> None:
     )
 
 
+REPLY_MOMENTS = ("expires_at", "server_time")  # epoch ms on the wire (PROTOCOL.md)
+
+
+def _for_people(reply: dict[str, Any]) -> dict[str, Any]:
+    """The reply as a person reads it: its moments in ISO 8601 UTC, like the API's and the
+    log's (the protocol itself carries epoch milliseconds)."""
+    return {
+        k: iso_utc(v) if k in REPLY_MOMENTS and isinstance(v, int) else v for k, v in reply.items()
+    }
+
+
 def cmd_signal_send(args: argparse.Namespace) -> int:
     import msgspec
 
@@ -301,7 +313,7 @@ def cmd_signal_send(args: argparse.Namespace) -> int:
         raise TitanError(f"{exc}; check before sending it again with the same signal id") from None
     finally:
         client.disconnect()
-    print_json(msgspec.to_builtins(reply))
+    print_json(_for_people(msgspec.to_builtins(reply)))
     return EXIT_FAIL if reply.status == "rejected" else EXIT_OK
 
 

@@ -201,6 +201,7 @@ async def test_at_market_prepares_around_the_current_price_so_the_readme_example
         )  # fmt: skip
         assert code == 0, (out, err)
         assert reply_of(out)["status"] == "prepared"
+        assert reply_of(out)["expires_at"].endswith("Z")  # ISO 8601 UTC for a person
         assert "at market: mid" in err
         mid = engine.hub.book.get("BTCUSDT").mid
         message = engine.router.intents["m-1"].message
