@@ -361,30 +361,16 @@ class IpcListener:
             return slot
         slot.message_type = type(decoded).__name__.upper()
         slot.message = decoded
+        busy = None
         if not self.admitting:
-            self._answer(
-                slot,
-                conn,
-                rejected(
-                    decoded.id,
-                    Reason.BUSY,
-                    "the service is stopping: nothing was done; retry with the same ids once "
-                    "it is back",
-                    getattr(decoded, "signal_id", None),
-                ),
+            busy = (
+                "the service is stopping: nothing was done; retry with the same ids once it is back"
             )
-            return slot
-        if self.pending >= self.max_pending:
-            self._answer(
-                slot,
-                conn,
-                rejected(
-                    decoded.id,
-                    Reason.BUSY,
-                    f"{self.pending} requests in progress; retry shortly",
-                    getattr(decoded, "signal_id", None),
-                ),
-            )
+        elif self.pending >= self.max_pending:
+            busy = f"{self.pending} requests in progress; retry shortly"
+        if busy is not None:
+            signal_id = getattr(decoded, "signal_id", None)
+            self._answer(slot, conn, rejected(decoded.id, Reason.BUSY, busy, signal_id))
             return slot
         job = self.handler.admit(decoded)
         self.pending += 1

@@ -49,8 +49,9 @@ async def test_a_repeated_close_stopped_mid_journal_leaves_the_first_order_alone
             job = engine.router.admit(Close(id=2, signal_id="rr-x", symbol="BTCUSDT"))
             with trio.move_on_after(0.1):  # the service stops while the repeat waits
                 await job()
-        await engine.store.call(records.kv_get, "nothing") if hasattr(records, "kv_get") else None
-        await trio.sleep(0.5)
+        # the stopped repeat's own save was awaited inside it; a read queued behind it on
+        # the store thread sees whatever it wrote
+        await engine.store.call(records.kv_get, "barrier")
         after = await engine.store.call(records.signal_order, "rr-x")
         assert after is not None
         assert (after.status.value, after.filled_qty) == ("FILLED", before.filled_qty), after
