@@ -44,3 +44,8 @@ class BrokerRejected(TitanError):
         self.reason = reason
         self.message = message
         super().__init__(f"{reason}: {message}")
+
+
+class BrokerUnavailable(TitanError):
+    """The exchange could not be asked, or its answer did not say whether a request was
+    carried out (a timeout, a lost connection, a 5xx): nothing is concluded from it."""

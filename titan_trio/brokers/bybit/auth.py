@@ -53,6 +53,17 @@ def signed_headers(
     }
 
 
+def stream_auth_args(api_key: str, secret: str, expires_ms: int) -> list[str]:
+    """The private WebSocket's ``auth`` arguments: the key, the expiry (ms) and the hex
+    HMAC-SHA256 of ``"GET/realtime" + expires`` under the secret (EXCHANGES.md)."""
+    text = f"GET/realtime{expires_ms}"
+    return [
+        api_key,
+        str(expires_ms),
+        hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest(),
+    ]
+
+
 def verify(headers: Mapping[str, str], secret: str, payload: str | bytes) -> bool:
     """Whether ``headers`` sign ``payload`` under ``secret`` (the fake exchange's check)."""
     try:
