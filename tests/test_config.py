@@ -15,6 +15,7 @@ from tests.helpers import merge
 from titan_trio.config import (
     NOT_USED_YET,
     Config,
+    bybit_endpoints,
     ignored_settings,
     load_config,
     parse_config,
@@ -353,7 +354,7 @@ def test_ignored_keys_are_named_only_when_set_to_something() -> None:
     cfg = parse_config(
         {
             "database": {"backupIntervalMin": 60, "backupRetentionDays": 30, "s3": {"bucket": "b"}},
-            "exchanges": {"bybit": {"testnet": True}},
+            "exchanges": {"bybit": {"testnet": True}},  # used now: not named
         },
         environ={},
     )
@@ -362,8 +363,6 @@ def test_ignored_keys_are_named_only_when_set_to_something() -> None:
         "(in-service backups are not built yet)",
         'database.s3.bucket = "b" is ignored in this version '
         "(S3 upload of backups is not built yet)",
-        "exchanges.bybit.testnet = true is ignored in this version "
-        "(the Bybit broker and feed are not built yet)",
     ]
 
 
@@ -594,3 +593,28 @@ def test_non_json_constants_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "Infinity" in str(info.value)
+
+
+def test_bybit_testnet_switches_the_default_urls_and_explicit_ones_win() -> None:
+    live = parse_config({}, environ={})
+    assert bybit_endpoints(live.exchanges.bybit) == (
+        "https://api.bybit.com",
+        "wss://stream.bybit.com/v5/public/linear",
+        "wss://stream.bybit.com/v5/private",
+    )
+    testnet = parse_config(
+        {"exchanges": {"bybit": {"testnet": True, "restUrl": "http://127.0.0.1:9"}}}, environ={}
+    )
+    assert bybit_endpoints(testnet.exchanges.bybit) == (
+        "http://127.0.0.1:9",
+        "wss://stream-testnet.bybit.com/v5/public/linear",
+        "wss://stream-testnet.bybit.com/v5/private",
+    )
+
+
+def test_the_bybit_broker_in_paper_mode_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"broker": {"name": "bybit"}}, environ={})
+    assert any(
+        p.startswith('broker.name: "bybit" sends real orders') for p in caught.value.problems
+    )

@@ -97,6 +97,24 @@ class BinanceConfig(_Section):
     ws_url: NonEmptyStr = "wss://fstream.binance.com"
 
 
+BYBIT_TESTNET = (
+    "https://api-testnet.bybit.com",
+    "wss://stream-testnet.bybit.com/v5/public/linear",
+    "wss://stream-testnet.bybit.com/v5/private",
+)
+
+
+def bybit_endpoints(cfg: BybitConfig) -> tuple[str, str, str]:
+    """Bybit's REST, public and private WebSocket URLs: ``testnet: true`` switches each
+    URL left at its default to the testnet's; a URL set explicitly always wins."""
+    urls = (cfg.rest_url, cfg.ws_public_url, cfg.ws_private_url)
+    if not cfg.testnet:
+        return urls
+    defaults = BybitConfig()
+    live = (defaults.rest_url, defaults.ws_public_url, defaults.ws_private_url)
+    return tuple(t if u == d else u for u, d, t in zip(urls, live, BYBIT_TESTNET, strict=True))  # type: ignore[return-value]
+
+
 class ExchangesConfig(_Section):
     bybit: BybitConfig = msgspec.field(default_factory=BybitConfig)
     binance: BinanceConfig = msgspec.field(default_factory=BinanceConfig)
@@ -220,7 +238,7 @@ class Config(_Section):
 # keys here.
 _BACKUPS = "in-service backups are not built yet"
 _S3 = "S3 upload of backups is not built yet"
-_BYBIT = "the Bybit broker and feed are not built yet"
+_BYBIT = "the Bybit market feed is not built yet"
 NOT_USED_YET: dict[str, str] = {
     "database.backupDir": _BACKUPS,
     "database.backupRetentionDays": _BACKUPS,
@@ -229,10 +247,7 @@ NOT_USED_YET: dict[str, str] = {
     "database.s3.prefix": _S3,
     "database.s3.region": _S3,
     "database.s3.endpointUrl": _S3,
-    "exchanges.bybit.restUrl": _BYBIT,
     "exchanges.bybit.wsPublicUrl": _BYBIT,
-    "exchanges.bybit.wsPrivateUrl": _BYBIT,
-    "exchanges.bybit.testnet": _BYBIT,
     "exchanges.binance.wsUrl": "the Binance feed is not built yet",
     "broker.slippagePct": "paper fills walk the book's depth instead",
 }
@@ -447,6 +462,11 @@ def _semantic_problems(cfg: Config) -> list[str]:
         problems.append('mode: "live" needs broker.name other than "paper", got "paper"')
     if cfg.mode == "live":
         problems += _live_problems(cfg)
+    if cfg.broker.name == "bybit" and cfg.mode != "live":
+        problems.append(
+            'broker.name: "bybit" sends real orders, so it needs mode "live" (with '
+            'exchanges.bybit.testnet true for Bybit\'s testnet), got mode "paper"'
+        )
     if cfg.api.token is None and not _is_loopback(cfg.api.host):
         problems.append(
             f"api.host: a non-loopback host needs api.token set, got {cfg.api.host!r} "

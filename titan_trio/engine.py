@@ -30,11 +30,15 @@ import trio
 from ipc.listener import IpcError, IpcListener
 from titan_trio import __version__
 from titan_trio.api.server import serve_api
+from titan_trio.brokers.base import Broker
+from titan_trio.brokers.bybit.broker import BybitBroker
+from titan_trio.brokers.bybit.rest import BybitRest
 from titan_trio.brokers.paper import PaperBroker
 from titan_trio.clock import now_ms
-from titan_trio.config import Config
+from titan_trio.config import Config, bybit_endpoints
 from titan_trio.domain.instruments import Instrument
-from titan_trio.errors import StartupError, StoreError
+from titan_trio.errors import BrokerUnavailable, StartupError, StoreError
+from titan_trio.exchange_keys import MissingKeys, bybit_keys
 from titan_trio.execution.executor import Executor
 from titan_trio.execution.flatten import Flattener
 from titan_trio.execution.placement import OrderPlacer
@@ -126,7 +130,7 @@ class Engine:
         self.metrics = Metrics(lambda: self)
         self.feeds: list[Any] = []
         self._feeds_scope: trio.CancelScope | None = None
-        self.broker: PaperBroker | None = None
+        self.broker: Broker | None = None
         # Built during start-up from the restored state, in dependency order.
         self.shadow: ShadowState
         self.risk: RiskController
@@ -182,14 +186,20 @@ class Engine:
                     f"feed {name!r} is not available in this version; use 'simulated'"
                 )
         self._feeds_scope = await nursery.start(self._run_feeds)
-        if cfg.broker.name != "paper":
-            raise StartupError(
-                f"broker {cfg.broker.name!r} is not available in this version; use 'paper'"
-            )
-        self.broker = PaperBroker(cfg.broker, self.instruments, self.hub, self.store)
+        if cfg.broker.name == "bybit":
+            self.broker = self._bybit_broker()
+        else:
+            self.broker = PaperBroker(cfg.broker, self.instruments, self.hub, self.store)
         await nursery.start(self.broker.run)
         initial_capital = Decimal(repr(cfg.broker.initial_capital))
-        self.shadow = shadow = await restore_shadow(self.store, await self.broker.balance())
+        try:
+            balance = await self.broker.balance()
+        except BrokerUnavailable as exc:
+            # (a database of an earlier run keeps its balance; a first run starts from the
+            # configured capital, and the first reconciliation takes the exchange's)
+            log.warning("balance not known at start (%s); reconciliation takes it", exc)
+            balance = initial_capital
+        self.shadow = shadow = await restore_shadow(self.store, balance)
         await settle_in_flight(shadow, self.broker, self.store)
         self.risk = risk = RiskController(
             cfg.risk, self.store, initial_capital, lambda: shadow.equity(self.hub.book)
@@ -243,6 +253,8 @@ class Engine:
             resume=lambda orders: executor.resume(orders, now_ms()),
         )
         await nursery.start(self.reconciler.run)
+        if isinstance(self.broker, BybitBroker):  # the private stream is back after a gap
+            self.broker.on_reconnect = lambda: nursery.start_soon(self.reconciler.reconcile)
         self.equity_monitor = EquityMonitor(
             shadow,
             self.hub,
@@ -297,6 +309,21 @@ class Engine:
             self.broker.name,
             _money(self.equity_monitor.equity()),
             self.api_url,
+        )
+
+    def _bybit_broker(self) -> BybitBroker:
+        """The Bybit broker, with its keys (never logged) and endpoints."""
+        try:
+            keys = bybit_keys(os.environ)
+        except MissingKeys as exc:
+            raise StartupError(str(exc)) from None
+        rest_url, _public, private_url = bybit_endpoints(self.cfg.exchanges.bybit)
+        log.info("broker bybit: REST %s, private stream %s, key %s", rest_url, private_url, keys)
+        return BybitBroker(
+            BybitRest(rest_url, keys.key, keys.secret),
+            private_url,
+            self.instruments,
+            self.cfg.symbols,
         )
 
     async def _run_feeds(
