@@ -325,10 +325,15 @@ class FakeExchange:
     async def _walk_loop(self) -> None:
         while True:
             await trio.sleep(self.walk_ms / 1000)
-            for symbol, quote in list(self.market.quotes.items()):
-                step = self._random.randint(-3, 3) * quote.tick
-                bid = max(quote.bid + step, quote.tick)
-                self.set_price(symbol, bid, bid + quote.tick)
+            self.walk_once()
+
+    def walk_once(self) -> None:
+        """One step of the seeded random walk ``walk_ms`` runs: every symbol's bid moves
+        by -3..3 ticks, with a one-tick spread (a step of 0 still publishes a quote)."""
+        for symbol, quote in list(self.market.quotes.items()):
+            step = self._random.randint(-3, 3) * quote.tick
+            bid = max(quote.bid + step, quote.tick)
+            self.set_price(symbol, bid, bid + quote.tick)
 
     # -- faults and state --------------------------------------------------------------
 

@@ -90,13 +90,18 @@ class WebSocket:
         self._drain_events()
 
     async def send_text(self, text: str) -> None:
-        await self._send(self._ws.send(Message(data=text)))
+        await self._send(self._encode(Message(data=text)))
 
     async def send_ping(self, payload: bytes = b"") -> None:
-        await self._send(self._ws.send(Ping(payload=payload)))
+        await self._send(self._encode(Ping(payload=payload)))
 
     async def send_pong(self, payload: bytes) -> None:
-        await self._send(self._ws.send(Pong(payload=payload)))
+        await self._send(self._encode(Pong(payload=payload)))
+
+    def _encode(self, event: Message | Ping | Pong) -> bytes:
+        if self._ws.state is not ConnectionState.OPEN:
+            raise WebSocketClosed
+        return self._ws.send(event)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """A clean close frame (then the stream is closed by the owner)."""
