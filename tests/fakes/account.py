@@ -1,5 +1,5 @@
-"""The fake's one trading account: orders, matching against the quotes, one-way
-positions, fees and the unified wallet, with Bybit v5's field names and refusal codes.
+"""The fake's one trading account: orders and their matching against the quotes, with
+Bybit v5's field names and refusal codes (positions and the wallet are in ledger.py).
 
 Pure and synchronous (no trio, no I/O): every change also queues what the private
 streams must say; the exchange takes those events after each operation (``take_events``).
@@ -14,13 +14,11 @@ silent:
   ``EC_PostOnlyWillTakeLiquidity``. IOC/FOK that cannot fill at once: Cancelled with
   ``EC_NoImmediateQtyToFill`` / ``EC_CancelForNoFullFill`` (never partial: the touch is
   unlimited). A user cancel: ``cancelType`` ``CancelByUser``, ``EC_PerCancelRequest``.
-- Fees: taker 0.055 %, maker 0.02 % of the fill's value, rounded to 8 decimals. The
-  wallet balance is the deposit plus realised P&L minus fees; equity adds unrealised P&L
-  at the mark (the mid); available is equity minus position and order initial margin.
+- Fees: taker 0.055 %, maker 0.02 % of the fill's value, rounded to 8 decimals.
 - reduceOnly: refused with 110017 when there is no position or the order would add to
   it; a quantity larger than the position is cut down to it (Bybit does the same).
 - takeProfit/stopLoss on an order are attached to the position when the order fills;
-  a position's stop triggers when the mark crosses it and closes the whole position
+  a position's stop triggers when the mark reaches or crosses it and closes the position
   with a reduce-only Market order (``stopOrderType`` StopLoss/TakeProfit, ``createType``
   CreateByStopLoss/CreateByTakeProfit), after which both stops are cleared. The fake does
   not show the untriggered conditional orders Bybit keeps for position stops.
@@ -34,154 +32,22 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
+from tests.fakes.ledger import Ledger, Position
 from tests.fakes.market import Market, fmt
-
-TAKER_FEE = Decimal("0.00055")
-MAKER_FEE = Decimal("0.0002")
-DEFAULT_LEVERAGE = Decimal("10")
-MONEY = Decimal("0.00000001")
-OPEN = ("New", "PartiallyFilled", "Untriggered")
-TIME_IN_FORCE = ("GTC", "IOC", "FOK", "PostOnly")
-
-
-class Refusal(Exception):
-    """A Bybit retCode refusal: nothing was done."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"{code} {message}")
-        self.code = code
-        self.message = message
-
-
-def money(value: Decimal) -> Decimal:
-    return value.quantize(MONEY, rounding=ROUND_HALF_UP)
-
-
-def decimal_param(params: dict[str, Any], name: str, required: bool = False) -> Decimal | None:
-    """A decimal string parameter (numbers are tolerated); 10001 when malformed."""
-    value = params.get(name)
-    if value is None or value == "":
-        if required:
-            raise Refusal(10001, f"params error: {name} is required")
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise Refusal(10001, f"params error: {name} must be a decimal string")
-    try:
-        number = Decimal(str(value))
-    except InvalidOperation as exc:
-        raise Refusal(10001, f"params error: {name} invalid") from exc
-    if not number.is_finite() or number < 0:
-        raise Refusal(10001, f"params error: {name} invalid")
-    return number
-
-
-@dataclass
-class Order:
-    order_id: str
-    order_link_id: str
-    symbol: str
-    side: str
-    order_type: str
-    price: Decimal
-    qty: Decimal
-    time_in_force: str
-    reduce_only: bool
-    take_profit: Decimal | None
-    stop_loss: Decimal | None
-    created_ms: int
-    updated_ms: int
-    status: str = "New"
-    cum_qty: Decimal = Decimal(0)
-    cum_value: Decimal = Decimal(0)
-    cum_fee: Decimal = Decimal(0)
-    reject_reason: str = "EC_NoError"
-    cancel_type: str = "UNKNOWN"
-    stop_order_type: str = ""
-    create_type: str = "CreateByUser"
-    trigger_price: Decimal | None = None
-
-    @property
-    def is_open(self) -> bool:
-        return self.status in OPEN
-
-    @property
-    def leaves(self) -> Decimal:
-        return self.qty - self.cum_qty if self.is_open else Decimal(0)
-
-    def view(self) -> dict[str, Any]:
-        """An item of /v5/order/realtime (and of the ``order`` stream)."""
-        avg = fmt(money(self.cum_value / self.cum_qty)) if self.cum_qty else ""
-        return {
-            "orderId": self.order_id,
-            "orderLinkId": self.order_link_id,
-            "blockTradeId": "",
-            "symbol": self.symbol,
-            "price": fmt(self.price),
-            "qty": fmt(self.qty),
-            "side": self.side,
-            "isLeverage": "",
-            "positionIdx": 0,
-            "orderStatus": self.status,
-            "createType": self.create_type,
-            "cancelType": self.cancel_type,
-            "rejectReason": self.reject_reason,
-            "avgPrice": avg,
-            "leavesQty": fmt(self.leaves),
-            "leavesValue": fmt(money(self.leaves * self.price)),
-            "cumExecQty": fmt(self.cum_qty),
-            "cumExecValue": fmt(money(self.cum_value)),
-            "cumExecFee": fmt(self.cum_fee),
-            "timeInForce": self.time_in_force,
-            "orderType": self.order_type,
-            "stopOrderType": self.stop_order_type,
-            "orderIv": "",
-            "triggerPrice": fmt(self.trigger_price or Decimal(0)),
-            "takeProfit": fmt(self.take_profit or Decimal(0)),
-            "stopLoss": fmt(self.stop_loss or Decimal(0)),
-            "tpslMode": "Full" if self.take_profit or self.stop_loss else "",
-            "tpTriggerBy": "MarkPrice" if self.take_profit else "",
-            "slTriggerBy": "MarkPrice" if self.stop_loss else "",
-            "triggerDirection": 0,
-            "triggerBy": "",
-            "reduceOnly": self.reduce_only,
-            "closeOnTrigger": self.create_type != "CreateByUser",
-            "smpType": "None",
-            "smpGroup": 0,
-            "smpOrderId": "",
-            "createdTime": str(self.created_ms),
-            "updatedTime": str(self.updated_ms),
-        }
-
-
-@dataclass
-class Position:
-    symbol: str
-    size: Decimal = Decimal(0)  # signed: > 0 long, < 0 short
-    avg_price: Decimal = Decimal(0)
-    leverage: Decimal = DEFAULT_LEVERAGE
-    take_profit: Decimal | None = None
-    stop_loss: Decimal | None = None
-    cum_realised: Decimal = Decimal(0)
-    cur_realised: Decimal = Decimal(0)
-    created_ms: int = 0
-    updated_ms: int = 0
-    seq: int = 0
-
-    @property
-    def side(self) -> str:
-        return "Buy" if self.size > 0 else "Sell" if self.size < 0 else ""
-
-
-@dataclass
-class Execution:
-    doc: dict[str, Any]
-    exec_time: int
-    symbol: str
-    order_id: str
-    order_link_id: str
+from tests.fakes.orders import (
+    MAKER_FEE,
+    TAKER_FEE,
+    TIME_IN_FORCE,
+    Execution,
+    Order,
+    Refusal,
+    check_stops,
+    decimal_param,
+    money,
+)
 
 
 @dataclass
@@ -189,10 +55,10 @@ class Account:
     deposit: Decimal
     market: Market
     now_ms: Callable[[], int]
-    wallet_balance: Decimal = field(init=False)
+    ledger: Ledger = field(init=False)
+    positions: dict[str, Position] = field(init=False)
     orders: dict[str, Order] = field(default_factory=dict)
     link_ids: dict[str, str] = field(default_factory=dict)
-    positions: dict[str, Position] = field(default_factory=dict)
     executions: list[Execution] = field(default_factory=list)
     _order_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     _dirty: dict[str, None] = field(default_factory=dict)
@@ -200,9 +66,8 @@ class Account:
     _seq: int = 0
 
     def __post_init__(self) -> None:
-        self.wallet_balance = self.deposit
-        for symbol in self.market.quotes:
-            self.positions[symbol] = Position(symbol)
+        self.ledger = Ledger(self.deposit, self.market, self.now_ms)
+        self.positions = self.ledger.positions
 
     # -- events ------------------------------------------------------------------------
 
@@ -279,7 +144,7 @@ class Account:
             )
         take_profit = self._stop_param(params, "takeProfit", inst.tick)
         stop_loss = self._stop_param(params, "stopLoss", inst.tick)
-        _check_stops(side, reference, take_profit, stop_loss)
+        check_stops(side, reference, take_profit, stop_loss)
         if not reduce_only:
             opening = (
                 qty if position.side in ("", side) else max(Decimal(0), qty - abs(position.size))
@@ -470,36 +335,8 @@ class Account:
         rate = MAKER_FEE if maker else TAKER_FEE
         value = qty * price
         fee = money(value * rate)
-        position = self.positions[order.symbol]
-        signed = qty if order.side == "Buy" else -qty
-        realised = Decimal(0)
-        closed = Decimal(0)
-        if position.size and (position.size > 0) != (signed > 0):
-            direction = 1 if position.size > 0 else -1
-            closed = min(qty, abs(position.size))
-            realised = money(closed * (price - position.avg_price) * direction)
-            position.size -= direction * closed
-            rest = qty - closed
-            if position.size == 0:
-                position.avg_price = Decimal(0)
-                position.take_profit = position.stop_loss = None
-            if rest:
-                position.size = rest if signed > 0 else -rest
-                position.avg_price = price
-                position.created_ms = self.now_ms()
-        else:
-            if position.size == 0:
-                position.created_ms = self.now_ms()
-                position.cur_realised = Decimal(0)
-            new_size = position.size + signed
-            position.avg_price = money(
-                (abs(position.size) * position.avg_price + value) / abs(new_size)
-            )
-            position.size = new_size
-        position.cum_realised += realised - fee
-        position.cur_realised += realised - fee
-        position.updated_ms = self.now_ms()
-        self.wallet_balance += realised - fee
+        fill = self.ledger.apply_fill(order.symbol, order.side, qty, price, fee)
+        position = self.ledger.positions[order.symbol]
         if not order.reduce_only and position.size:
             position.take_profit = order.take_profit or position.take_profit
             position.stop_loss = order.stop_loss or position.stop_loss
@@ -510,7 +347,7 @@ class Account:
             order.status = "Filled"
         else:
             order.status = "PartiallyFilled"
-        self._record_execution(order, qty, price, fee, rate, maker, closed)
+        self._record_execution(order, qty, price, fee, rate, maker, fill.closed)
         self._order_changed(order)
         self._trades.append((order.symbol, price, qty, (order.side == "Buy") == maker))
 
@@ -562,157 +399,33 @@ class Account:
         )
         self._order_events.append(("execution", {"category": "linear", **doc}))
 
-    # -- positions and wallet ----------------------------------------------------------------
+    # -- positions and wallet ------------------------------------------------------------
 
     def set_leverage(self, params: dict[str, Any]) -> None:
         symbol = self._symbol(params)
-        buy = decimal_param(params, "buyLeverage", required=True)
-        sell = decimal_param(params, "sellLeverage", required=True)
-        if buy != sell:
-            raise Refusal(
-                10001, "params error: buyLeverage must equal sellLeverage in one-way mode"
-            )
-        assert buy is not None
-        if not 1 <= buy <= self.market.instruments[symbol].max_leverage:
-            raise Refusal(10001, f"params error: leverage {fmt(buy)} out of range")
-        position = self.positions[symbol]
-        if buy == position.leverage:
-            raise Refusal(110043, "Set leverage not modified")
-        position.leverage = buy
+        self.ledger.set_leverage(symbol, params)
         self._dirty[symbol] = None
 
     def trading_stop(self, params: dict[str, Any]) -> None:
         symbol = self._symbol(params)
-        if params.get("positionIdx", 0) not in (0, "0"):
-            raise Refusal(10001, "position idx not match position mode")
-        position = self.positions[symbol]
-        tick = self.market.instruments[symbol].tick
-        take_profit = decimal_param(params, "takeProfit")
-        stop_loss = decimal_param(params, "stopLoss")
-        if take_profit is None and stop_loss is None:
-            raise Refusal(10001, "params error: takeProfit or stopLoss is required")
-        if position.size == 0:
-            raise Refusal(10001, "can not set tp/sl/ts for zero position")
-        for name, value in (("takeProfit", take_profit), ("stopLoss", stop_loss)):
-            if value and value % tick:
-                raise Refusal(10001, f"params error: {name} is not on the tick {fmt(tick)}")
-        _check_stops(position.side, self.market.quotes[symbol].mid, take_profit, stop_loss)
-        if take_profit is not None:
-            position.take_profit = take_profit or None
-        if stop_loss is not None:
-            position.stop_loss = stop_loss or None
-        position.updated_ms = self.now_ms()
+        self.ledger.trading_stop(symbol, params)
         self._dirty[symbol] = None
-
-    def _unrealised(self, position: Position) -> Decimal:
-        mark = self.market.quotes[position.symbol].mid
-        return money(position.size * (mark - position.avg_price))
-
-    def _position_im(self, position: Position) -> Decimal:
-        return money(abs(position.size) * position.avg_price / position.leverage)
 
     def _order_im(self) -> Decimal:
         total = Decimal(0)
         for order in self.orders.values():
             if order.is_open and not order.reduce_only:
-                leverage = self.positions[order.symbol].leverage
-                total += order.leaves * order.price / leverage
+                total += order.leaves * order.price / self.positions[order.symbol].leverage
         return money(total)
 
     def available(self) -> Decimal:
-        unrealised = sum((self._unrealised(p) for p in self.positions.values()), Decimal(0))
-        position_im = sum((self._position_im(p) for p in self.positions.values()), Decimal(0))
-        return max(Decimal(0), self.wallet_balance + unrealised - position_im - self._order_im())
+        return self.ledger.available(self._order_im())
 
     def position_view(self, symbol: str, stream: bool = False) -> dict[str, Any]:
-        """An item of /v5/position/list, or of the ``position`` stream (which names the
-        average entry ``entryPrice`` where the REST list says ``avgPrice``)."""
-        position = self.positions[symbol]
-        position.seq += 1
-        view: dict[str, Any] = {
-            "positionIdx": 0,
-            "riskId": 1,
-            "riskLimitValue": "2000000",
-            "symbol": symbol,
-            "side": position.side,
-            "size": fmt(abs(position.size)),
-            "avgPrice": fmt(position.avg_price),
-            "positionValue": fmt(money(abs(position.size) * position.avg_price)),
-            "tradeMode": 0,
-            "autoAddMargin": 0,
-            "positionStatus": "Normal",
-            "leverage": fmt(position.leverage),
-            "markPrice": fmt(self.market.quotes[symbol].mid),
-            "liqPrice": "",
-            "bustPrice": "",
-            "positionIM": fmt(self._position_im(position)),
-            "positionMM": fmt(money(self._position_im(position) / 20)),
-            "positionBalance": fmt(self._position_im(position)),
-            "takeProfit": fmt(position.take_profit or Decimal(0)),
-            "stopLoss": fmt(position.stop_loss or Decimal(0)),
-            "trailingStop": "0",
-            "sessionAvgPrice": "",
-            "unrealisedPnl": fmt(self._unrealised(position)),
-            "curRealisedPnl": fmt(position.cur_realised),
-            "cumRealisedPnl": fmt(position.cum_realised),
-            "adlRankIndicator": 2 if position.size else 0,
-            "isReduceOnly": False,
-            "mmrSysUpdatedTime": "",
-            "leverageSysUpdatedTime": "",
-            "tpslMode": "Full",
-            "createdTime": str(position.created_ms),
-            "updatedTime": str(position.updated_ms),
-            "seq": position.seq,
-        }
-        if stream:
-            view["entryPrice"] = view.pop("avgPrice")
-            view["category"] = "linear"
-        return view
+        return self.ledger.position_view(symbol, stream)
 
     def wallet_view(self) -> dict[str, Any]:
-        """list[0] of /v5/account/wallet-balance (accountType UNIFIED), and the
-        ``wallet`` stream's item."""
-        unrealised = sum((self._unrealised(p) for p in self.positions.values()), Decimal(0))
-        position_im = sum((self._position_im(p) for p in self.positions.values()), Decimal(0))
-        order_im = self._order_im()
-        equity = self.wallet_balance + unrealised
-        available = self.available()
-        cum_realised = sum((p.cum_realised for p in self.positions.values()), Decimal(0))
-        return {
-            "accountType": "UNIFIED",
-            "accountIMRate": fmt(money(position_im / equity)) if equity > 0 else "0",
-            "accountMMRate": fmt(money(position_im / 20 / equity)) if equity > 0 else "0",
-            "accountLTV": "0",
-            "totalEquity": fmt(equity),
-            "totalWalletBalance": fmt(self.wallet_balance),
-            "totalMarginBalance": fmt(equity),
-            "totalAvailableBalance": fmt(available),
-            "totalPerpUPL": fmt(unrealised),
-            "totalInitialMargin": fmt(position_im + order_im),
-            "totalMaintenanceMargin": fmt(money(position_im / 20)),
-            "coin": [
-                {
-                    "coin": "USDT",
-                    "equity": fmt(equity),
-                    "usdValue": fmt(equity),
-                    "walletBalance": fmt(self.wallet_balance),
-                    "free": "",
-                    "locked": "0",
-                    "availableToWithdraw": fmt(available),
-                    "availableToBorrow": "",
-                    "borrowAmount": "0",
-                    "accruedInterest": "0",
-                    "totalOrderIM": fmt(order_im),
-                    "totalPositionIM": fmt(position_im),
-                    "totalPositionMM": fmt(money(position_im / 20)),
-                    "unrealisedPnl": fmt(unrealised),
-                    "cumRealisedPnl": fmt(cum_realised),
-                    "bonus": "0",
-                    "collateralSwitch": True,
-                    "marginCollateral": True,
-                }
-            ],
-        }
+        return self.ledger.wallet_view(self._order_im())
 
     def describe(self) -> dict[str, Any]:
         """The account for FakeExchange.state(): every order (with its status)."""
@@ -722,24 +435,3 @@ class Account:
             "wallet": self.wallet_view(),
             "executions": [execution.doc for execution in self.executions],
         }
-
-
-def _check_stops(
-    side: str, reference: Decimal, take_profit: Decimal | None, stop_loss: Decimal | None
-) -> None:
-    """Bybit refuses (10001) a take-profit or a stop-loss on the wrong side of the price."""
-    base = fmt(reference)
-    if side == "Buy":
-        if take_profit and take_profit <= reference:
-            detail = f"TakeProfit:{fmt(take_profit)} set for Buy position should be higher"
-            raise Refusal(10001, f"{detail} than base_price:{base}")
-        if stop_loss and stop_loss >= reference:
-            detail = f"StopLoss:{fmt(stop_loss)} set for Buy position should lower"
-            raise Refusal(10001, f"{detail} than base_price:{base}")
-    elif side == "Sell":
-        if take_profit and take_profit >= reference:
-            detail = f"TakeProfit:{fmt(take_profit)} set for Sell position should be lower"
-            raise Refusal(10001, f"{detail} than base_price:{base}")
-        if stop_loss and stop_loss <= reference:
-            detail = f"StopLoss:{fmt(stop_loss)} set for Sell position should greater"
-            raise Refusal(10001, f"{detail} than base_price:{base}")

@@ -96,6 +96,7 @@ class BybitRest:
                 LIMITS.get(path, OTHER_LIMIT), 0, self.exchange.clock_ms() + 1000
             )
             doc = self._envelope(10006, "Too many visits!", {})
+            self._record_refusal(path, Refusal(10006, "Too many visits!"))
             return HttpAnswer.json(doc, 429 if fault.http else 200, headers)
         handler = self.routes.get((request.method, path))
         if handler is None:
@@ -110,14 +111,7 @@ class BybitRest:
             result = handler(self._params(request))
             answer = HttpAnswer.json(self._envelope(0, "OK", result), headers=headers)
         except Refusal as refusal:
-            self.exchange.refused.append(
-                {
-                    "path": path,
-                    "retCode": refusal.code,
-                    "retMsg": refusal.message,
-                    "time": self.exchange.server_ms(),
-                }
-            )
+            self._record_refusal(path, refusal)
             if isinstance(refusal, RateLimited):
                 headers = refusal.headers
             answer = HttpAnswer.json(
@@ -134,6 +128,16 @@ class BybitRest:
                 self._envelope(10016, "Internal system error.", {}), headers=headers
             )
         return answer
+
+    def _record_refusal(self, path: str, refusal: Refusal) -> None:
+        self.exchange.refused.append(
+            {
+                "path": path,
+                "retCode": refusal.code,
+                "retMsg": refusal.message,
+                "time": self.exchange.server_ms(),
+            }
+        )
 
     def _envelope(self, code: int, message: str, result: Any) -> dict[str, Any]:
         return envelope(code, message, result, self.exchange.server_ms())

@@ -45,7 +45,6 @@ from tests.fakes.control import ControlApi
 from tests.fakes.faults import AFTER_KINDS, CHANNELS, REFUSED_KINDS, FaultError, FaultPlan, channels
 from tests.fakes.market import (
     Market,
-    Quote,
     binance_agg_trade,
     binance_book_ticker,
     binance_mark_price,
@@ -240,8 +239,17 @@ class FakeExchange:
             "ts": now,
         }
 
-    def binance_book_ticker(self, quote: Quote) -> dict[str, Any]:
-        return binance_book_ticker(quote, self.server_ms())
+    def binance_current(self, stream: str) -> dict[str, Any] | None:
+        """The current bookTicker or mark price for a Binance stream name, if it has one."""
+        symbol, _, kind = stream.partition("@")
+        quote = self.market.quotes.get(symbol.upper())
+        if quote is None:
+            return None
+        if kind == "bookTicker":
+            return binance_book_ticker(quote, self.server_ms())
+        if kind in ("markPrice", "markPrice@1s"):
+            return binance_mark_price(quote, self.server_ms())
+        return None
 
     def publish_private(self, events: list[tuple[str, list[dict[str, Any]]]]) -> None:
         """Private messages, one per topic group; lost while ``private_silent`` holds."""

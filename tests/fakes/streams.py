@@ -6,9 +6,9 @@ alike; a cut connection (``cut``) cancels the session, and the stream is then cl
 no close frame. A client too slow to drain ``OUTBOX`` messages is cut, as exchanges do.
 
 Choices where the documents leave room:
-- Binance sends the current bookTicker as soon as a stream is subscribed (the real
-  stream would send one within milliseconds on a liquid symbol; the fake's quotes move
-  only when told to).
+- Binance sends the current bookTicker (and mark price) as soon as a stream is
+  subscribed: the real stream would send one within milliseconds on a liquid symbol,
+  and the fake's quotes move only when told to.
 - Bybit public subscribe answers once per request, failing the whole request if a topic
   is unknown (``ret_msg`` names it); topics are ``tickers.{symbol}`` and
   ``orderbook.1.{symbol}``.
@@ -274,11 +274,9 @@ class BinanceSession(StreamSession):
     def _subscribe(self, names: list[str]) -> None:
         for name in names:
             self.exchange.subscribe(self, f"binance:{name}")
-            symbol, _, kind = name.partition("@")
-            if kind == "bookTicker":
-                quote = self.exchange.market.quotes.get(symbol.upper())
-                if quote is not None:
-                    self.deliver(f"binance:{name}", self.exchange.binance_book_ticker(quote))
+            current = self.exchange.binance_current(name)
+            if current is not None:
+                self.deliver(f"binance:{name}", current)
 
     def deliver(self, hub_topic: str, payload: dict[str, Any]) -> None:
         if self.combined:

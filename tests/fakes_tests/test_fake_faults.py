@@ -46,6 +46,7 @@ async def test_rate_limit_fault(fx: FakeExchange, bybit: BybitClient, http_statu
     reset = int(answer.headers["X-Bapi-Limit-Reset-Timestamp"])
     assert 0 < reset - fx.server_ms() <= 1000
     assert links(fx) == []
+    assert [r["retCode"] for r in fx.state()["refused"]] == [10006]
     assert (await bybit.post("/v5/order/create", body)).json()["retCode"] == 0
 
 
