@@ -195,7 +195,12 @@ class FakeExchange:
         session_kind = kind
 
         async def run(ws: WebSocket, req: HttpRequest) -> None:
-            await session_kind(self, ws, req).run()
+            try:
+                await session_kind(self, ws, req).run()
+            except Exception:
+                # As for HTTP: a bug in a session ends that connection, not the server.
+                self.errors.append(traceback.format_exc())
+                traceback.print_exc(file=sys.stderr)
 
         return run
 
