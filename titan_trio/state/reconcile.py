@@ -157,12 +157,19 @@ class Reconciler:
 
     async def _fills_since(self) -> int:
         """Where the fills not yet checked begin: the saved cursor, else (the first run
-        on this database) just before the newest fill recorded, else the beginning."""
+        on this database) just before the newest fill recorded, else just before the
+        oldest order recorded, else now."""
         if self.fills_cursor_ms is None:
             saved = await self.store.call(records.kv_get, FILLS_CURSOR_KEY)
             if saved is None:
                 saved = await self.store.call(records.newest_fill_ms)
-            self.fills_cursor_ms = int(saved) if saved is not None else 0
+            if saved is None:
+                # No fill recorded yet: nothing before this database's first order is
+                # ours (a fresh database on an exchange account with a history adopts
+                # what it holds instead of replaying years of someone's fills).
+                saved = await self.store.call(records.oldest_order_ms)
+                saved = now_ms() if saved is None else saved
+            self.fills_cursor_ms = int(saved)
         return max(0, self.fills_cursor_ms - FILLS_OVERLAP_MS)
 
     async def _replay_missed(self, fills: list[Fill], report: ReconcileReport) -> None:

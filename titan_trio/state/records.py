@@ -155,6 +155,12 @@ def newest_fill_ms(e: Entities) -> int | None:
     return rows[0] if rows else None
 
 
+def oldest_order_ms(e: Entities) -> int | None:
+    """When the oldest order this database recorded was made, None before the first."""
+    rows = e.db.select("min(created_ms) FROM orders", {})
+    return rows[0] if rows else None
+
+
 # ----- the signals journal: every signal id is accepted once, across restarts ----------
 
 

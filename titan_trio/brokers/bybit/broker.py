@@ -71,6 +71,7 @@ INSTRUMENTS_RETRY_S = 60.0
 START_ATTEMPTS = 3  # reaching the exchange at start: tries before starting without it
 EXEC_PAGE = 100  # Bybit's maximum page for executions
 EXEC_WINDOW_MS = 7 * 24 * 3600 * 1000  # Bybit answers at most 7 days per execution query
+EXEC_HISTORY_MS = 730 * 24 * 3600 * 1000  # Bybit keeps two years of executions
 EXEC_OVERLAP_MS = 60_000  # polling reads executions again this far back (late ones)
 SNAPSHOT_ATTEMPTS = 3
 SENT_EXEC_MEMORY = 20_000
@@ -431,7 +432,7 @@ class BybitBroker:
         in Bybit's 7-day windows, every page)."""
         fills: dict[str, Fill] = {}
         now = now_ms() + 60_000
-        start = since_ms
+        start = max(since_ms, now - EXEC_HISTORY_MS)
         while start < now:
             end = min(start + EXEC_WINDOW_MS - 1, now)
             rows = await self._pages(

@@ -48,6 +48,17 @@ class StreamFailed(Exception):
     """The exchange refused the stream's auth or subscription, or never answered."""
 
 
+# What the network and the exchange do to a connection (reported, then reconnected).
+EXPECTED = (OSError, HandshakeError, ConnectionClosed, StreamFailed, trio.TooSlowError)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def backoff_delay(attempt: int, rng: random.Random, first: float = BACKOFF_FIRST_S) -> float:
     """Full jitter: a random wait in [0, min(cap, first * 2**attempt)]."""
     return rng.uniform(0, min(BACKOFF_CAP_S, first * (2 ** min(attempt, 16))))
@@ -95,10 +106,15 @@ class PrivateStream:
         while True:
             try:
                 await self._connection()
-            except (OSError, HandshakeError, ConnectionClosed, StreamFailed) as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-            except trio.TooSlowError:
-                self.last_error = "TooSlowError: the exchange did not answer in time"
+            except Exception as exc:  # nothing stops this loop: report, wait, reconnect
+                cause = _leaf(exc)
+                if isinstance(cause, trio.TooSlowError):
+                    self.last_error = "TooSlowError: the exchange did not answer in time"
+                elif isinstance(cause, EXPECTED):
+                    self.last_error = f"{type(cause).__name__}: {cause}"
+                else:
+                    self.last_error = f"{type(cause).__name__}: {cause}"
+                    log.error("Bybit private stream: unexpected failure", exc_info=exc)
             if self.state == "connected":
                 attempt = 0
             was_up = self.state == "connected"
@@ -179,8 +195,8 @@ class PrivateStream:
             await self.on_items(topic.split(".")[0], data)
 
     async def _heartbeat(self, ws: WebSocketConnection) -> None:
-        """A ping every interval; a pong missing after PONG_TIMEOUT_S closes the
-        connection (the reader then fails and the loop reconnects)."""
+        """A ping every interval; a pong missing after the timeout fails the connection
+        (it is closed, and the loop reconnects)."""
         while True:
             await trio.sleep(self.ping_interval_s)
             self._pong = trio.Event()
@@ -189,7 +205,4 @@ class PrivateStream:
             with trio.move_on_after(self.pong_timeout_s):
                 await self._pong.wait()
                 continue
-            self.last_error = f"no pong within {self.pong_timeout_s:g} s"
-            log.warning("Bybit private stream: %s; reconnecting", self.last_error)
-            await ws.aclose()
-            return
+            raise StreamFailed(f"no pong within {self.pong_timeout_s:g} s")
