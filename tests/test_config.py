@@ -271,7 +271,7 @@ def test_all_cross_field_problems_are_reported_together() -> None:
 
 # ----- live mode: no placeholder, nothing it needs missing ----------------------------------
 
-LIVE = {"mode": "live", "broker": {"name": "bybit"}}
+LIVE = {"mode": "live", "broker": {"name": "bybit"}, "feeds": ["bybit"]}
 LIVE_SECRETS = {"api": {"token": API_TOKEN}, "ipc": {"hmacSecret": HMAC_SECRET}}
 
 
@@ -363,7 +363,7 @@ def test_ignored_keys_are_named_only_when_set_to_something() -> None:
         'database.s3.bucket = "b" is ignored in this version '
         "(S3 upload of backups is not built yet)",
         "exchanges.bybit.testnet = true is ignored in this version "
-        "(the Bybit broker and feed are not built yet)",
+        "(the Bybit broker is not built yet)",
     ]
 
 
