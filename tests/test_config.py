@@ -15,6 +15,7 @@ from tests.helpers import merge
 from titan_trio.config import (
     NOT_USED_YET,
     Config,
+    bybit_endpoints,
     ignored_settings,
     load_config,
     parse_config,
@@ -594,3 +595,57 @@ def test_non_json_constants_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "Infinity" in str(info.value)
+
+
+# ----- exchange endpoints and feeds ---------------------------------------------------------
+
+
+def test_bybit_testnet_swaps_the_default_urls_and_explicit_ones_win() -> None:
+    mainnet = parse_config({}, environ={}).exchanges.bybit
+    assert bybit_endpoints(mainnet) == (
+        "https://api.bybit.com",
+        "wss://stream.bybit.com/v5/public/linear",
+        "wss://stream.bybit.com/v5/private",
+    )
+    testnet = parse_config({"exchanges": {"bybit": {"testnet": True}}}, environ={})
+    assert bybit_endpoints(testnet.exchanges.bybit) == (
+        "https://api-testnet.bybit.com",
+        "wss://stream-testnet.bybit.com/v5/public/linear",
+        "wss://stream-testnet.bybit.com/v5/private",
+    )
+    fake = parse_config(
+        {"exchanges": {"bybit": {"testnet": True, "wsPublicUrl": "ws://127.0.0.1:9001/pub"}}},
+        environ={},
+    )
+    _, ws_public, ws_private = bybit_endpoints(fake.exchanges.bybit)
+    assert ws_public == "ws://127.0.0.1:9001/pub"  # never redirected away from a fake
+    assert ws_private == "wss://stream-testnet.bybit.com/v5/private"
+
+
+def test_the_bybit_broker_needs_the_bybit_feed() -> None:
+    problems = problems_of({"broker": {"name": "bybit"}, "feeds": ["binance"]})
+    assert problem_at(problems, "feeds") == (
+        'feeds: broker.name "bybit" needs the "bybit" feed (the gates, marks and fills use '
+        "the venue's own quotes), got ['binance']"
+    )
+
+
+def test_feed_urls_must_be_websocket_urls_and_feeds_unrepeated() -> None:
+    problems = problems_of(
+        {
+            "feeds": ["binance", "binance"],
+            "exchanges": {"binance": {"wsUrl": "https://fstream.binance.com"}},
+        }
+    )
+    assert problem_at(problems, "feeds") == "feeds: expected no repeats, got ['binance', 'binance']"
+    assert problem_at(problems, "exchanges.binance.wsUrl") == (
+        "exchanges.binance.wsUrl: expected a ws:// or wss:// URL, got 'https://fstream.binance.com'"
+    )
+
+
+def test_the_feed_urls_are_no_longer_ignored() -> None:
+    cfg = parse_config(
+        {"exchanges": {"binance": {"wsUrl": "ws://x"}, "bybit": {"wsPublicUrl": "ws://y"}}},
+        environ={},
+    )
+    assert ignored_settings(cfg) == []
