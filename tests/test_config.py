@@ -272,7 +272,7 @@ def test_all_cross_field_problems_are_reported_together() -> None:
 
 # ----- live mode: no placeholder, nothing it needs missing ----------------------------------
 
-LIVE = {"mode": "live", "broker": {"name": "bybit"}}
+LIVE = {"mode": "live", "broker": {"name": "bybit"}, "feeds": ["bybit"]}
 LIVE_SECRETS = {"api": {"token": API_TOKEN}, "ipc": {"hmacSecret": HMAC_SECRET}}
 
 
@@ -595,21 +595,58 @@ def test_non_json_constants_are_refused(tmp_path: Path) -> None:
     assert "Infinity" in str(info.value)
 
 
-def test_bybit_testnet_switches_the_default_urls_and_explicit_ones_win() -> None:
-    live = parse_config({}, environ={})
-    assert bybit_endpoints(live.exchanges.bybit) == (
+# ----- exchange endpoints and feeds ---------------------------------------------------------
+
+
+def test_bybit_testnet_swaps_the_default_urls_and_explicit_ones_win() -> None:
+    mainnet = parse_config({}, environ={}).exchanges.bybit
+    assert bybit_endpoints(mainnet) == (
         "https://api.bybit.com",
         "wss://stream.bybit.com/v5/public/linear",
         "wss://stream.bybit.com/v5/private",
     )
-    testnet = parse_config(
-        {"exchanges": {"bybit": {"testnet": True, "restUrl": "http://127.0.0.1:9"}}}, environ={}
-    )
+    testnet = parse_config({"exchanges": {"bybit": {"testnet": True}}}, environ={})
     assert bybit_endpoints(testnet.exchanges.bybit) == (
-        "http://127.0.0.1:9",
+        "https://api-testnet.bybit.com",
         "wss://stream-testnet.bybit.com/v5/public/linear",
         "wss://stream-testnet.bybit.com/v5/private",
     )
+    fake = parse_config(
+        {"exchanges": {"bybit": {"testnet": True, "wsPublicUrl": "ws://127.0.0.1:9001/pub"}}},
+        environ={},
+    )
+    _, ws_public, ws_private = bybit_endpoints(fake.exchanges.bybit)
+    assert ws_public == "ws://127.0.0.1:9001/pub"  # never redirected away from a fake
+    assert ws_private == "wss://stream-testnet.bybit.com/v5/private"
+
+
+def test_the_bybit_broker_needs_the_bybit_feed() -> None:
+    problems = problems_of({"broker": {"name": "bybit"}, "feeds": ["binance"]})
+    assert problem_at(problems, "feeds") == (
+        'feeds: broker.name "bybit" needs the "bybit" feed (the gates, marks and fills use '
+        "the venue's own quotes), got ['binance']"
+    )
+
+
+def test_feed_urls_must_be_websocket_urls_and_feeds_unrepeated() -> None:
+    problems = problems_of(
+        {
+            "feeds": ["binance", "binance"],
+            "exchanges": {"binance": {"wsUrl": "https://fstream.binance.com"}},
+        }
+    )
+    assert problem_at(problems, "feeds") == "feeds: expected no repeats, got ['binance', 'binance']"
+    assert problem_at(problems, "exchanges.binance.wsUrl") == (
+        "exchanges.binance.wsUrl: expected a ws:// or wss:// URL, got 'https://fstream.binance.com'"
+    )
+
+
+def test_the_feed_urls_are_no_longer_ignored() -> None:
+    cfg = parse_config(
+        {"exchanges": {"binance": {"wsUrl": "ws://x"}, "bybit": {"wsPublicUrl": "ws://y"}}},
+        environ={},
+    )
+    assert ignored_settings(cfg) == []
 
 
 def test_the_bybit_broker_in_paper_mode_is_refused() -> None:

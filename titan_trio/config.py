@@ -97,22 +97,27 @@ class BinanceConfig(_Section):
     ws_url: NonEmptyStr = "wss://fstream.binance.com"
 
 
-BYBIT_TESTNET = (
-    "https://api-testnet.bybit.com",
-    "wss://stream-testnet.bybit.com/v5/public/linear",
-    "wss://stream-testnet.bybit.com/v5/private",
-)
+# Bybit's testnet endpoints (EXCHANGES.md), used for the URL keys left at their defaults
+# when exchanges.bybit.testnet is true.
+BYBIT_TESTNET = {
+    "rest_url": "https://api-testnet.bybit.com",
+    "ws_public_url": "wss://stream-testnet.bybit.com/v5/public/linear",
+    "ws_private_url": "wss://stream-testnet.bybit.com/v5/private",
+}
 
 
 def bybit_endpoints(cfg: BybitConfig) -> tuple[str, str, str]:
-    """Bybit's REST, public and private WebSocket URLs: ``testnet: true`` switches each
-    URL left at its default to the testnet's; a URL set explicitly always wins."""
-    urls = (cfg.rest_url, cfg.ws_public_url, cfg.ws_private_url)
-    if not cfg.testnet:
-        return urls
-    defaults = BybitConfig()
-    live = (defaults.rest_url, defaults.ws_public_url, defaults.ws_private_url)
-    return tuple(t if u == d else u for u, d, t in zip(urls, live, BYBIT_TESTNET, strict=True))  # type: ignore[return-value]
+    """(rest, ws_public, ws_private) to use. ``testnet: true`` swaps in the testnet URL
+    for each key still at its (mainnet) default; a URL set explicitly always wins, so a
+    test pointing the keys at a local fake is never redirected to Bybit."""
+    default = BybitConfig()
+    chosen = []
+    for key in ("rest_url", "ws_public_url", "ws_private_url"):
+        url = getattr(cfg, key)
+        if cfg.testnet and url == getattr(default, key):
+            url = BYBIT_TESTNET[key]
+        chosen.append(url)
+    return chosen[0], chosen[1], chosen[2]
 
 
 class ExchangesConfig(_Section):
@@ -231,6 +236,12 @@ class Config(_Section):
     def socket_mode(self) -> int:
         return int(self.ipc.socket_mode, 8)
 
+    @property
+    def venue(self) -> str:
+        """The feed whose quotes the gates, marks and paper fills use: the broker's own
+        exchange when it has a feed (bybit), else the first feed listed."""
+        return "bybit" if self.broker.name == "bybit" else self.feeds[0]
+
 
 # Keys accepted but not acted on in this version, and why. Each one set to anything but
 # its default is named at start (a WARNING) and by `titan config validate`; a default
@@ -238,7 +249,6 @@ class Config(_Section):
 # keys here.
 _BACKUPS = "in-service backups are not built yet"
 _S3 = "S3 upload of backups is not built yet"
-_BYBIT = "the Bybit market feed is not built yet"
 NOT_USED_YET: dict[str, str] = {
     "database.backupDir": _BACKUPS,
     "database.backupRetentionDays": _BACKUPS,
@@ -247,8 +257,6 @@ NOT_USED_YET: dict[str, str] = {
     "database.s3.prefix": _S3,
     "database.s3.region": _S3,
     "database.s3.endpointUrl": _S3,
-    "exchanges.bybit.wsPublicUrl": _BYBIT,
-    "exchanges.binance.wsUrl": "the Binance feed is not built yet",
     "broker.slippagePct": "paper fills walk the book's depth instead",
 }
 
@@ -487,6 +495,19 @@ def _semantic_problems(cfg: Config) -> list[str]:
                     f"instruments.{symbol}: expected an instrument definition for every "
                     "symbol traded on the paper broker, got nothing"
                 )
+    if len(set(cfg.feeds)) != len(cfg.feeds):
+        problems.append(f"feeds: expected no repeats, got {cfg.feeds}")
+    if cfg.broker.name == "bybit" and "bybit" not in cfg.feeds:
+        problems.append(
+            'feeds: broker.name "bybit" needs the "bybit" feed (the gates, marks and '
+            f"fills use the venue's own quotes), got {cfg.feeds}"
+        )
+    for key, url in (
+        ("exchanges.binance.wsUrl", cfg.exchanges.binance.ws_url),
+        ("exchanges.bybit.wsPublicUrl", cfg.exchanges.bybit.ws_public_url),
+    ):
+        if not url.startswith(("ws://", "wss://")):
+            problems.append(f"{key}: expected a ws:// or wss:// URL, got {url!r}")
     if "simulated" in cfg.feeds:
         for symbol in cfg.symbols:
             if symbol not in cfg.simulation.start_prices:

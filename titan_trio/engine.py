@@ -44,6 +44,8 @@ from titan_trio.execution.flatten import Flattener
 from titan_trio.execution.placement import OrderPlacer
 from titan_trio.execution.protection import Protector
 from titan_trio.execution.router import SignalRouter
+from titan_trio.feeds.binance import BinanceFeed
+from titan_trio.feeds.bybit import BybitFeed
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.feeds.simulated import SimulatedFeed
 from titan_trio.metrics import FILL_RATE_WINDOW, Metrics
@@ -60,8 +62,12 @@ from titan_trio.state.sync import ShadowSync, restore_shadow
 
 log = logging.getLogger("titan.engine")
 
-# A feed is stale when it has been silent this long (and at least 10 publish intervals).
+# The simulated feed is stale when it has been silent this long (and at least 10 publish
+# intervals).
 FEED_STALE_S = 5.0
+# An exchange feed silent this long makes the websocket component unhealthy (it has
+# reconnected several times by then: its watchdog gives a silent connection up sooner).
+REAL_FEED_SILENT_S = 60.0
 # A clean stop lets the requests already admitted finish for at most this long.
 DRAIN_S = 5.0
 STOP_RECORD_S = 1.0  # the stop record's bound: shutdown never waits longer on the disk
@@ -126,7 +132,7 @@ class Engine:
         self.started_monotonic = time.monotonic()
         self.instruments = instruments_from_config(cfg)
         self.store = Store(cfg.database.path, cfg.database.synchronous)
-        self.hub = MarketHub()
+        self.hub = MarketHub(cfg.venue)
         self.metrics = Metrics(lambda: self)
         self.feeds: list[Any] = []
         self._feeds_scope: trio.CancelScope | None = None
@@ -180,11 +186,6 @@ class Engine:
 
     async def _start_services(self, nursery: trio.Nursery) -> None:
         cfg = self.cfg
-        for name in cfg.feeds:
-            if name != "simulated":
-                raise StartupError(
-                    f"feed {name!r} is not available in this version; use 'simulated'"
-                )
         self._feeds_scope = await nursery.start(self._run_feeds)
         if cfg.broker.name == "bybit":
             self.broker = self._bybit_broker()
@@ -330,14 +331,26 @@ class Engine:
         self, *, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """The market feeds, in a scope of their own: a clean stop ends them first, so
-        no new price moves the (paper) account while the rest finishes."""
+        no new price moves the (paper) account while the rest finishes.
+
+        An exchange feed starts at once, connected or not: one that cannot reach its
+        exchange keeps retrying and shows unhealthy, it never stops the service (the
+        positions it holds still need their stops managed)."""
         cfg = self.cfg
         async with trio.open_nursery() as feeds:
             for name in cfg.feeds:
-                feed = SimulatedFeed(self.hub, self.instruments, cfg.symbols, cfg.simulation)
+                feed: SimulatedFeed | BinanceFeed | BybitFeed
+                if name == "binance":
+                    feed = BinanceFeed(self.hub, cfg.symbols, cfg.exchanges.binance.ws_url)
+                elif name == "bybit":
+                    _, ws_public, _ = bybit_endpoints(cfg.exchanges.bybit)
+                    feed = BybitFeed(self.hub, cfg.symbols, ws_public)
+                else:
+                    feed = SimulatedFeed(self.hub, self.instruments, cfg.symbols, cfg.simulation)
                 await feeds.start(feed.run)
                 self.feeds.append(feed)
                 log.info("market feed started: %s (%s)", name, ", ".join(cfg.symbols))
+            log.info("the venue's quotes (gates, marks, fills) come from the %s feed", cfg.venue)
             task_status.started(feeds.cancel_scope)
             await trio.sleep_forever()
 
@@ -392,18 +405,29 @@ class Engine:
         return self.reconciler.view() if hasattr(self, "reconciler") else None
 
     def _feeds_health(self) -> dict[str, Any]:
+        """Per feed: healthy when connected and heard from recently (the simulated
+        feed: within 10 of its intervals; an exchange feed: within 60 s). Any unhealthy
+        feed makes the component unhealthy: the operator is told even about a feed that
+        is not the venue."""
         feeds: dict[str, Any] = {}
         healthy = True
-        stale_after = max(FEED_STALE_S, 10 * self.cfg.simulation.interval_ms / 1000)
+        simulated_stale = max(FEED_STALE_S, 10 * self.cfg.simulation.interval_ms / 1000)
         for name, feed in self.hub.feeds.items():
             age = feed.last_message_age_s()
+            stale_after = simulated_stale if name == "simulated" else REAL_FEED_SILENT_S
             ok = feed.connected and age is not None and age <= stale_after
             healthy = healthy and ok
             feeds[name] = {
+                "status": "healthy" if ok else "unhealthy",
+                "state": feed.state,
                 "connected": feed.connected,
                 "last_message_age_s": None if age is None else round(age, 3),
                 "reconnects": feed.reconnects,
+                "rollovers": feed.rollovers,
                 "messages": feed.messages,
+                "malformed": feed.malformed,
+                "last_error": feed.last_error,
+                "venue": self.hub.book.is_venue(name),
             }
         healthy = healthy and bool(feeds)
         return {"status": "healthy" if healthy else "unhealthy", "feeds": feeds}

@@ -391,19 +391,34 @@ def orders_view(engine: Engine) -> list[dict[str, Any]]:
 
 
 def market_view(engine: Engine) -> dict[str, Any]:
-    book = engine.hub.book
+    """Per symbol: the venue's quote in the top-level fields (what the gates and marks
+    use; None before the venue has quoted it) and every feed's under ``sources``."""
+    hub = engine.hub
+    book = hub.book
     out: dict[str, Any] = {}
     for symbol in book.symbols():
         q = book.get(symbol)
-        assert q is not None
+        sources = {
+            source: {
+                "bid": s.bid,
+                "ask": s.ask,
+                "bid_size": s.bid_size,
+                "ask_size": s.ask_size,
+                "last": s.last,
+                "spread_pct": round(s.spread_pct, 6),
+                "age_ms": hub.age_ms(symbol, source),
+            }
+            for source, s in book.quotes(symbol).items()
+        }
         out[symbol] = {
-            "bid": q.bid,
-            "ask": q.ask,
-            "bid_size": q.bid_size,
-            "ask_size": q.ask_size,
-            "last": q.last,
-            "spread_pct": round(q.spread_pct, 6),
-            "age_ms": engine.hub.age_ms(symbol),
-            "source": q.source,
+            "bid": None if q is None else q.bid,
+            "ask": None if q is None else q.ask,
+            "bid_size": None if q is None else q.bid_size,
+            "ask_size": None if q is None else q.ask_size,
+            "last": None if q is None else q.last,
+            "spread_pct": None if q is None else round(q.spread_pct, 6),
+            "age_ms": hub.age_ms(symbol),
+            "source": book.venue if q is None else q.source,
+            "sources": sources,
         }
     return out

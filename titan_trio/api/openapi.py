@@ -89,7 +89,10 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/market": {
             "get": {
-                "summary": "The price book: bid, ask, last, age and source per symbol",
+                "summary": (
+                    "The price book: the venue's bid, ask, last, age and source per "
+                    "symbol, and every feed's quote under sources"
+                ),
                 "responses": {"200": _json("Price book")},
             }
         },

@@ -80,14 +80,37 @@ def walk_levels(
 
 
 class PriceBook:
-    """The freshest quote per symbol. Newer quotes replace older ones; a quote older than
-    the one held (out-of-order delivery) is ignored."""
+    """The freshest quote per (source, symbol), and the venue's quote per symbol.
 
-    def __init__(self) -> None:
-        self._quotes: dict[str, Quote] = {}
-        self.updates = 0
+    Every feed's quotes are kept (``/api/market`` shows them side by side), but only one
+    source is the VENUE: the exchange orders go to. ``get(symbol)`` and ``mark(symbol)``
+    answer with the venue's quote, because the gates (spread, slippage, freshness), the
+    paper broker's fills and the marks must describe the book the orders meet, not a
+    neighbouring exchange's. ``venue=None`` makes every source the venue (the newest
+    quote of any source wins): the book of a single feed, and of tests.
+
+    Per slot, a newer quote replaces the held one; an older one (out-of-order delivery)
+    is ignored.
+    """
+
+    def __init__(self, venue: str | None = None) -> None:
+        self.venue = venue
+        self._quotes: dict[str, Quote] = {}  # symbol -> the venue's quote
+        self._by_source: dict[str, dict[str, Quote]] = {}  # symbol -> source -> quote
+        self.updates = 0  # venue quotes taken
+
+    def is_venue(self, source: str) -> bool:
+        return self.venue is None or source == self.venue
 
     def update(self, quote: Quote) -> bool:
+        """Keep ``quote``; True when it is now the venue's quote for its symbol (what
+        ``get(symbol)`` returns), False for an older quote or another source's."""
+        sources = self._by_source.setdefault(quote.symbol, {})
+        held = sources.get(quote.source)
+        if held is None or quote.ts_ms >= held.ts_ms:
+            sources[quote.source] = quote
+        if not self.is_venue(quote.source):
+            return False
         held = self._quotes.get(quote.symbol)
         if held is not None and quote.ts_ms < held.ts_ms:
             return False
@@ -95,12 +118,21 @@ class PriceBook:
         self.updates += 1
         return True
 
-    def get(self, symbol: str) -> Quote | None:
-        return self._quotes.get(symbol)
+    def get(self, symbol: str, source: str | None = None) -> Quote | None:
+        """The venue's quote for ``symbol``, or the given source's."""
+        if source is None:
+            return self._quotes.get(symbol)
+        return self._by_source.get(symbol, {}).get(source)
 
     def mark(self, symbol: str) -> Decimal | None:
+        """The venue's mid price."""
         q = self._quotes.get(symbol)
         return q.mid if q is not None else None
 
+    def quotes(self, symbol: str) -> dict[str, Quote]:
+        """Every source's newest quote for ``symbol``, by source name."""
+        return dict(sorted(self._by_source.get(symbol, {}).items()))
+
     def symbols(self) -> list[str]:
-        return sorted(self._quotes)
+        """Every symbol some source has quoted."""
+        return sorted(self._by_source)

@@ -108,6 +108,7 @@ class SimulatedFeed:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.health.connected = True
+        self.health.state = "connected"
         try:
             self.publish_all()  # the book has prices before anyone is told we started
             task_status.started()
@@ -116,8 +117,10 @@ class SimulatedFeed:
                 self.publish_all()
         finally:
             self.health.connected = False
+            self.health.state = "stopped"
 
     def publish_all(self) -> None:
         ts = now_ms()
         for walk in self.walks:
             self.hub.publish(walk.step(ts))
+            self.health.message_received()
