@@ -226,7 +226,13 @@ class Engine:
         )
         sync.on_trade = risk.on_trade
         sync.order_finished_listeners.append(self.metrics.order_finished)
-        self.protector = protector = Protector(self.broker, placer, self.instruments, self.hub)
+        self.protector = protector = Protector(
+            self.broker,
+            placer,
+            self.instruments,
+            self.hub,
+            Decimal(repr(cfg.reconcile.adopted_stop_pct)),
+        )
         await nursery.start(protector.run)
         sync.fill_listeners.append(protector.notice_fill)
         sync.order_finished_listeners.append(protector.notice_order_finished)

@@ -70,5 +70,14 @@ async def test_freshness_and_wake_ups_follow_the_venue(
 
 def test_the_venue_is_the_bybit_broker_else_the_first_feed() -> None:
     assert parse_config({"feeds": ["binance", "simulated"]}, environ={}).venue == "binance"
-    cfg = parse_config({"broker": {"name": "bybit"}, "feeds": ["binance", "bybit"]}, environ={})
+    cfg = parse_config(
+        {
+            "mode": "live",
+            "broker": {"name": "bybit"},
+            "feeds": ["binance", "bybit"],
+            "api": {"token": "t" * 32},
+            "ipc": {"hmacSecret": "s" * 32},
+        },
+        environ={},
+    )
     assert cfg.venue == "bybit"

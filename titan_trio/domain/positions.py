@@ -82,3 +82,10 @@ class Position:
             self.entry_price = price
             self.opened_ms = now_ms
         return FillEffect(pnl, closing, opened, entry)
+
+
+def adopted_stop(long: bool, base: Decimal, pct: Decimal) -> Decimal:
+    """The stop a position with none known gets: ``pct`` percent from ``base`` (the
+    market, else its entry), on the losing side."""
+    away = base * pct / 100
+    return base - away if long else base + away

@@ -32,10 +32,12 @@ from titan_trio.brokers.base import Broker
 from titan_trio.clock import now_ms
 from titan_trio.domain.instruments import Instrument
 from titan_trio.domain.orders import Order, OrderType, Side, TimeInForce, market_close
+from titan_trio.domain.positions import adopted_stop
 from titan_trio.errors import BrokerRejected, TitanError
 from titan_trio.execution.placement import OrderPlacer
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.risk.breaker import OrderPurpose
+from titan_trio.state import records
 from titan_trio.state.shadow import FillChanges, PositionRecord
 
 log = logging.getLogger("titan.protection")
@@ -62,8 +64,10 @@ class Protector:
         placer: OrderPlacer,
         instruments: dict[str, Instrument],
         hub: MarketHub,
+        adopted_stop_pct: Decimal = Decimal(2),
     ) -> None:
         self.hub = hub
+        self.adopted_stop_pct = adopted_stop_pct
         self.broker = broker
         self.placer = placer
         self.instruments = instruments
@@ -81,6 +85,21 @@ class Protector:
 
     def notice_fill(self, changes: FillChanges) -> None:
         order = changes.order
+        rec = changes.position
+        if (
+            (order is None or order.stop_loss is None)
+            and rec is not None
+            and rec.stop_loss is None
+            and not rec.position.is_flat
+            and self._nursery is not None
+        ):
+            # a position no order of ours opened (made at the exchange by hand, or by
+            # an order from before): it gets the adopted stop, never none
+            self.active += 1
+            self._nursery.start_soon(
+                self._contained, f"adopted stop of {changes.symbol}", self._adopt_stop, rec
+            )
+            return
         if (
             order is None
             or order.reduce_only
@@ -120,6 +139,28 @@ class Protector:
             log.exception("protection failed: %s (a bug; the service carries on)", what)
         finally:
             self.active -= 1
+
+    async def _adopt_stop(self, rec: PositionRecord) -> None:
+        """A position with no stop known gets one ``adopted_stop_pct`` from the market
+        (reconciliation's rule), recorded with the position and set at the exchange: the
+        service never leaves a position it holds unprotected."""
+        symbol = rec.position.symbol
+        side = rec.position.side
+        if side is None or rec.stop_loss is not None:
+            return
+        rec.stop_loss = adopted_stop(
+            side.sign > 0,
+            self.hub.book.mark(symbol) or rec.position.entry_price,
+            self.adopted_stop_pct,
+        )
+        log.warning(
+            "position %s has no stop loss known: adopting %s (%s %% from the market)",
+            symbol,
+            rec.stop_loss,
+            self.adopted_stop_pct,
+        )
+        await self.placer.store.call(records.set_position, symbol, rec)
+        await self._set_stop(symbol, rec.stop_loss)
 
     async def _set_stop(self, symbol: str, stop: Decimal) -> None:
         try:
@@ -249,10 +290,10 @@ class Protector:
             rec = known.get(symbol)
             if await self.broker.stop_loss(symbol) is None:
                 if rec is None or rec.stop_loss is None:
-                    self.placer.metrics.protection_failures.inc()
-                    log.error(
-                        "position %s has no stop loss and none is known: NOT protected", symbol
-                    )
+                    if rec is None:
+                        rec = known[symbol] = PositionRecord(position)
+                    await self._adopt_stop(rec)
+                    placed.append(f"{symbol}: adopted stop {rec.stop_loss}")
                 else:
                     log.warning(
                         "position %s had no stop loss at the exchange: placing %s again",

@@ -36,7 +36,7 @@ import trio
 from titan_trio.brokers.base import AccountSnapshot, Broker
 from titan_trio.clock import iso_utc, now_ms
 from titan_trio.domain.orders import IN_FLIGHT, Fill, Order, OrderEventKind, OrderUpdate
-from titan_trio.domain.positions import Position
+from titan_trio.domain.positions import Position, adopted_stop
 from titan_trio.errors import TitanError
 from titan_trio.state import records
 from titan_trio.state.drift import Difference, diff, missed_fill, pos_text
@@ -272,8 +272,7 @@ class Reconciler:
             rec.position = theirs
             if rec.stop_loss is None and theirs.side is not None:
                 base = self.mark(d.key) or theirs.entry_price
-                away = base * self.adopted_stop_pct / 100
-                rec.stop_loss = base - away if theirs.side.sign > 0 else base + away
+                rec.stop_loss = adopted_stop(theirs.side.sign > 0, base, self.adopted_stop_pct)
                 report.actions.append(
                     f"position {d.key} had no stop known: stop loss {rec.stop_loss:.8g} "
                     f"({self.adopted_stop_pct} % from {base})"

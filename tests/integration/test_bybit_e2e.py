@@ -1,0 +1,234 @@
+"""End to end against the fake exchange, each in its own process, as an operator would
+run it: ``broker.name = "bybit"`` and ``feeds = ["bybit"]`` pointed at the fake, keys in
+the environment. A signal becomes an order at the exchange under its client order id, its
+fill arrives over the private stream, the position shows its stop (held by the exchange),
+a position made while the service was down is adopted at the restart, and CLOSE and
+flatten-all close at the exchange."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ipc.client import SignalClient
+from tests.conftest import free_port
+from tests.helpers import PROCESS_POLL_S, exact, spawn, stop, wait_healthy
+
+pytestmark = pytest.mark.slow
+KEY, SECRET = "fake-key-000000000000", "fake-secret-000000000000"
+TOKEN = "e2e-token-" + "x" * 30
+HMAC = "e2e-hmac-secret-" + "y" * 30
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Fake:
+    def __init__(self, proc: subprocess.Popen[str], url: str) -> None:
+        self.proc, self.url = proc, url
+
+    def state(self) -> dict[str, Any]:
+        return httpx.get(f"{self.url}/fake/state", timeout=5).json()
+
+    def signed_create(self, params: dict[str, Any]) -> dict[str, Any]:
+        """An order placed by hand at the exchange (someone else, or the app)."""
+        import hashlib
+        import hmac
+
+        body = json.dumps(params)
+        ts = str(int(time.time() * 1000))
+        sign = hmac.new(SECRET.encode(), f"{ts}{KEY}5000{body}".encode(), hashlib.sha256)
+        headers = {
+            "X-BAPI-API-KEY": KEY,
+            "X-BAPI-TIMESTAMP": ts,
+            "X-BAPI-RECV-WINDOW": "5000",
+            "X-BAPI-SIGN": sign.hexdigest(),
+            "X-BAPI-SIGN-TYPE": "2",
+            "Content-Type": "application/json",
+        }
+        return httpx.post(f"{self.url}/v5/order/create", content=body, headers=headers).json()
+
+
+@pytest.fixture
+def fake() -> Iterator[Fake]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.fakes.exchange",
+            "--port",
+            "0",
+            "--symbols",
+            "BTCUSDT=95000,ETHUSDT=3500",
+            "--key",
+            f"{KEY}:{SECRET}",
+            "--walk-ms",
+            "100",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("fake exchange listening on "), line
+    try:
+        yield Fake(proc, line.split()[-1])
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def live_config(tmp_path: Path, fake: Fake, port: int) -> Path:
+    ws = fake.url.replace("http://", "ws://")
+    cfg = {
+        "mode": "live",
+        "api": {"port": port, "token": TOKEN},
+        "ipc": {"socketPath": str(tmp_path / "titan.sock"), "hmacSecret": HMAC},
+        "database": {"path": str(tmp_path / "titan.db")},
+        "broker": {"name": "bybit"},
+        "exchanges": {
+            "bybit": {
+                "restUrl": fake.url,
+                "wsPublicUrl": f"{ws}/v5/public/linear",
+                "wsPrivateUrl": f"{ws}/v5/private",
+            }
+        },
+        "feeds": ["bybit"],
+        "symbols": ["BTCUSDT", "ETHUSDT"],
+        "reconcile": {"intervalS": 2},
+        "logging": {"dir": str(tmp_path / "logs")},
+    }
+    path = tmp_path / "live.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def until(predicate: Any, limit_s: float = 15.0) -> Any:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(PROCESS_POLL_S)
+    raise AssertionError("condition not reached in time")
+
+
+def api_get(port: int, path: str) -> Any:
+    return exact(httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5))
+
+
+def long_signal(client: SignalClient, port: int, signal_id: str) -> Any:
+    quote = until(lambda: api_get(port, "/api/market").get("BTCUSDT"))
+    assert quote["source"] == "bybit"
+    mid = (float(quote["bid"]) + float(quote["ask"])) / 2
+    reply = client.prepare(
+        signal_id,
+        "BTCUSDT",
+        "LONG",
+        (mid * 0.995, mid * 1.005),
+        round(mid * 0.98, 1),
+        [round(mid * 1.03, 1)],
+        80,
+        5,
+        velocity=5.0,  # taker: fills at once
+    )
+    assert reply.status == "prepared", reply
+    return client.confirm(signal_id), round(mid * 0.98, 1)
+
+
+def test_signals_trade_at_the_exchange_and_a_restart_adopts_what_happened_meanwhile(
+    tmp_path: Path, fake: Fake
+) -> None:
+    port = free_port()
+    config = live_config(tmp_path, fake, port)
+    env = {"TITAN_BYBIT_API_KEY": KEY, "TITAN_BYBIT_API_SECRET": SECRET}
+    proc = spawn(config, tmp_path, **env)
+    try:
+        health = wait_healthy(port, proc)
+        assert health["broker"]["name"] == "bybit" and health["broker"]["stream"]["connected"]
+        assert health["websocket"]["feeds"]["bybit"]["connected"]
+        with SignalClient(str(tmp_path / "titan.sock"), secret=HMAC) as client:
+            reply, stop_price = long_signal(client, port, "e2e-1")
+            assert reply.status == "accepted", reply
+            coid = reply.client_order_id
+            # the order at the exchange under our id, its fill back over the stream
+            made = until(lambda: [o for o in fake.state()["orders"] if o["orderLinkId"] == coid])
+            assert len(made) == 1
+            held = until(lambda: api_get(port, "/api/state/positions"))
+            assert (held[0]["symbol"], held[0]["side"]) == ("BTCUSDT", "LONG")
+            until(
+                lambda: (
+                    fake.state()["positions"].get("BTCUSDT", {}).get("stopLoss")
+                    not in (None, "", "0")
+                )
+            )
+            assert float(fake.state()["positions"]["BTCUSDT"]["stopLoss"]) == pytest.approx(
+                stop_price
+            )
+            assert float(api_get(port, "/api/state/positions")[0]["stop_loss"]) == pytest.approx(
+                stop_price
+            )
+
+        # killed; meanwhile an ETH position is opened at the exchange by hand
+        proc.kill()
+        proc.wait(timeout=10)
+        made = fake.signed_create(
+            {
+                "category": "linear",
+                "symbol": "ETHUSDT",
+                "side": "Sell",
+                "orderType": "Market",
+                "qty": "0.50",
+                "orderLinkId": "by-hand-1",
+            }
+        )
+        assert made["retCode"] == 0, made
+        proc = spawn(config, tmp_path, **env)
+        wait_healthy(port, proc)
+        positions = until(
+            lambda: (
+                {p["symbol"]: p for p in api_get(port, "/api/state/positions")}
+                if len(api_get(port, "/api/state/positions")) == 2
+                else None
+            )
+        )
+        assert positions["ETHUSDT"]["side"] == "SHORT" and positions["ETHUSDT"][
+            "size"
+        ] == pytest.approx(0.5)
+        until(  # adopted and protected: a stop at the exchange too
+            lambda: fake.state()["positions"]["ETHUSDT"].get("stopLoss") not in (None, "", "0")
+        )
+        stops = {p["symbol"]: p["stop_loss"] for p in api_get(port, "/api/state/positions")}
+        assert stops["ETHUSDT"] is not None
+        assert positions["BTCUSDT"]["signal_id"] == "e2e-1"  # ours, still known as ours
+
+        with SignalClient(str(tmp_path / "titan.sock"), secret=HMAC) as client:
+            closed = client.close("e2e-close-1", "BTCUSDT", reason="e2e")
+            assert closed.status == "closed", closed
+        until(lambda: "BTCUSDT" not in fake.state()["positions"])
+        flat = httpx.post(
+            f"http://127.0.0.1:{port}/api/emergency/flatten-all",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=30,
+        )
+        assert flat.status_code == 200, flat.text
+        until(lambda: fake.state()["positions"] == {})
+        until(lambda: api_get(port, "/api/state/positions") == [])
+        trades = api_get(port, "/api/trades")
+        assert {t["symbol"] for t in trades} == {"BTCUSDT", "ETHUSDT"}
+    finally:
+        if proc.poll() is None:
+            code, _, out = stop(proc)
+            assert code == 0, out
