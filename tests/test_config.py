@@ -354,7 +354,7 @@ def test_ignored_keys_are_named_only_when_set_to_something() -> None:
     cfg = parse_config(
         {
             "database": {"backupIntervalMin": 60, "backupRetentionDays": 30, "s3": {"bucket": "b"}},
-            "exchanges": {"bybit": {"testnet": True}},
+            "exchanges": {"bybit": {"restUrl": "https://api.bytick.com"}},
         },
         environ={},
     )
@@ -363,7 +363,7 @@ def test_ignored_keys_are_named_only_when_set_to_something() -> None:
         "(in-service backups are not built yet)",
         'database.s3.bucket = "b" is ignored in this version '
         "(S3 upload of backups is not built yet)",
-        "exchanges.bybit.testnet = true is ignored in this version "
+        'exchanges.bybit.restUrl = "https://api.bytick.com" is ignored in this version '
         "(the Bybit broker is not built yet)",
     ]
 
@@ -645,7 +645,12 @@ def test_feed_urls_must_be_websocket_urls_and_feeds_unrepeated() -> None:
 
 def test_the_feed_urls_are_no_longer_ignored() -> None:
     cfg = parse_config(
-        {"exchanges": {"binance": {"wsUrl": "ws://x"}, "bybit": {"wsPublicUrl": "ws://y"}}},
+        {
+            "exchanges": {
+                "binance": {"wsUrl": "ws://x"},
+                "bybit": {"wsPublicUrl": "ws://y", "testnet": True},
+            }
+        },
         environ={},
     )
     assert ignored_settings(cfg) == []

@@ -260,7 +260,6 @@ NOT_USED_YET: dict[str, str] = {
     "database.s3.endpointUrl": _S3,
     "exchanges.bybit.restUrl": _BYBIT,
     "exchanges.bybit.wsPrivateUrl": _BYBIT,
-    "exchanges.bybit.testnet": _BYBIT,
     "broker.slippagePct": "paper fills walk the book's depth instead",
 }
 
