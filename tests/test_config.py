@@ -643,7 +643,12 @@ def test_feed_urls_must_be_websocket_urls_and_feeds_unrepeated() -> None:
 
 def test_the_feed_urls_are_no_longer_ignored() -> None:
     cfg = parse_config(
-        {"exchanges": {"binance": {"wsUrl": "ws://x"}, "bybit": {"wsPublicUrl": "ws://y"}}},
+        {
+            "exchanges": {
+                "binance": {"wsUrl": "ws://x"},
+                "bybit": {"wsPublicUrl": "ws://y", "testnet": True},
+            }
+        },
         environ={},
     )
     assert ignored_settings(cfg) == []
