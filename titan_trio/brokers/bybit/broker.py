@@ -57,7 +57,7 @@ from titan_trio.brokers.bybit.answers import Answer, Outcome
 from titan_trio.brokers.bybit.clock import MARGIN_MS
 from titan_trio.brokers.bybit.rest import BybitRest, TimeSyncFailed
 from titan_trio.brokers.bybit.stream import PrivateStream
-from titan_trio.clock import now_ms
+from titan_trio.clock import iso_utc, now_ms
 from titan_trio.domain.instruments import Instrument
 from titan_trio.domain.orders import Fill, Order, OrderRequest, OrderStatus
 from titan_trio.domain.positions import Position
@@ -636,7 +636,9 @@ class BybitBroker:
             },
             "clock_skew_ms": rest.clock.skew_ms if rest.clock.synced else None,
             "rate_limit_headroom": rest.limits.headroom(),
-            "instruments_loaded_at_ms": self.instruments_loaded_ms,
+            "instruments_loaded_at": None
+            if self.instruments_loaded_ms is None
+            else iso_utc(self.instruments_loaded_ms),
         }
 
     async def aclose(self) -> None:
