@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -228,6 +229,67 @@ def test_signals_trade_at_the_exchange_and_a_restart_adopts_what_happened_meanwh
         until(lambda: api_get(port, "/api/state/positions") == [])
         trades = api_get(port, "/api/trades")
         assert {t["symbol"] for t in trades} == {"BTCUSDT", "ETHUSDT"}
+    finally:
+        if proc.poll() is None:
+            code, _, out = stop(proc)
+            assert code == 0, out
+
+
+def fault(fake: Fake, kind: str, **args: Any) -> None:
+    answer = httpx.post(f"{fake.url}/fake/fault", json={"kind": kind, **args}, timeout=5)
+    assert answer.status_code == 200, answer.text
+
+
+def test_faults_at_the_exchange_lose_and_double_nothing(tmp_path: Path, fake: Fake) -> None:
+    port = free_port()
+    config = live_config(tmp_path, fake, port)
+    env = {"TITAN_BYBIT_API_KEY": KEY, "TITAN_BYBIT_API_SECRET": SECRET}
+    proc = spawn(config, tmp_path, **env)
+    try:
+        wait_healthy(port, proc)
+        # the market streams cut every half second: reconnects, and the prices stay fresh
+        for _ in range(4):
+            fault(fake, "drop_ws", channel="bybit_public")
+            time.sleep(0.5)
+        health = until(lambda: (h := api_get(port, "/api/health"))["status"] == "healthy" and h)
+        assert health["websocket"]["feeds"]["bybit"]["reconnects"] >= 4
+        until(lambda: api_get(port, "/api/market")["BTCUSDT"]["age_ms"] < 1000)
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert 'titan_ws_reconnects_total{exchange="bybit"} 4.0' in metrics or any(
+            line.startswith('titan_ws_reconnects_total{exchange="bybit"}')
+            and float(line.split()[-1]) >= 4
+            for line in metrics.splitlines()
+        )
+
+        with SignalClient(str(tmp_path / "titan.sock"), secret=HMAC) as client:
+            # the acknowledgement of the order is lost: one order, found and settled
+            fault(fake, "lose_ack", path="/v5/order/create", count=1)
+            reply, _ = long_signal(client, port, "lost-ack-1")
+            assert reply.status == "accepted", reply
+            coid = reply.client_order_id
+            until(
+                lambda: [
+                    p for p in api_get(port, "/api/state/positions") if p["symbol"] == "BTCUSDT"
+                ]
+            )
+            assert [o["orderLinkId"] for o in fake.state()["orders"]].count(coid) == 1
+
+            # the private stream is down (cut, and its reconnection not answered for a
+            # while): REST polling keeps the positions right meanwhile
+            fault(fake, "stall_ws", channel="bybit_private", seconds=10)
+            fault(fake, "drop_ws", channel="bybit_private")
+            until(lambda: api_get(port, "/api/health")["broker"]["stream"]["polling"])
+            closed = client.close("lost-ack-1-close", "BTCUSDT", reason="while polling")
+            assert closed.status == "closed", closed
+            until(lambda: "BTCUSDT" not in fake.state()["positions"])
+            until(lambda: api_get(port, "/api/state/positions") == [], limit_s=5)
+            assert api_get(port, "/api/health")["broker"]["stream"]["polling"]  # still down
+            until(lambda: api_get(port, "/api/health")["broker"]["stream"]["connected"])
+        executions = fake.state()["executions"]
+        db = sqlite3.connect(f"file:{tmp_path / 'titan.db'}?mode=ro", uri=True)
+        recorded = [row[0] for row in db.execute("SELECT exec_id FROM fills")]
+        db.close()
+        assert sorted(recorded) == sorted(e["execId"] for e in executions)  # each once
     finally:
         if proc.poll() is None:
             code, _, out = stop(proc)

@@ -22,6 +22,8 @@ from titan_trio.errors import BrokerRejected
 
 async def start(nursery: trio.Nursery, cfg: Config) -> tuple[Engine, httpx.AsyncClient]:
     engine: Engine = await nursery.start(Engine(cfg).run)
+    with trio.fail_after(10):  # health says "starting" until the first reconciliation
+        await engine.reconciler.ready.wait()
     client = httpx.AsyncClient(base_url=engine.api_url, timeout=5)
     return engine, client
 

@@ -8,12 +8,13 @@ it under the API secret. What is signed is what is sent: ``encode_body`` and
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
+
+from titan_trio.brokers.signing import hmac_sha256_hex
 
 DEFAULT_RECV_WINDOW_MS = 5000
 
@@ -32,8 +33,7 @@ def signature(
     secret: str, timestamp_ms: int, api_key: str, recv_window_ms: int, payload: str | bytes
 ) -> str:
     body = payload if isinstance(payload, str) else payload.decode()
-    text = f"{timestamp_ms}{api_key}{recv_window_ms}{body}"
-    return hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()
+    return hmac_sha256_hex(secret, f"{timestamp_ms}{api_key}{recv_window_ms}{body}")
 
 
 def signed_headers(
@@ -56,12 +56,7 @@ def signed_headers(
 def stream_auth_args(api_key: str, secret: str, expires_ms: int) -> list[str]:
     """The private WebSocket's ``auth`` arguments: the key, the expiry (ms) and the hex
     HMAC-SHA256 of ``"GET/realtime" + expires`` under the secret (EXCHANGES.md)."""
-    text = f"GET/realtime{expires_ms}"
-    return [
-        api_key,
-        str(expires_ms),
-        hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest(),
-    ]
+    return [api_key, str(expires_ms), hmac_sha256_hex(secret, f"GET/realtime{expires_ms}")]
 
 
 def verify(headers: Mapping[str, str], secret: str, payload: str | bytes) -> bool:
