@@ -259,3 +259,24 @@ async def test_an_exchange_out_of_reach_does_not_stop_the_start(
     health = broker.health()
     assert health["status"] == "unhealthy" and health["reachable"] is False
     assert health["stream"]["connected"] is False
+
+
+async def test_a_server_clock_ahead_is_met_by_one_resync(venue: Venue) -> None:
+    venue.fx.fault("clock_offset_ms", ms=6000)  # the exchange's clock jumped ahead
+    ack = await venue.broker.submit(market_buy())
+    assert ack.status is OrderStatus.ACCEPTED
+    assert len(venue.fake_orders()) == 1  # refused once (10002), then sent once more
+    assert any(r.get("retCode") == 10002 for r in venue.fx.state()["refused"])
+    assert 5500 < venue.broker.health()["clock_skew_ms"] < 6500
+
+
+async def test_cancel_all_cancels_every_open_order(venue: Venue) -> None:
+    for n, symbol in enumerate(("BTCUSDT", "ETHUSDT")):
+        price = D("90000.0") if symbol == "BTCUSDT" else D("3000.00")
+        qty = D("0.010") if symbol == "BTCUSDT" else D("0.10")
+        await venue.broker.submit(
+            OrderRequest(f"tte{n:032d}", symbol, Side.BUY, OrderType.LIMIT, qty, price)
+        )
+    cancelled = await venue.broker.cancel_all()
+    assert sorted(cancelled) == [f"tte{n:032d}" for n in range(2)]
+    assert await venue.broker.open_orders() == []
