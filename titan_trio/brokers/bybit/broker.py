@@ -41,7 +41,7 @@ import logging
 import random
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -64,6 +64,7 @@ from titan_trio.domain.positions import Position
 from titan_trio.errors import BrokerRejected, BrokerUnavailable, StartupError
 
 log = logging.getLogger("titan.broker.bybit")
+T = TypeVar("T")
 POLL_INTERVAL_S = 2.0
 WALLET_QUIET_S = 1.0
 INSTRUMENTS_REFRESH_S = 24 * 3600.0
@@ -343,13 +344,8 @@ class BybitBroker:
                 "INVALID_REQUEST",
             ):
                 return None  # (an exchange without the history endpoint)
-            result = self._expect_ok(answer, "order status")
-            for row in _rows(result):
-                try:
-                    found = convert.order(row)
-                except convert.BadRow as exc:
-                    log.warning("Bybit order row unreadable, skipped: %s", exc)
-                    continue
+            rows = _rows(self._expect_ok(answer, "order status"))
+            for found in parsed(convert.order, rows, "order"):
                 if found.client_order_id == client_order_id:
                     return found
         return None
@@ -359,16 +355,7 @@ class BybitBroker:
             "/v5/order/realtime",
             {"category": "linear", "settleCoin": "USDT", "openOnly": 0, "limit": 50},
         )
-        out = []
-        for row in rows:
-            try:
-                order = convert.order(row)
-            except convert.BadRow as exc:
-                log.warning("Bybit order row unreadable, skipped: %s", exc)
-                continue
-            if order.status.is_open:
-                out.append(order)
-        return out
+        return [o for o in parsed(convert.order, rows, "order") if o.status.is_open]
 
     # ----- positions, stops, balance --------------------------------------------------
 
@@ -378,16 +365,7 @@ class BybitBroker:
         return await self._pages("/v5/position/list", params)
 
     async def positions(self) -> list[Position]:
-        out = []
-        for row in await self._position_rows():
-            try:
-                held = convert.position(row)
-            except convert.BadRow as exc:
-                log.warning("Bybit position row unreadable, skipped: %s", exc)
-                continue
-            if held is not None:
-                out.append(held)
-        return out
+        return parsed(convert.position, await self._position_rows(), "position")
 
     async def stop_loss(self, symbol: str) -> Decimal | None:
         for row in await self._position_rows(symbol):
@@ -439,13 +417,8 @@ class BybitBroker:
                 "/v5/execution/list",
                 {"category": "linear", "startTime": start, "endTime": end, "limit": EXEC_PAGE},
             )
-            for row in rows:
-                try:
-                    f = convert.fill(row)
-                except convert.BadRow as exc:
-                    log.warning("Bybit execution row unreadable, skipped: %s", exc)
-                    continue
-                if f is not None and f.ts_ms >= since_ms:
+            for f in parsed(convert.fill, rows, "execution"):
+                if f.ts_ms >= since_ms:
                     fills[f.exec_id] = f
             start = end + 1
         return sorted(fills.values(), key=lambda f: (f.ts_ms, f.exec_id))
@@ -477,13 +450,14 @@ class BybitBroker:
         self.events_sent += 1
 
     async def _on_items(self, topic: str, items: list[dict[str, Any]]) -> None:
+        linear = [row for row in items if row.get("category") in (None, "linear")]
         if topic == "order":
-            for row in items:
-                await self._order_row(row)
+            for order in parsed(convert.order, linear, "order"):
+                await self._send_order(order)
         elif topic == "execution":
             self._last_exec_event = trio.current_time()
-            for row in items:
-                await self._execution_row(row)
+            for f in parsed(convert.fill, linear, "execution"):
+                await self._send_fill(f)
         elif topic == "wallet":
             try:
                 self._wallet = convert.usdt_balance(items)
@@ -492,29 +466,16 @@ class BybitBroker:
                 return
             self._wallet_changed.set()
 
-    async def _order_row(self, row: dict[str, Any]) -> None:
-        if row.get("category") not in (None, "linear"):
-            return
-        try:
-            order = convert.order(row)
-        except convert.BadRow as exc:
-            log.warning("Bybit order item unreadable, skipped: %s", exc)
-            return
+    async def _send_order(self, order: Order) -> None:
         if order.status.is_open:
             self._open[order.client_order_id] = order.symbol
         else:
             self._open.pop(order.client_order_id, None)
         await self._emit(OrderEvent(order))
 
-    async def _execution_row(self, row: dict[str, Any]) -> None:
-        if row.get("category") not in (None, "linear"):
-            return
-        try:
-            f = convert.fill(row)
-        except convert.BadRow as exc:
-            log.warning("Bybit execution item unreadable, skipped: %s", exc)
-            return
-        if f is None or f.exec_id in self._sent_execs:
+    async def _send_fill(self, f: Fill) -> None:
+        """A fill as an event, once (the stream and polling may both see it)."""
+        if f.exec_id in self._sent_execs:
             return
         self._sent_execs[f.exec_id] = None
         while len(self._sent_execs) > SENT_EXEC_MEMORY:
@@ -562,10 +523,7 @@ class BybitBroker:
     async def poll_once(self) -> None:
         self.polls += 1
         for f in await self.fills_since(self._last_exec_ms - EXEC_OVERLAP_MS):
-            if f.exec_id not in self._sent_execs:
-                self._sent_execs[f.exec_id] = None
-                self._last_exec_ms = max(self._last_exec_ms, f.ts_ms)
-                await self._emit(FillEvent(f))
+            await self._send_fill(f)
         still_open = {o.client_order_id: o for o in await self.open_orders()}
         for order in still_open.values():
             self._open[order.client_order_id] = order.symbol
@@ -643,6 +601,23 @@ class BybitBroker:
 
     async def aclose(self) -> None:
         await self.rest.aclose()
+
+
+def parsed(
+    parse: Callable[[dict[str, Any]], T | None], rows: list[dict[str, Any]], what: str
+) -> list[T]:
+    """Each row parsed; a row that cannot be what it claims is logged and skipped (it
+    never reaches the shadow state), and None (a flat position, a funding row) left out."""
+    out: list[T] = []
+    for row in rows:
+        try:
+            item = parse(row)
+        except convert.BadRow as exc:
+            log.warning("Bybit %s row unreadable, skipped: %s", what, exc)
+            continue
+        if item is not None:
+            out.append(item)
+    return out
 
 
 def _rows(result: Any) -> list[dict[str, Any]]:
