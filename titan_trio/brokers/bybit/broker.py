@@ -26,8 +26,8 @@ Events
   would count that fill's P&L twice.
 - While the stream is down, REST polling (every POLL_INTERVAL_S) takes over: new
   executions since the last one seen, the open orders, and each order that left the
-  open list asked for by its id. When the stream is back after a gap, ``on_reconnect``
-  asks for a reconciliation.
+  open list asked for by its id (the balance waits for reconciliation). When the
+  stream is back after a gap, ``on_reconnect`` asks for a reconciliation.
 
 Reconciliation's snapshot (``account``) is read over several requests; executions are
 read before and after the rest, and the snapshot is taken again when a fill landed in
@@ -521,6 +521,9 @@ class BybitBroker:
             await trio.sleep(self.poll_interval_s)
 
     async def poll_once(self) -> None:
+        """New fills, then the open orders and the ones that left the open list. No
+        balance: read apart from the fills it cannot be ordered with them (a fill landing
+        between the two reads would count twice); reconciliation compares it."""
         self.polls += 1
         for f in await self.fills_since(self._last_exec_ms - EXEC_OVERLAP_MS):
             await self._send_fill(f)
@@ -536,11 +539,6 @@ class BybitBroker:
                 if not finished.status.is_open:
                     self._open.pop(coid, None)
                 await self._emit(OrderEvent(finished))
-        try:
-            balance = await self.balance()
-        except BrokerUnavailable:
-            return
-        await self._emit(BalanceEvent(balance))
 
     # ----- helpers --------------------------------------------------------------------
 
