@@ -201,7 +201,10 @@ class Engine:
             log.warning("balance not known at start (%s); reconciliation takes it", exc)
             balance = initial_capital
         self.shadow = shadow = await restore_shadow(self.store, balance)
-        await settle_in_flight(shadow, self.broker, self.store)
+        try:
+            await settle_in_flight(shadow, self.broker, self.store)
+        except BrokerUnavailable as exc:  # reconciliation settles them (three asks)
+            log.warning("orders in flight not settled at start (%s)", exc)
         self.risk = risk = RiskController(
             cfg.risk, self.store, initial_capital, lambda: shadow.equity(self.hub.book)
         )

@@ -239,3 +239,22 @@ def test_leverage_is_on_the_grid_between_one_and_the_instrument_maximum() -> Non
     assert convert.leverage_text(D("7.257"), inst) == "7.25"
     assert convert.leverage_text(D("0.3"), inst) == "1"
     assert convert.leverage_text(D("80"), inst) == "50"
+
+
+def test_a_positions_own_stop_is_not_an_order_until_it_triggers() -> None:
+    waiting = order_row(
+        orderLinkId="", stopOrderType="StopLoss", orderStatus="Untriggered", qty="0", price="0"
+    )
+    assert convert.listed_order(waiting) is None
+    assert convert.listed_order({**waiting, "orderStatus": "Deactivated"}) is None
+    fired = order_row(
+        orderLinkId="",
+        stopOrderType="StopLoss",
+        orderType="Market",
+        orderStatus="Filled",
+        cumExecQty="0.010",
+        avgPrice="93000",
+    )
+    o = convert.listed_order(fired)
+    assert o is not None and o.status is OrderStatus.FILLED
+    assert o.client_order_id.startswith("bybit-")

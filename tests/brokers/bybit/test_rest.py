@@ -164,3 +164,29 @@ async def test_the_exchanges_remaining_count_is_believed() -> None:
     rest = client(handler)
     await rest.call("GET", "/v5/order/realtime", {"category": "linear"})
     assert rest.limits.headroom()["/v5/order/realtime"] == 3.0
+
+
+async def test_an_ip_ban_holds_every_endpoint(autojump_clock: trio.testing.MockClock) -> None:
+    sent: list[tuple[str, float]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append((request.url.path, trio.current_time()))
+        if len(sent) == 1:
+            return httpx.Response(403, text="Forbidden")
+        return httpx.Response(200, json=envelope(result={"list": []}))
+
+    rest = client(handler)
+    answer = await rest.call("POST", "/v5/order/create", {"orderLinkId": "a"})
+    assert answer.outcome is Outcome.RATE_LIMITED
+    await rest.call("GET", "/v5/position/list", {"category": "linear"})  # another endpoint
+    assert sent[1][0] == "/v5/position/list"
+    assert sent[1][1] - sent[0][1] >= 60  # it waited for the ban too
+
+
+def test_an_unknown_code_proves_nothing_and_not_modified_is_fine() -> None:
+    from titan_trio.brokers.bybit.answers import classify
+
+    assert classify(200, envelope(10000, msg="Server Timeout")).outcome is Outcome.AMBIGUOUS
+    assert classify(200, envelope(99999, msg="new code")).outcome is Outcome.AMBIGUOUS
+    assert classify(200, envelope(34040, msg="not modified")).outcome is Outcome.OK
+    assert classify(200, envelope(110007, msg="ab not enough")).proven_not_taken

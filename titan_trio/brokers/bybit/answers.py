@@ -31,6 +31,7 @@ class Outcome(Enum):
 # retCode -> (outcome, our reason); codes not listed are judged by HTTP status
 RET_CODES: dict[int, tuple[Outcome, str]] = {
     0: (Outcome.OK, "OK"),
+    10000: (Outcome.AMBIGUOUS, "EXCHANGE_TIMEOUT"),  # "Server Timeout": may have been done
     10001: (Outcome.REJECTED, "INVALID_REQUEST"),
     10002: (Outcome.CLOCK, "CLOCK_SKEW"),
     10003: (Outcome.AUTH, "INVALID_API_KEY"),
@@ -51,6 +52,7 @@ RET_CODES: dict[int, tuple[Outcome, str]] = {
     110043: (Outcome.OK, "LEVERAGE_NOT_MODIFIED"),  # already at that leverage
     110072: (Outcome.EXISTS, "DUPLICATE_ORDER_ID"),
     110094: (Outcome.REJECTED, "NOTIONAL_TOO_SMALL"),
+    34040: (Outcome.OK, "NOT_MODIFIED"),  # trading-stop: already so
 }
 
 
@@ -90,7 +92,7 @@ def classify(http_status: int, body: Any) -> Answer:
     elif 400 <= http_status < 500:
         outcome, reason = Outcome.REJECTED, "EXCHANGE_REJECTED"
     else:
-        # an error code we do not know on a 200: the exchange answered and refused;
-        # the envelope is proof enough that this request was not carried out
-        outcome, reason = Outcome.REJECTED, "EXCHANGE_REJECTED"
+        # an error code we do not know on a 200: it may say the back end timed out
+        # after acting (10000 does), so it proves nothing; the order is settled by its id
+        outcome, reason = Outcome.AMBIGUOUS, "EXCHANGE_ERROR"
     return Answer(outcome, reason, f"{code}: {message}", code, body.get("result"))

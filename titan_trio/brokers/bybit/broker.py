@@ -115,6 +115,7 @@ class BybitBroker:
         self._last_exec_ms = now_ms()
         self._wallet: Decimal | None = None
         self._last_exec_event = 0.0
+        self._wallet_at = 0.0
         self._wallet_changed = trio.Event()
         self._stream_changed = trio.Event()
         self._had_gap = False
@@ -166,13 +167,9 @@ class BybitBroker:
         self._expect_ok(answer, "wallet balance")
 
     async def _load_instruments(self) -> None:
-        answer = await self.rest.call_patiently(
-            "GET", "/v5/market/instruments-info", {"category": "linear"}, signed=False
+        rows = await self._pages(
+            "/v5/market/instruments-info", {"category": "linear", "limit": 1000}, signed=False
         )
-        result = self._expect_ok(answer, "instruments")
-        rows = result.get("list") if isinstance(result, dict) else None
-        if not isinstance(rows, list):
-            raise BrokerUnavailable("instruments: the answer has no list")
         found: dict[str, Instrument] = {}
         for row in rows:
             if not isinstance(row, dict) or row.get("symbol") not in self.symbols:
@@ -230,6 +227,7 @@ class BybitBroker:
                 return found
             if self._last_lookup_proved_absent:
                 raise BrokerRejected("RATE_LIMITED", f"Bybit: {answer.message}")
+            self._open[request.client_order_id] = request.symbol  # polling asks about it
             return order
         if answer.proven_not_taken:
             raise BrokerRejected(answer.reason, f"Bybit: {answer.message}")
@@ -325,9 +323,10 @@ class BybitBroker:
         params: dict[str, Any] = {"category": "linear"}
         params.update({"symbol": symbol} if symbol else {"settleCoin": "USDT"})
         answer = await self.rest.call_patiently("POST", "/v5/order/cancel-all", params)
-        result = self._expect_ok(answer, "cancel-all")
-        rows = result.get("list", []) if isinstance(result, dict) else []
-        return [convert.link_id(r) for r in rows if isinstance(r, dict)]
+        return [
+            coid
+            for coid in parsed(convert.link_id, _rows(self._expect_ok(answer, "cancel-all")), "id")
+        ]
 
     async def order_status(self, symbol: str, client_order_id: str) -> Order | None:
         """The exchange's view of one order, open or finished; None when it has none
@@ -345,7 +344,7 @@ class BybitBroker:
             ):
                 return None  # (an exchange without the history endpoint)
             rows = _rows(self._expect_ok(answer, "order status"))
-            for found in parsed(convert.order, rows, "order"):
+            for found in parsed(convert.listed_order, rows, "order"):
                 if found.client_order_id == client_order_id:
                     return found
         return None
@@ -355,7 +354,7 @@ class BybitBroker:
             "/v5/order/realtime",
             {"category": "linear", "settleCoin": "USDT", "openOnly": 0, "limit": 50},
         )
-        return [o for o in parsed(convert.order, rows, "order") if o.status.is_open]
+        return [o for o in parsed(convert.listed_order, rows, "order") if o.status.is_open]
 
     # ----- positions, stops, balance --------------------------------------------------
 
@@ -368,9 +367,9 @@ class BybitBroker:
         return parsed(convert.position, await self._position_rows(), "position")
 
     async def stop_loss(self, symbol: str) -> Decimal | None:
-        for row in await self._position_rows(symbol):
-            if row.get("symbol") == symbol and convert.decimal(row, "size", default=Decimal(0)):
-                return convert.stop_loss(row)
+        for held in parsed(_stop_of, await self._position_rows(symbol), "position"):
+            if held[0] == symbol:
+                return held[1]
         return None
 
     async def set_stop_loss(self, symbol: str, stop_loss: Decimal | None) -> None:
@@ -452,7 +451,7 @@ class BybitBroker:
     async def _on_items(self, topic: str, items: list[dict[str, Any]]) -> None:
         linear = [row for row in items if row.get("category") in (None, "linear")]
         if topic == "order":
-            for order in parsed(convert.order, linear, "order"):
+            for order in parsed(convert.listed_order, linear, "order"):
                 await self._send_order(order)
         elif topic == "execution":
             self._last_exec_event = trio.current_time()
@@ -464,6 +463,7 @@ class BybitBroker:
             except convert.BadRow as exc:
                 log.warning("Bybit wallet item unreadable, skipped: %s", exc)
                 return
+            self._wallet_at = trio.current_time()
             self._wallet_changed.set()
 
     async def _send_order(self, order: Order) -> None:
@@ -502,8 +502,12 @@ class BybitBroker:
         while True:
             await self._wallet_changed.wait()
             self._wallet_changed = trio.Event()
-            while trio.current_time() - self._last_exec_event < WALLET_QUIET_S:  # noqa: ASYNC110
-                await trio.sleep_until(self._last_exec_event + WALLET_QUIET_S)
+            # quiet since the wallet item and the last execution, whichever came later:
+            # its execution may follow it (Bybit does not order its topics)
+            while (  # noqa: ASYNC110
+                trio.current_time() < max(self._last_exec_event, self._wallet_at) + WALLET_QUIET_S
+            ):
+                await trio.sleep_until(max(self._last_exec_event, self._wallet_at) + WALLET_QUIET_S)
             if self._wallet is not None:
                 await self._emit(BalanceEvent(self._wallet))
 
@@ -542,7 +546,9 @@ class BybitBroker:
 
     # ----- helpers --------------------------------------------------------------------
 
-    async def _pages(self, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _pages(
+        self, path: str, params: dict[str, Any], *, signed: bool = True
+    ) -> list[dict[str, Any]]:
         """Every row of a listing, following ``nextPageCursor``."""
         rows: list[dict[str, Any]] = []
         cursor: str | None = None
@@ -550,7 +556,7 @@ class BybitBroker:
             query = dict(params)
             if cursor:
                 query["cursor"] = cursor
-            answer = await self.rest.call_patiently("GET", path, query)
+            answer = await self.rest.call_patiently("GET", path, query, signed=signed)
             result = self._expect_ok(answer, path)
             rows += _rows(result)
             cursor = result.get("nextPageCursor") if isinstance(result, dict) else None
@@ -616,6 +622,12 @@ def parsed(
         if item is not None:
             out.append(item)
     return out
+
+
+def _stop_of(row: dict[str, Any]) -> tuple[str, Decimal | None] | None:
+    """(symbol, stop loss) of a position row that holds something; None when flat."""
+    held = convert.position(row)
+    return None if held is None else (held.symbol, convert.stop_loss(row))
 
 
 def _rows(result: Any) -> list[dict[str, Any]]:

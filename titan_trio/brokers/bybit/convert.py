@@ -147,6 +147,21 @@ def order(row: dict[str, Any]) -> Order:
     return result
 
 
+POSITION_STOP_STATES = frozenset({"Untriggered", "Deactivated"})
+
+
+def listed_order(row: dict[str, Any]) -> Order | None:
+    """An order row, or None for a position's own stop loss or take profit (Bybit lists
+    them as conditional orders with a ``stopOrderType``, quantity often "0", waiting or
+    dropped): nobody placed them as orders. Once triggered, one is a market order like
+    any other, and its fills are followed."""
+    if row.get("stopOrderType") not in (None, "", "UNKNOWN") and (
+        row.get("orderStatus") in POSITION_STOP_STATES
+    ):
+        return None
+    return order(row)
+
+
 def fill(row: dict[str, Any]) -> Fill | None:
     """An execution row (``/v5/execution/list`` or the ``execution`` topic); None for one
     that moves no position (funding, settlement)."""

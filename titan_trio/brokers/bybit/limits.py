@@ -89,12 +89,20 @@ class RateLimits:
     def __init__(self, rates: dict[str, float] | None = None) -> None:
         self.rates = dict(ENDPOINT_RATES if rates is None else rates)
         self.buckets: dict[str, TokenBucket] = {}
+        self.banned_until = 0.0  # trio time: an IP ban holds every endpoint
 
     def bucket(self, path: str) -> TokenBucket:
         bucket = self.buckets.get(path)
         if bucket is None:
             bucket = self.buckets[path] = TokenBucket(self.rates.get(path, DEFAULT_RATE))
+            bucket.blocked_until = max(bucket.blocked_until, self.banned_until)
         return bucket
+
+    def ban(self, seconds: float, rng: random.Random | None = None) -> float:
+        """HTTP 403: the exchange bans this IP for a while, every endpoint at once."""
+        for path in set(self.rates) | set(self.buckets):
+            self.banned_until = max(self.banned_until, self.bucket(path).back_off(seconds, rng))
+        return self.banned_until
 
     def headroom(self) -> dict[str, float]:
         return {path: round(b.headroom, 2) for path, b in sorted(self.buckets.items())}

@@ -42,6 +42,7 @@ log = logging.getLogger("titan.broker.bybit")
 REQUEST_TIMEOUT_S = 10.0
 PATIENCE_ATTEMPTS = 4  # a rate-limited call is sent at most this often by call_patiently
 MAX_BACK_OFF_S = 10.0  # a reset time further away than this is not believed
+IP_BAN_S = 60.0  # HTTP 403: Bybit bans the IP (600 requests in 5 s); every endpoint waits
 
 
 class BybitRest:
@@ -143,7 +144,11 @@ class BybitRest:
             if reset_ms is not None:
                 server_now = self.clock.timestamp(now_ms()) + 300  # (undo the margin)
                 wait_s = min(MAX_BACK_OFF_S, max(0.0, (reset_ms - server_now) / 1000))
-            bucket.back_off(wait_s)
+            if response.status_code == 403:
+                wait_s = IP_BAN_S
+                self.limits.ban(wait_s)
+            else:
+                bucket.back_off(wait_s)
             log.warning("Bybit %s: rate limited (%s); waiting %.2f s", path, answer.message, wait_s)
         if answer.outcome is Outcome.CLOCK and resync:
             log.warning(
