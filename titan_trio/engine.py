@@ -261,6 +261,7 @@ class Engine:
             adopt_unknown=cfg.reconcile.adopt_unknown,
             close=flattener.close_position,
             resume=lambda orders: executor.resume(orders, now_ms()),
+            history_lag_ms=getattr(self.broker, "history_lag_ms", 0),
         )
         await nursery.start(self.reconciler.run)
         if isinstance(self.broker, BybitBroker):  # the private stream is back after a gap

@@ -71,3 +71,48 @@ async def test_the_first_run_is_retried_and_a_ghost_heals_within_one_interval(
         assert reconciler.runs["healed"] == 1
         assert any("position_only_here BTCUSDT" in d for d in reconciler.view()["differences"])
         nursery.cancel_scope.cancel()
+
+
+class RecordingBroker(FlatBroker):
+    """A flat broker that remembers from when each snapshot asked for fills."""
+
+    def __init__(self) -> None:
+        super().__init__(down=0)
+        self.since: list[int | None] = []
+
+    async def account(self, fills_since_ms: int | None = None) -> AccountSnapshot:
+        self.since.append(fills_since_ms)
+        return await super().account(fills_since_ms)
+
+
+async def test_an_idle_account_is_not_read_from_its_last_fill_every_run(tmp_path: Path) -> None:
+    """No fill for months: each run reads the fills from shortly before the previous
+    snapshot, not from the last fill (a real exchange answers such reads window by
+    window, a request per week)."""
+    from titan_trio.clock import now_ms
+    from titan_trio.state import records
+    from titan_trio.state.reconcile import CURSOR_LAG_MS, FILLS_CURSOR_KEY
+
+    months_ago = now_ms() - 90 * 24 * 3600 * 1000
+    shadow = ShadowState(Decimal(1000))
+    broker = RecordingBroker()
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(Store(str(tmp_path / "t.db"), always_inline=True).run)
+        await store.call(records.kv_set, FILLS_CURSOR_KEY, months_ago, months_ago)
+        reconciler = Reconciler(
+            shadow,
+            broker,  # type: ignore[arg-type]
+            store,
+            lambda: 0,
+            lambda: False,
+            set(),
+            INTERVAL_S,
+        )
+        before = now_ms()
+        await reconciler.reconcile()
+        await reconciler.reconcile()
+        first, second = broker.since
+        assert first is not None and first < months_ago  # the saved cursor (less overlap)
+        assert second is not None and second >= before - CURSOR_LAG_MS - 1000
+        assert int(await store.call(records.kv_get, FILLS_CURSOR_KEY)) >= before - CURSOR_LAG_MS
+        nursery.cancel_scope.cancel()

@@ -55,6 +55,9 @@ LOST_AFTER = 3
 SNAPSHOT_ATTEMPTS = 20  # snapshots tried per run until one is not overtaken by events
 FIRST_RETRY_S = 2.0  # until the first run after start succeeds, it is tried this often
 FILLS_CURSOR_KEY = "reconcile.fills_cursor_ms"  # fills before it were checked already
+# A run with no new fill still moves the cursor up to this long before its snapshot (an
+# idle account is not read from its last fill, months back, at every run).
+CURSOR_LAG_MS = 60_000
 FILLS_OVERLAP_MS = 1000  # read again each run: fills stamped in the same moment as the last
 
 
@@ -96,6 +99,7 @@ class Reconciler:
         adopt_unknown: bool = True,
         close: Callable[[str, str], Awaitable[object]] | None = None,
         resume: Callable[[list[Order]], object] | None = None,
+        history_lag_ms: int = 0,
     ) -> None:
         self.shadow = shadow
         self.broker = broker
@@ -111,6 +115,10 @@ class Reconciler:
         self.adopt_unknown = adopt_unknown
         self.close = close  # closes one symbol's position at market (adopt_unknown false)
         self.resume = resume  # a resting entry adopted gets its timeout (executor.resume)
+        # How late a fill may show in the broker's history (0 for paper, whose history is
+        # written with the fill; a real exchange's lists lag its events): an order updated
+        # within this of the snapshot is not given up on for want of its fills.
+        self.history_lag_ms = history_lag_ms
         self.to_close: set[str] = set()  # unknown positions to close (adopt_unknown false)
         self.fills_cursor_ms: int | None = None  # loaded at the first run
         self.ready = trio.Event()  # set when the first run after start has finished
@@ -188,6 +196,11 @@ class Reconciler:
             self.fills_cursor_ms = fills[-1].ts_ms
             await self.store.call(records.kv_set, FILLS_CURSOR_KEY, fills[-1].ts_ms, now_ms())
 
+    async def _advance_cursor(self, to_ms: int) -> None:
+        if self.fills_cursor_ms is not None and to_ms > self.fills_cursor_ms:
+            self.fills_cursor_ms = to_ms
+            await self.store.call(records.kv_set, FILLS_CURSOR_KEY, to_ms, now_ms())
+
     async def _consistent_account(self, report: ReconcileReport) -> tuple[AccountSnapshot, int]:
         """A broker snapshot the shadow state has applied exactly (every event sent up to
         it and none after, missed fills replayed), with the local time it was asked for;
@@ -253,6 +266,7 @@ class Reconciler:
         await self._settle_quiet_in_flight(report)
         positions_changed = replayed > 0 or any(d.kind.startswith("position") for d in differences)
         report.compared = True
+        await self._advance_cursor(asked_ms - max(self.history_lag_ms, CURSOR_LAG_MS))
         await self._close_unknowns(broker_positions, report)
         if self.protect is not None and (positions_changed or not self.ready.is_set()):
             await self.protect()  # until the first run succeeded: a stop may be missing
@@ -391,7 +405,11 @@ class Reconciler:
         shadow = self.shadow
         for coid, applied in list(shadow.applied_qty.items()):
             order = shadow.orders.get(coid) or shadow.unsettled.get(coid)
-            if order is None or applied >= order.filled_qty or order.updated_ms >= asked_ms:
+            if (
+                order is None
+                or applied >= order.filled_qty
+                or order.updated_ms >= asked_ms - self.history_lag_ms
+            ):
                 continue
             shadow.settle_fills(coid)
             line = (

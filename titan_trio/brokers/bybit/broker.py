@@ -81,6 +81,9 @@ FOUND_AFTER_AMBIGUOUS_S = 0.3  # an ambiguous create is looked up once after thi
 
 class BybitBroker:
     name = "bybit"
+    # How late a fill may appear in /v5/execution/list after its events (reconciliation
+    # waits this long before taking a position whole for want of its fills).
+    history_lag_ms = 30_000
 
     def __init__(
         self,
