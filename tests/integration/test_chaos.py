@@ -19,6 +19,10 @@ reported once while it stands, with the service's log lines that name its orders
 MAX_FAILED_CHECKPOINTS check points with new ones the killing stops. At the end the
 service is stopped with SIGINT, everything is checked offline, and the test fails with
 what was found, per check.
+
+The strategies, the service process, the findings and the check point are shared with
+the same test against the fake Bybit (test_chaos_bybit.py) in chaos_kit.py; what is
+paper's own here is the snapshot of both sides and its checks.
 """
 
 from __future__ import annotations
