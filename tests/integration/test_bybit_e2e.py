@@ -7,11 +7,7 @@ flatten-all close at the exchange."""
 
 from __future__ import annotations
 
-import json
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,97 +19,15 @@ import pytest
 from ipc.client import SignalClient
 from tests.conftest import free_port
 from tests.helpers import PROCESS_POLL_S, exact, spawn, stop, wait_healthy
+from tests.integration.bybit_kit import HMAC, KEYS_ENV, TOKEN, Fake, fake_exchange, live_config
 
 pytestmark = pytest.mark.slow
-KEY, SECRET = "fake-key-000000000000", "fake-secret-000000000000"
-TOKEN = "e2e-token-" + "x" * 30
-HMAC = "e2e-hmac-secret-" + "y" * 30
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class Fake:
-    def __init__(self, proc: subprocess.Popen[str], url: str) -> None:
-        self.proc, self.url = proc, url
-
-    def state(self) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/fake/state", timeout=5).json()
-
-    def signed_create(self, params: dict[str, Any]) -> dict[str, Any]:
-        """An order placed by hand at the exchange (someone else, or the app)."""
-        import hashlib
-        import hmac
-
-        body = json.dumps(params)
-        ts = str(int(time.time() * 1000))
-        sign = hmac.new(SECRET.encode(), f"{ts}{KEY}5000{body}".encode(), hashlib.sha256)
-        headers = {
-            "X-BAPI-API-KEY": KEY,
-            "X-BAPI-TIMESTAMP": ts,
-            "X-BAPI-RECV-WINDOW": "5000",
-            "X-BAPI-SIGN": sign.hexdigest(),
-            "X-BAPI-SIGN-TYPE": "2",
-            "Content-Type": "application/json",
-        }
-        return httpx.post(f"{self.url}/v5/order/create", content=body, headers=headers).json()
 
 
 @pytest.fixture
 def fake() -> Iterator[Fake]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.fakes.exchange",
-            "--port",
-            "0",
-            "--symbols",
-            "BTCUSDT=95000,ETHUSDT=3500",
-            "--key",
-            f"{KEY}:{SECRET}",
-            "--walk-ms",
-            "100",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert line.startswith("fake exchange listening on "), line
-    try:
-        yield Fake(proc, line.split()[-1])
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def live_config(tmp_path: Path, fake: Fake, port: int) -> Path:
-    ws = fake.url.replace("http://", "ws://")
-    cfg = {
-        "mode": "live",
-        "api": {"port": port, "token": TOKEN},
-        "ipc": {"socketPath": str(tmp_path / "titan.sock"), "hmacSecret": HMAC},
-        "database": {"path": str(tmp_path / "titan.db")},
-        "broker": {"name": "bybit"},
-        "exchanges": {
-            "bybit": {
-                "restUrl": fake.url,
-                "wsPublicUrl": f"{ws}/v5/public/linear",
-                "wsPrivateUrl": f"{ws}/v5/private",
-            }
-        },
-        "feeds": ["bybit"],
-        "symbols": ["BTCUSDT", "ETHUSDT"],
-        "reconcile": {"intervalS": 2},
-        "logging": {"dir": str(tmp_path / "logs")},
-    }
-    path = tmp_path / "live.json"
-    path.write_text(json.dumps(cfg))
-    return path
+    with fake_exchange({"BTCUSDT": "95000", "ETHUSDT": "3500"}, walk_ms=100) as fx:
+        yield fx
 
 
 def until(predicate: Any, limit_s: float = 15.0) -> Any:
@@ -153,8 +67,8 @@ def test_signals_trade_at_the_exchange_and_a_restart_adopts_what_happened_meanwh
     tmp_path: Path, fake: Fake
 ) -> None:
     port = free_port()
-    config = live_config(tmp_path, fake, port)
-    env = {"TITAN_BYBIT_API_KEY": KEY, "TITAN_BYBIT_API_SECRET": SECRET}
+    config = live_config(tmp_path, fake, port, ["BTCUSDT", "ETHUSDT"])
+    env = KEYS_ENV
     proc = spawn(config, tmp_path, **env)
     try:
         health = wait_healthy(port, proc)
@@ -242,9 +156,8 @@ def fault(fake: Fake, kind: str, **args: Any) -> None:
 
 def test_faults_at_the_exchange_lose_and_double_nothing(tmp_path: Path, fake: Fake) -> None:
     port = free_port()
-    config = live_config(tmp_path, fake, port)
-    env = {"TITAN_BYBIT_API_KEY": KEY, "TITAN_BYBIT_API_SECRET": SECRET}
-    proc = spawn(config, tmp_path, **env)
+    config = live_config(tmp_path, fake, port, ["BTCUSDT", "ETHUSDT"])
+    proc = spawn(config, tmp_path, **KEYS_ENV)
     try:
         wait_healthy(port, proc)
         # the market streams cut every half second: reconnects, and the prices stay fresh
