@@ -262,6 +262,7 @@ class Engine:
             close=flattener.close_position,
             resume=lambda orders: executor.resume(orders, now_ms()),
             history_lag_ms=getattr(self.broker, "history_lag_ms", 0),
+            instruments=self.instruments,
         )
         await nursery.start(self.reconciler.run)
         if isinstance(self.broker, BybitBroker):  # the private stream is back after a gap

@@ -221,3 +221,16 @@ def test_price_book_symbols_are_independent() -> None:
     book.update(q(1000, symbol="BTCUSDT"))
     assert book.update(q(10, symbol="ETHUSDT")) is True  # older than BTC's, other symbol
     assert book.symbols() == ["BTCUSDT", "ETHUSDT"]
+
+
+def test_stops_and_targets_round_toward_the_position() -> None:
+    btc = Instrument(
+        "BTCUSDT", Decimal("0.1"), Decimal("0.001"), Decimal("0.001"), Decimal(5), Decimal(100)
+    )
+    # a long's stop below it rounds up, a short's above it rounds down: never wider
+    assert btc.stop_price(Decimal("93099.95"), long=True) == Decimal("93100.0")
+    assert btc.stop_price(Decimal("96900.05"), long=False) == Decimal("96900.0")
+    # a target rounds toward the position too: reached sooner, never later
+    assert btc.target_price(Decimal("96900.05"), long=True) == Decimal("96900.0")
+    assert btc.target_price(Decimal("93099.95"), long=False) == Decimal("93100.0")
+    assert btc.stop_price(Decimal("93100.0"), long=True) == Decimal("93100.0")  # on the grid

@@ -157,7 +157,10 @@ async def test_prepare_confirm_close_opens_and_closes_a_position(
         rec = await eventually(lambda: engine.shadow.positions.get("BTCUSDT"))
         assert rec.position.size == size
         assert rec.signal_id == "happy-1"
-        assert rec.stop_loss == Decimal(str(request["stop_loss"]))
+        # on the tick grid as the exchange holds it, never wider than asked
+        asked = Decimal(str(request["stop_loss"]))
+        assert rec.stop_loss == engine.instruments["BTCUSDT"].stop_price(asked, long=True)
+        assert asked <= rec.stop_loss < asked + engine.instruments["BTCUSDT"].tick_size
 
         closed = ok(await wire.request(x := close("happy-1-exit", "BTCUSDT", "tp")), "closed", x)
         assert (

@@ -25,6 +25,16 @@ class Instrument:
     def ceil_price(self, price: Decimal) -> Decimal:
         return (price / self.tick_size).to_integral_value(ROUND_CEILING) * self.tick_size
 
+    def stop_price(self, stop: Decimal, long: bool) -> Decimal:
+        """A stop loss on the tick grid, rounded toward the position (never a wider stop):
+        the price the exchange holds, and the one recorded."""
+        return self.ceil_price(stop) if long else self.floor_price(stop)
+
+    def target_price(self, target: Decimal, long: bool) -> Decimal:
+        """A take profit on the tick grid, rounded toward the position (reached sooner,
+        never later)."""
+        return self.floor_price(target) if long else self.ceil_price(target)
+
     def is_on_tick(self, price: Decimal) -> bool:
         return price % self.tick_size == 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from titan_trio.domain.instruments import Instrument
 from titan_trio.domain.orders import Side
 
 ZERO = Decimal(0)
@@ -84,8 +85,11 @@ class Position:
         return FillEffect(pnl, closing, opened, entry)
 
 
-def adopted_stop(long: bool, base: Decimal, pct: Decimal) -> Decimal:
+def adopted_stop(
+    long: bool, base: Decimal, pct: Decimal, instrument: Instrument | None = None
+) -> Decimal:
     """The stop a position with none known gets: ``pct`` percent from ``base`` (the
-    market, else its entry), on the losing side."""
+    market, else its entry), on the losing side, on the instrument's tick grid."""
     away = base * pct / 100
-    return base - away if long else base + away
+    stop = base - away if long else base + away
+    return stop if instrument is None else instrument.stop_price(stop, long)

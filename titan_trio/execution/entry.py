@@ -246,6 +246,7 @@ class EntryChecks:
             self.instruments[prepare.symbol].max_leverage,
         )
         instrument = self.instruments[prepare.symbol]
+        long = intent.side.sign > 0
         plan = EntryPlan(
             style,
             intent.side,
@@ -267,8 +268,12 @@ class EntryChecks:
             signal_id=prepare.signal_id,
             created_ms=now,
             updated_ms=now,
-            stop_loss=Decimal(repr(prepare.stop_loss)),
-            take_profits=tuple(Decimal(repr(tp)) for tp in prepare.take_profits),
+            # on the tick grid as the exchange will hold them: what is recorded and
+            # shown is what protects the position
+            stop_loss=instrument.stop_price(Decimal(repr(prepare.stop_loss)), long),
+            take_profits=tuple(
+                instrument.target_price(Decimal(repr(tp)), long) for tp in prepare.take_profits
+            ),
             trap_type=prepare.trap_type,
         )
         return order, plan

@@ -152,6 +152,7 @@ class Protector:
             side.sign > 0,
             self.hub.book.mark(symbol) or rec.position.entry_price,
             self.adopted_stop_pct,
+            self.instruments.get(symbol),
         )
         log.warning(
             "position %s has no stop loss known: adopting %s (%s %% from the market)",
@@ -170,8 +171,7 @@ class Protector:
                 return  # already closed again
             long = position.side.sign > 0
             instrument = self.instruments[symbol]
-            # On the tick grid, rounded toward the position (never a wider stop).
-            stop = instrument.ceil_price(stop) if long else instrument.floor_price(stop)
+            stop = instrument.stop_price(stop, long)
             quote = self.hub.book.get(symbol)
             if quote is not None and (quote.mid <= stop if long else quote.mid >= stop):
                 log.error(
@@ -256,9 +256,7 @@ class Protector:
                 side=side.opposite,
                 order_type=OrderType.LIMIT,
                 qty=part,
-                price=instrument.floor_price(price)
-                if side.sign > 0
-                else instrument.ceil_price(price),
+                price=instrument.target_price(price, side.sign > 0),
                 time_in_force=TimeInForce.GTC,
                 reduce_only=True,
                 leverage=leverage,

@@ -35,6 +35,7 @@ import trio
 
 from titan_trio.brokers.base import AccountSnapshot, Broker
 from titan_trio.clock import iso_utc, now_ms
+from titan_trio.domain.instruments import Instrument
 from titan_trio.domain.orders import IN_FLIGHT, Fill, Order, OrderEventKind, OrderUpdate
 from titan_trio.domain.positions import Position, adopted_stop
 from titan_trio.errors import TitanError
@@ -100,6 +101,7 @@ class Reconciler:
         close: Callable[[str, str], Awaitable[object]] | None = None,
         resume: Callable[[list[Order]], object] | None = None,
         history_lag_ms: int = 0,
+        instruments: dict[str, Instrument] | None = None,
     ) -> None:
         self.shadow = shadow
         self.broker = broker
@@ -119,6 +121,7 @@ class Reconciler:
         # written with the fill; a real exchange's lists lag its events): an order updated
         # within this of the snapshot is not given up on for want of its fills.
         self.history_lag_ms = history_lag_ms
+        self.instruments = instruments or {}
         self.to_close: set[str] = set()  # unknown positions to close (adopt_unknown false)
         self.fills_cursor_ms: int | None = None  # loaded at the first run
         self.ready = trio.Event()  # set when the first run after start has finished
@@ -286,7 +289,9 @@ class Reconciler:
             rec.position = theirs
             if rec.stop_loss is None and theirs.side is not None:
                 base = self.mark(d.key) or theirs.entry_price
-                rec.stop_loss = adopted_stop(theirs.side.sign > 0, base, self.adopted_stop_pct)
+                rec.stop_loss = adopted_stop(
+                    theirs.side.sign > 0, base, self.adopted_stop_pct, self.instruments.get(d.key)
+                )
                 report.actions.append(
                     f"position {d.key} had no stop known: stop loss {rec.stop_loss:.8g} "
                     f"({self.adopted_stop_pct} % from {base})"
