@@ -256,3 +256,20 @@ def test_trade_entry_is_the_average_entry_of_the_whole_trade() -> None:
     # = 115 = (100 + 130) / 2, the average price paid for the trade's quantity.
     assert t.entry_price == D(115)
     assert (t.exit_price - t.entry_price) * t.qty == t.realized_pnl
+
+
+def test_a_fill_ahead_of_its_orders_first_event_is_counted_for_it() -> None:
+    """An exchange's topics are not ordered: a stop the exchange triggered may send its
+    execution before its order. The order, arriving FILLED, must not wait for that fill
+    again (reconciliation would give it up and take the position whole)."""
+    shadow = ShadowState(D(1000))
+    shadow.apply_fill(fill("e1", Side.BUY, "100", "100", cid="mine"))
+    shadow.apply_order(open_order("mine", Side.BUY, "s1"))
+    shadow.apply_fill(fill("e2", Side.SELL, "100", "99", cid="bybit-stop-1"))
+    stop = open_order("bybit-stop-1", Side.SELL, "")
+    stop.signal_id = None
+    stop.status, stop.filled_qty, stop.reduce_only = OrderStatus.FILLED, D("100"), True
+    shadow.apply_order(stop)
+    assert "bybit-stop-1" not in shadow.unsettled
+    assert "bybit-stop-1" not in shadow.applied_qty  # settled: nothing left to wait for
+    assert "BTCUSDT" not in shadow.positions

@@ -171,3 +171,32 @@ async def test_a_finished_order_whose_fills_were_not_recorded_waits_for_them(
     assert not shadow.unsettled
     rec = shadow.positions["BTCUSDT"]
     assert rec.signal_id == "sig-1" and rec.stop_loss == D(90)  # the order's plan
+
+
+async def test_a_settled_order_told_again_after_a_restart_is_not_adopted_anew(
+    tmp_path: Path,
+) -> None:
+    """Polling after a restart (or a repeated stream message) tells a finished order again
+    that was settled and forgotten: adopting it anew would wait for fills applied long ago,
+    and reconciliation would then take its position whole for no reason."""
+    shadow = ShadowState(D("10000"))
+    filled = open_order("c1", Side.BUY, "sig-1")
+    async with synced(tmp_path / "t.db", shadow) as (_store, sync):
+        await sync.apply([OrderEvent(copy.copy(filled))])
+        await sync.apply([FillEvent(fill("e1", Side.BUY, "100", "100", ts=now_ms()))])
+        filled.status, filled.filled_qty = OrderStatus.FILLED, D("100")
+        await sync.apply([OrderEvent(copy.copy(filled))])
+        assert "c1" not in shadow.orders and "c1" not in shadow.unsettled  # settled
+    restored = await restore_after(tmp_path / "t.db")
+    async with synced(tmp_path / "t.db", restored) as (_store, sync):
+        await sync.apply([OrderEvent(copy.copy(filled))])  # told again
+        assert "c1" not in restored.unsettled and "c1" not in restored.applied_qty
+        assert restored.positions["BTCUSDT"].position.size == D("100")
+
+
+async def restore_after(path: Path) -> ShadowState:
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(Store(str(path)).run)
+        shadow = await restore_shadow(store, D("10000"))
+        nursery.cancel_scope.cancel()
+    return shadow

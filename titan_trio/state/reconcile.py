@@ -96,7 +96,7 @@ class Reconciler:
         mark: Callable[[str], Decimal | None] = lambda symbol: None,
         adopted_stop_pct: Decimal = Decimal(2),
         protect: Callable[[], Awaitable[object]] | None = None,
-        replay: Callable[[list[Fill]], Awaitable[list[Fill]]] | None = None,
+        replay: Callable[[list[Fill], list[Order]], Awaitable[list[Fill]]] | None = None,
         adopt_unknown: bool = True,
         close: Callable[[str, str], Awaitable[object]] | None = None,
         resume: Callable[[list[Order]], object] | None = None,
@@ -189,7 +189,7 @@ class Reconciler:
         applied: list[Fill] = []
         missed = [f for f in fills if f.exec_id not in self.shadow.seen_exec_ids]
         if missed and self.replay is not None:
-            applied = await self.replay(missed)
+            applied = await self.replay(missed, await self._orders_of(missed))
         for fill in applied:
             d = missed_fill(fill)
             log.warning("%s: applied now", d.line())
@@ -203,6 +203,25 @@ class Reconciler:
         if self.fills_cursor_ms is not None and to_ms > self.fills_cursor_ms:
             self.fills_cursor_ms = to_ms
             await self.store.call(records.kv_set, FILLS_CURSOR_KEY, to_ms, now_ms())
+
+    async def _orders_of(self, fills: list[Fill]) -> list[Order]:
+        """The broker's view of the orders of ``fills`` this service does not follow (an
+        order the exchange made while the service was down, a stop it triggered): they
+        are recorded with their fills, not left as fills of no order."""
+        shadow = self.shadow
+        unknown = {
+            f.client_order_id: f.symbol
+            for f in fills
+            if f.client_order_id not in shadow.orders and f.client_order_id not in shadow.unsettled
+        }
+        found: list[Order] = []
+        for coid, symbol in unknown.items():
+            if await self.store.call(records.order_known, coid):
+                continue
+            order = await self.broker.order_status(symbol, coid)
+            if order is not None:
+                found.append(order)
+        return found
 
     async def _consistent_account(self, report: ReconcileReport) -> tuple[AccountSnapshot, int]:
         """A broker snapshot the shadow state has applied exactly (every event sent up to

@@ -155,6 +155,11 @@ def newest_fill_ms(e: Entities) -> int | None:
     return rows[0] if rows else None
 
 
+def order_known(e: Entities, client_order_id: str) -> bool:
+    """Whether the orders table has this order."""
+    return e.Order.get(client_order_id=client_order_id) is not None
+
+
 def oldest_order_ms(e: Entities) -> int | None:
     """When the oldest order this database recorded was made, None before the first."""
     rows = e.db.select("min(created_ms) FROM orders", {})

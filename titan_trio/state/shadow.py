@@ -231,6 +231,10 @@ class ShadowState:
             if done is not None and self.applied_qty[coid] >= done.filled_qty:
                 del self.unsettled[coid]
                 del self.applied_qty[coid]
+        elif order is None:
+            # a fill ahead of its order's first event (an exchange's topics are not
+            # ordered): counted for the order when it comes, so it is not waited for
+            self.applied_qty[coid] = fill.qty
         if close_reason is None and order is not None:
             close_reason = order.close_reason
         rec = self.positions.get(fill.symbol)

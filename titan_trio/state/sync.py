@@ -14,7 +14,7 @@ controller, which stops new entries until everything is on disk.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -229,10 +229,28 @@ class ShadowSync:
                 await trio.sleep(0.5 * attempt)
         return True  # not reached
 
-    async def replay(self, fills: list[Fill]) -> list[Fill]:
+    async def _finished_long_ago(self, order: Order) -> bool:
+        """A finished order this shadow state no longer follows but the database has
+        (settled: its fills applied, then forgotten), told again (polling after a
+        restart, a repeated stream message): adopting it anew would wait for fills that
+        were applied long ago."""
+        coid = order.client_order_id
+        if not order.status.is_terminal or coid in self.shadow.orders:
+            return False
+        if coid in self.shadow.unsettled or coid in self.shadow.applied_qty:
+            return False  # followed (or its fills came first): applied as usual
+        try:
+            return await self.store.call(records.order_known, coid, urgent=True)
+        except StoreError:
+            return False  # applied as an event: reconciliation heals what it changes
+
+    async def replay(self, fills: list[Fill], orders: Sequence[Order] = ()) -> list[Fill]:
         """Fills the broker made that never reached us as events (reconciliation found
-        them): applied exactly like live ones, each once; returns those applied."""
-        return await self.apply([FillEvent(f) for f in fills])
+        them), after ``orders`` (the broker's view of their orders this service never
+        heard of: a stop the exchange triggered meanwhile): applied exactly like live
+        ones, each once; returns the fills applied."""
+        events: list[BrokerEvent] = [OrderEvent(o) for o in orders]
+        return await self.apply(events + [FillEvent(f) for f in fills])
 
     async def apply(self, events: list[BrokerEvent]) -> list[Fill]:
         """Apply events in order in memory, commit everything they changed in one
@@ -243,6 +261,13 @@ class ShadowSync:
         fills: list[FillChanges] = []
         for event in events:
             if isinstance(event, OrderEvent):
+                if await self._finished_long_ago(event.order):
+                    log.info(
+                        "order %s: %s again, finished and settled here already; ignored",
+                        event.order.client_order_id,
+                        event.order.status,
+                    )
+                    continue
                 was_open = event.order.client_order_id in self.shadow.orders
                 refused = self.shadow.refused_updates
                 merged = self.shadow.apply_order(event.order)

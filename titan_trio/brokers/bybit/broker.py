@@ -476,15 +476,17 @@ class BybitBroker:
             self._open.pop(order.client_order_id, None)
         await self._emit(OrderEvent(order))
 
-    async def _send_fill(self, f: Fill) -> None:
-        """A fill as an event, once (the stream and polling may both see it)."""
+    async def _send_fill(self, f: Fill) -> bool:
+        """A fill as an event, once (the stream and polling may both see it); whether
+        it was sent now."""
         if f.exec_id in self._sent_execs:
-            return
+            return False
         self._sent_execs[f.exec_id] = None
         while len(self._sent_execs) > SENT_EXEC_MEMORY:
             self._sent_execs.popitem(last=False)
         self._last_exec_ms = max(self._last_exec_ms, f.ts_ms)
         await self._emit(FillEvent(f))
+        return True
 
     def _stream_up(self) -> None:
         self._stream_changed.set()
@@ -532,12 +534,21 @@ class BybitBroker:
         balance: read apart from the fills it cannot be ordered with them (a fill landing
         between the two reads would count twice); reconciliation compares it."""
         self.polls += 1
+        new_fills: dict[str, str] = {}  # their orders, with the symbol
         for f in await self.fills_since(self._last_exec_ms - EXEC_OVERLAP_MS):
-            await self._send_fill(f)
+            if await self._send_fill(f):
+                new_fills[f.client_order_id] = f.symbol
         still_open = {o.client_order_id: o for o in await self.open_orders()}
         for order in still_open.values():
             self._open[order.client_order_id] = order.symbol
             await self._emit(OrderEvent(order))
+        # the orders of new fills that are neither open nor followed (a stop the exchange
+        # triggered, an order placed by hand): their final state, so they are recorded
+        for coid, symbol in new_fills.items():
+            if coid not in still_open and coid not in self._open:
+                finished = await self.order_status(symbol, coid)
+                if finished is not None:
+                    await self._emit(OrderEvent(finished))
         for coid, symbol in list(self._open.items()):
             if coid in still_open:
                 continue

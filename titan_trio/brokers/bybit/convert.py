@@ -37,6 +37,12 @@ ZERO = Decimal(0)
 EXCHANGE_MADE_PREFIX = "bybit-"
 NOT_FILLS = frozenset({"Funding", "Settle"})
 
+# Why an order the exchange triggered closes a position (the trade's close reason).
+EXCHANGE_STOPS = {
+    "StopLoss": "stop loss (at the exchange)",
+    "TakeProfit": "take profit (at the exchange)",
+    "TrailingStop": "trailing stop (at the exchange)",
+}
 STATUS = {
     "Created": OrderStatus.SUBMITTED,
     "New": OrderStatus.ACCEPTED,
@@ -142,6 +148,7 @@ def order(row: dict[str, Any]) -> Order:
         created_ms=_int(row, "createdTime"),
         updated_ms=_int(row, "updatedTime"),
     )
+    result.close_reason = EXCHANGE_STOPS.get(str(row.get("stopOrderType")))
     if result.status is OrderStatus.CANCELED and row.get("cancelType") not in (None, ""):
         result.reject_reason = result.reject_reason or str(row.get("cancelType"))
     return result
