@@ -23,7 +23,7 @@ class ApiKeys:
     source: str = "environment"
 
     def __repr__(self) -> str:
-        return f"ApiKeys(key=…{self.key[-4:]}, source={self.source})"
+        return f"…{self.key[-4:]} (from the {self.source})"
 
     __str__ = __repr__
 

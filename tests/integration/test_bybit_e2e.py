@@ -7,6 +7,7 @@ flatten-all close at the exchange."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -207,3 +208,26 @@ def test_faults_at_the_exchange_lose_and_double_nothing(tmp_path: Path, fake: Fa
         if proc.poll() is None:
             code, _, out = stop(proc)
             assert code == 0, out
+
+
+def test_live_without_keys_refuses_to_start_and_keys_never_show(tmp_path: Path, fake: Fake) -> None:
+    port = free_port()
+    config = live_config(tmp_path, fake, port, ["BTCUSDT"])
+    bare = {k: "" for k in KEYS_ENV}
+    refused = spawn(config, tmp_path, **bare)
+    out, _ = refused.communicate(timeout=30)
+    assert refused.returncode != 0
+    assert "broker bybit needs API keys: set TITAN_BYBIT_API_KEY and TITAN_BYBIT_API_SECRET" in out
+    assert "Traceback" not in out
+
+    proc = spawn(config, tmp_path, **KEYS_ENV)
+    try:
+        health = wait_healthy(port, proc)
+        text = json.dumps(health) + httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    finally:
+        code, _, out = stop(proc)
+    assert code == 0, out
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("*.log*"))
+    for secret in KEYS_ENV.values():
+        assert secret not in text and secret not in out and secret not in logs
+    assert "key …0000 (from the environment)" in logs  # named by its last characters only
