@@ -47,6 +47,23 @@ ORDER_ID = re.compile(r"tt[ecstf][0-9a-f]{32}|paper-sl-\d+|bybit-[0-9a-f-]{36}")
 # ----- what the strategies send and were told ----------------------------------------------
 
 
+# Phase 1 for any equity: maker entries (post-only at the touch) unless the signal is
+# fast; small positions; a breaker that never trips here.
+CHAOS_RISK: dict[str, Any] = {
+    "phase1MaxEquity": 1e9,
+    "phase2MaxEquity": 2e9,
+    "maxRiskPct": 0.25,
+    "phase1RiskPct": 0.25,
+    "maxDrawdownPct": 50,
+    "maxDailyLossPct": 50,
+    "maxConsecutiveLosses": 100000,
+}
+CHAOS_EXECUTION: dict[str, Any] = {
+    "makerTimeoutMs": 1500,
+    "l2": {"maxSpreadPct": 1, "maxSlippagePct": 5},
+}
+
+
 @dataclass(frozen=True)
 class Mix:
     """The shape of the strategies' traffic."""

@@ -41,6 +41,8 @@ import pytest
 
 from tests.conftest import free_port
 from tests.integration.chaos_kit import (
+    CHAOS_EXECUTION,
+    CHAOS_RISK,
     EVIDENCE_LINES,
     Chaos,
     Ledger,
@@ -295,18 +297,8 @@ def test_kill_nine_at_random_moments_loses_nothing_and_orders_nothing_twice(
         broker={"initialCapital": float(INITIAL_CAPITAL)},
         # A market that moves: resting entries, take profits and stops fill on their own.
         simulation={"intervalMs": 100, "volatilityPct": 0.05},
-        risk={
-            # Phase 1 for any equity: maker entries (post-only at the touch) unless the
-            # signal is fast; small positions; a breaker that never trips here.
-            "phase1MaxEquity": 1e9,
-            "phase2MaxEquity": 2e9,
-            "maxRiskPct": 0.25,
-            "phase1RiskPct": 0.25,
-            "maxDrawdownPct": 50,
-            "maxDailyLossPct": 50,
-            "maxConsecutiveLosses": 100000,
-        },
-        execution={"makerTimeoutMs": 1500, "l2": {"maxSpreadPct": 1, "maxSlippagePct": 5}},
+        risk=CHAOS_RISK,
+        execution=CHAOS_EXECUTION,
     )
     db = tmp_path / "titan.db"
     instruments = instruments_from_config(parse_config(json.loads(config.read_text()), {}))

@@ -48,6 +48,8 @@ import pytest
 from tests.conftest import free_port
 from tests.integration.bybit_kit import HMAC, KEYS_ENV, TOKEN, Fake, fake_exchange, live_config
 from tests.integration.chaos_kit import (
+    CHAOS_EXECUTION,
+    CHAOS_RISK,
     EVIDENCE_LINES,
     JOIN_LIMIT_S,
     Chaos,
@@ -364,18 +366,8 @@ def test_kill_nine_against_the_fake_bybit_loses_nothing_and_orders_nothing_twice
             fake,
             port,
             list(SYMBOLS),
-            risk={
-                # Phase 1 for any equity: maker entries (post-only at the touch) unless
-                # the signal is fast; small positions; a breaker that never trips here.
-                "phase1MaxEquity": 1e9,
-                "phase2MaxEquity": 2e9,
-                "maxRiskPct": 0.25,
-                "phase1RiskPct": 0.25,
-                "maxDrawdownPct": 50,
-                "maxDailyLossPct": 50,
-                "maxConsecutiveLosses": 100000,
-            },
-            execution={"makerTimeoutMs": 1500, "l2": {"maxSpreadPct": 1, "maxSlippagePct": 5}},
+            risk=CHAOS_RISK,
+            execution=CHAOS_EXECUTION,
         )
         db = tmp_path / "titan.db"
         ledger = Ledger()
