@@ -22,9 +22,11 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from titan_trio.api import schemas
 from titan_trio.api.auth import TokenThrottle, token_matches
 from titan_trio.api.openapi import OPENAPI
 from titan_trio.api.query import IsoDate, OneOf, QueryError, QuerySpec, WholeNumber, parse_query
+from titan_trio.api.schemas import MUTATING, ROUTES
 from titan_trio.clock import iso_utc, now_ms
 from titan_trio.risk.breaker import TradingState
 from titan_trio.risk.sizing import RiskLimits, phase_rules
@@ -45,7 +47,11 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 def error_response(status: int, error: str, message: str) -> Response:
-    return json_response({"error": error, "message": message}, status)
+    return json_response(schemas.Error(error=error, message=message), status)
+
+
+def _state(engine: Engine) -> Any:
+    return engine.risk.trading_state.value
 
 
 # Probes take no parameters and ignore what they get: an uptime monitor's cache-buster
@@ -105,33 +111,6 @@ def create_app(engine: Engine) -> QuartTrio:
         log.error("API error on %s %s", request.method, request.path, exc_info=exc)
         return error_response(500, "internal_error", "the service failed to answer; see logs")
 
-    @app.get("/api/health")
-    async def health() -> Response:
-        body = engine.health()
-        return json_response(body, 503 if body["status"] in ("unhealthy", "starting") else 200)
-
-    @app.get("/api/state/equity")
-    async def equity() -> Response:
-        return json_response(await equity_view(engine))
-
-    @app.get("/api/state/positions")
-    async def positions() -> Response:
-        return json_response(positions_view(engine))
-
-    @app.get("/api/state/orders")
-    async def orders() -> Response:
-        return json_response(orders_view(engine))
-
-    @app.get("/api/market")
-    async def market() -> Response:
-        return json_response(market_view(engine))
-
-    @app.get("/api/trades")
-    async def trades() -> Response:
-        q = g.query
-        rows = await engine.store.call(records.list_trades, q["date"], q["limit"], q["symbol"])
-        return json_response(rows)
-
     def operator() -> str:
         """Who asked, for the logs: the CLI names the user; otherwise the peer address."""
         named = request.headers.get("X-Titan-Operator", "")
@@ -164,110 +143,143 @@ def create_app(engine: Engine) -> QuartTrio:
             401, "unauthorized", "this endpoint needs Authorization: Bearer <api.token>"
         )
 
-    @app.get("/api/risk")
+    @app.before_request
+    async def guard_mutating() -> Response | None:
+        """The one place that guards every mutating endpoint (schemas.MUTATING)."""
+        rule = request.url_rule
+        if rule is not None and rule.rule in MUTATING and request.method == "POST":
+            return authorized()
+        return None
+
+    async def health() -> Response:
+        body = engine.health()
+        answer = msgspec.convert(body, schemas.Health)
+        return json_response(answer, 503 if body["status"] in ("unhealthy", "starting") else 200)
+
+    async def equity() -> Response:
+        return json_response(await equity_view(engine))
+
+    async def positions() -> Response:
+        return json_response(positions_view(engine))
+
+    async def orders() -> Response:
+        return json_response(orders_view(engine))
+
+    async def market() -> Response:
+        return json_response(market_view(engine))
+
+    async def trades() -> Response:
+        q = g.query
+        rows = await engine.store.call(records.list_trades, q["date"], q["limit"], q["symbol"])
+        return json_response([schemas.Trade(**row) for row in rows])
+
     async def risk() -> Response:
         return json_response(risk_view(engine))
 
-    @app.post("/api/trading/pause")
     async def pause() -> Response:
-        if (refusal := authorized()) is not None:
-            return refusal
         await engine.risk.pause(operator())
-        return json_response({"trading_state": engine.risk.trading_state.value})
+        return json_response(schemas.TradingStateAnswer(trading_state=_state(engine)))
 
-    @app.post("/api/trading/resume")
     async def resume() -> Response:
-        if (refusal := authorized()) is not None:
-            return refusal
         problem = await engine.risk.resume(operator())
         if problem is not None:
             return error_response(409, "conflict", problem)
-        return json_response({"trading_state": engine.risk.trading_state.value})
+        return json_response(schemas.TradingStateAnswer(trading_state=_state(engine)))
 
-    @app.post("/api/risk/breaker/reset")
     async def breaker_reset() -> Response:
-        if (refusal := authorized()) is not None:
-            return refusal
         wanted = TradingState(g.query["trading_state"])
         was_tripped = await engine.risk.reset_breaker(operator(), wanted)
         return json_response(
-            {
-                "reset": was_tripped,
-                "message": "circuit breaker reset"
+            schemas.BreakerReset(
+                reset=was_tripped,
+                message="circuit breaker reset"
                 if was_tripped
                 else "the circuit breaker was not tripped; nothing to reset",
-                "trading_state": engine.risk.trading_state.value,
-            }
+                trading_state=_state(engine),
+            )
         )
 
-    @app.post("/api/emergency/flatten-all")
     async def flatten_all() -> Response:
-        if (refusal := authorized()) is not None:
-            return refusal
         report = await engine.risk.flatten_all(operator())
         return json_response(
-            {
-                "cancelled_orders": report.cancelled_orders,
-                "closed_positions": report.closed_positions,
-                "errors": report.errors,
-                "trading_state": engine.risk.trading_state.value,
-                "message": "nothing to do: no open orders or positions"
+            schemas.Flattened(
+                cancelled_orders=list(report.cancelled_orders),
+                closed_positions=list(report.closed_positions),
+                errors=list(report.errors),
+                trading_state=_state(engine),
+                message="nothing to do: no open orders or positions"
                 if report.nothing_to_do
                 else f"cancelled {len(report.cancelled_orders)} orders, closed "
                 f"{len(report.closed_positions)} positions",
-            }
+            )
         )
 
-    @app.post("/api/state/reconcile")
     async def reconcile() -> Response:
-        if (refusal := authorized()) is not None:
-            return refusal
         log.warning("reconciliation requested by %s", operator())
         report = await engine.reconciler.reconcile()
         return json_response(
-            {
-                "differences": report.differences,
-                "actions": report.actions,
-                "errors": report.errors,
-                "message": "no differences"
+            schemas.Reconciled(
+                differences=list(report.differences),
+                actions=list(report.actions),
+                errors=list(report.errors),
+                message="no differences"
                 if not report.differences and not report.errors
                 else f"{len(report.differences)} differences, {len(report.actions)} healed, "
                 f"{len(report.errors)} errors",
-            }
+            )
         )
 
-    @app.get("/api/openapi.json")
     async def openapi() -> Response:
         return json_response(OPENAPI)
 
-    @app.get("/metrics")
     async def metrics() -> Response:
         return Response(
             engine.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
+    handlers = {
+        "/api/health": health,
+        "/api/state/equity": equity,
+        "/api/state/positions": positions,
+        "/api/state/orders": orders,
+        "/api/market": market,
+        "/api/trades": trades,
+        "/api/risk": risk,
+        "/api/trading/pause": pause,
+        "/api/trading/resume": resume,
+        "/api/risk/breaker/reset": breaker_reset,
+        "/api/emergency/flatten-all": flatten_all,
+        "/api/state/reconcile": reconcile,
+        "/api/openapi.json": openapi,
+        "/metrics": metrics,
+    }
+    # Served exactly as the route table says (the table the OpenAPI document is made of).
+    for route in ROUTES:
+        app.add_url_rule(route.path, route.path, handlers.pop(route.path), methods=[route.method])
+    assert not handlers, f"handlers without a route: {sorted(handlers)}"
+
     return app
 
 
-async def equity_view(engine: Engine) -> dict[str, Any]:
+async def equity_view(engine: Engine) -> schemas.Equity:
     shadow = engine.shadow
     book = engine.hub.book
     tracker = engine.risk.tracker
     equity = engine.equity_monitor.equity()
     realized_today = await engine.store.call(records.realized_pnl_on, utc_day(now_ms()))
-    return {
-        "equity": equity,
-        "balance": shadow.balance,
-        "unrealized_pnl": shadow.unrealized_pnl(book),
-        "realized_pnl_today": realized_today,
-        "peak_equity": tracker.peak_equity,
-        "drawdown_pct": round(tracker.drawdown_pct, 4),
-        "initial_capital": tracker.initial_capital,
-        "phase": phase_rules(equity, RiskLimits.from_config(engine.cfg.risk)).phase,
-        "trading_state": engine.risk.trading_state.value,
-        "breaker": breaker_view(engine),
-        "currency": "USDT",
-    }
+    return schemas.Equity(
+        equity=equity,
+        balance=shadow.balance,
+        unrealized_pnl=shadow.unrealized_pnl(book),
+        realized_pnl_today=realized_today,
+        peak_equity=tracker.peak_equity,
+        drawdown_pct=round(float(tracker.drawdown_pct), 4),
+        initial_capital=tracker.initial_capital,
+        phase=phase_rules(equity, RiskLimits.from_config(engine.cfg.risk)).phase,
+        trading_state=_state(engine),
+        breaker=schemas.Breaker(**breaker_view(engine)),
+        currency="USDT",
+    )
 
 
 def _number(text: str) -> Decimal | str:
@@ -290,7 +302,7 @@ def breaker_view(engine: Engine) -> dict[str, Any]:
     }
 
 
-def risk_view(engine: Engine) -> dict[str, Any]:
+def risk_view(engine: Engine) -> schemas.Risk:
     cfg = engine.cfg
     r = cfg.risk
     tracker = engine.risk.tracker
@@ -298,27 +310,27 @@ def risk_view(engine: Engine) -> dict[str, Any]:
     rules = phase_rules(equity, RiskLimits.from_config(r))
     book = engine.hub.book
     notional = engine.shadow.total_notional(book)
-    return {
-        "trading_state": engine.risk.trading_state.value,
-        "breaker": {
+    return schemas.Risk(
+        trading_state=_state(engine),
+        breaker=schemas.RiskBreaker(
             **breaker_view(engine),
-            "figures": None
+            figures=None
             if engine.risk.state.trip is None
             else {k: _number(v) for k, v in engine.risk.state.trip.figures.items()},
-        },
-        "phase": rules.phase,
-        "effective_risk_pct": rules.risk_pct,
-        "phase_max_leverage": rules.max_leverage,
-        "execution_style": rules.execution,
-        "equity": equity,
-        "peak_equity": tracker.peak_equity,
-        "drawdown_pct": round(tracker.drawdown_pct, 4),
-        "day_start_equity": tracker.day_start_equity,
-        "daily_pnl": tracker.daily_pnl,
-        "open_positions": len(engine.shadow.positions),
-        "total_notional": notional,
-        "total_leverage": round(notional / equity, 4) if equity > 0 else None,
-        "limits": {
+        ),
+        phase=rules.phase,
+        effective_risk_pct=float(rules.risk_pct),
+        phase_max_leverage=float(rules.max_leverage),
+        execution_style=str(rules.execution),
+        equity=equity,
+        peak_equity=tracker.peak_equity,
+        drawdown_pct=round(float(tracker.drawdown_pct), 4),
+        day_start_equity=tracker.day_start_equity,
+        daily_pnl=tracker.daily_pnl,
+        open_positions=len(engine.shadow.positions),
+        total_notional=notional,
+        total_leverage=round(notional / equity, 4) if equity > 0 else None,
+        limits={
             "maxRiskPct": r.max_risk_pct,
             "phaseRiskPct": [r.phase1_risk_pct, r.phase2_risk_pct, r.phase3_risk_pct],
             "phaseMaxEquity": [r.phase1_max_equity, r.phase2_max_equity],
@@ -335,11 +347,14 @@ def risk_view(engine: Engine) -> dict[str, Any]:
             "maxConsecutiveLosses": r.max_consecutive_losses,
             "flattenOnBreaker": r.flatten_on_breaker,
         },
-        "history": [{**h, "at": iso_utc(h["at"])} for h in engine.risk.state.history],
-    }
+        history=[
+            schemas.RiskHistory(action=h["action"], by=h["by"], at=iso_utc(h["at"]))
+            for h in engine.risk.state.history
+        ],
+    )
 
 
-def positions_view(engine: Engine) -> list[dict[str, Any]]:
+def positions_view(engine: Engine) -> list[schemas.Position]:
     shadow = engine.shadow
     marks = shadow.marks(engine.hub.book)
     out = []
@@ -347,78 +362,78 @@ def positions_view(engine: Engine) -> list[dict[str, Any]]:
         p = rec.position
         side = p.side
         out.append(
-            {
-                "symbol": symbol,
-                "side": "LONG" if side is not None and side.sign > 0 else "SHORT",
-                "size": p.abs_size,
-                "entry_price": p.entry_price,
-                "mark_price": marks[symbol],
-                "unrealized_pnl": p.unrealized_pnl(marks[symbol]),
-                "realized_pnl": p.realized_pnl,
-                "fees": p.fees,
-                "leverage": p.leverage,
-                "stop_loss": rec.stop_loss,
-                "take_profits": rec.take_profits,
-                "opened_at": iso_utc(p.opened_ms),
-                "signal_id": rec.signal_id,
-                "trap_type": rec.trap_type,
-            }
+            schemas.Position(
+                symbol=symbol,
+                side="LONG" if side is not None and side.sign > 0 else "SHORT",
+                size=p.abs_size,
+                entry_price=p.entry_price,
+                mark_price=marks[symbol],
+                unrealized_pnl=p.unrealized_pnl(marks[symbol]),
+                realized_pnl=p.realized_pnl,
+                fees=p.fees,
+                leverage=p.leverage,
+                stop_loss=rec.stop_loss,
+                take_profits=list(rec.take_profits),
+                opened_at=iso_utc(p.opened_ms),
+                signal_id=rec.signal_id,
+                trap_type=rec.trap_type,
+            )
         )
     return out
 
 
-def orders_view(engine: Engine) -> list[dict[str, Any]]:
+def orders_view(engine: Engine) -> list[schemas.OpenOrder]:
     return [
-        {
-            "client_order_id": o.client_order_id,
-            "exchange_order_id": o.exchange_order_id,
-            "symbol": o.symbol,
-            "side": o.side.value,
-            "type": o.order_type.value,
-            "time_in_force": o.time_in_force.value,
-            "qty": o.qty,
-            "price": o.price,
-            "filled_qty": o.filled_qty,
-            "avg_fill_price": o.avg_fill_price,
-            "reduce_only": o.reduce_only,
-            "status": o.status.value,
-            "signal_id": o.signal_id,
-            "created_at": iso_utc(o.created_ms),
-            "updated_at": iso_utc(o.updated_ms),
-        }
+        schemas.OpenOrder(
+            client_order_id=o.client_order_id,
+            exchange_order_id=o.exchange_order_id,
+            symbol=o.symbol,
+            side=o.side.value,  # type: ignore[arg-type]
+            type=o.order_type.value,  # type: ignore[arg-type]
+            time_in_force=o.time_in_force.value,
+            qty=o.qty,
+            price=o.price,
+            filled_qty=o.filled_qty,
+            avg_fill_price=o.avg_fill_price,
+            reduce_only=o.reduce_only,
+            status=o.status.value,
+            signal_id=o.signal_id,
+            created_at=iso_utc(o.created_ms),
+            updated_at=iso_utc(o.updated_ms),
+        )
         for o in sorted(engine.shadow.orders.values(), key=lambda o: o.created_ms)
     ]
 
 
-def market_view(engine: Engine) -> dict[str, Any]:
+def market_view(engine: Engine) -> dict[str, schemas.MarketQuote]:
     """Per symbol: the venue's quote in the top-level fields (what the gates and marks
     use; None before the venue has quoted it) and every feed's under ``sources``."""
     hub = engine.hub
     book = hub.book
-    out: dict[str, Any] = {}
+    out: dict[str, schemas.MarketQuote] = {}
     for symbol in book.symbols():
         q = book.get(symbol)
         sources = {
-            source: {
-                "bid": s.bid,
-                "ask": s.ask,
-                "bid_size": s.bid_size,
-                "ask_size": s.ask_size,
-                "last": s.last,
-                "spread_pct": round(s.spread_pct, 6),
-                "age_ms": hub.age_ms(symbol, source),
-            }
+            source: schemas.SourceQuote(
+                bid=s.bid,
+                ask=s.ask,
+                bid_size=s.bid_size,
+                ask_size=s.ask_size,
+                last=s.last,
+                spread_pct=round(s.spread_pct, 6),
+                age_ms=hub.age_ms(symbol, source),
+            )
             for source, s in book.quotes(symbol).items()
         }
-        out[symbol] = {
-            "bid": None if q is None else q.bid,
-            "ask": None if q is None else q.ask,
-            "bid_size": None if q is None else q.bid_size,
-            "ask_size": None if q is None else q.ask_size,
-            "last": None if q is None else q.last,
-            "spread_pct": None if q is None else round(q.spread_pct, 6),
-            "age_ms": hub.age_ms(symbol),
-            "source": book.venue if q is None else q.source,
-            "sources": sources,
-        }
+        out[symbol] = schemas.MarketQuote(
+            bid=None if q is None else q.bid,
+            ask=None if q is None else q.ask,
+            bid_size=None if q is None else q.bid_size,
+            ask_size=None if q is None else q.ask_size,
+            last=None if q is None else q.last,
+            spread_pct=None if q is None else round(q.spread_pct, 6),
+            age_ms=hub.age_ms(symbol),
+            source=book.venue if q is None else q.source,
+            sources=sources,
+        )
     return out

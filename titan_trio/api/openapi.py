@@ -1,192 +1,103 @@
-"""OpenAPI 3 description of the ops API, served at /api/openapi.json.
+"""OpenAPI 3 description of the ops API, served at /api/openapi.json, generated from the
+route table and the answer structs of api/schemas.py: the routes the app serves, their
+parameters, answers and refusals come from the same objects the handlers use.
 
-Kept beside the routes it describes; a test checks that every route the app serves is
-listed here and nothing else.
+Amounts are Decimals encoded as exact JSON numbers, so their schema is ``number`` (msgspec
+would describe a Decimal as a string).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from titan_trio import __version__
+from titan_trio.api.schemas import ROUTES, Error, Route
 
-
-def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": schema or {"type": "object"}}},
-    }
-
-
-_ERROR = _json(
-    "Error",
-    {
-        "type": "object",
-        "required": ["error", "message"],
-        "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
-    },
-)
-_ARRAY = {"type": "array", "items": {"type": "object"}}
-_UNAUTHORIZED = _json(
-    "Missing or wrong bearer token (only when api.token is set)",
-    _ERROR["content"]["application/json"]["schema"],
-)
-_THROTTLED = _json(
-    "Too many wrong or missing tokens from this address: refused, token unchecked, for "
-    "the seconds in Retry-After",
-    _ERROR["content"]["application/json"]["schema"],
-)
-_BAD_QUERY = _json(
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+BAD_QUERY = (
     "An unknown, repeated, empty or malformed query parameter (every endpoint refuses "
-    "parameters it does not list)",
-    _ERROR["content"]["application/json"]["schema"],
+    "parameters it does not list)"
+)
+UNAUTHORIZED = "Missing or wrong bearer token (only when api.token is set)"
+THROTTLED = (
+    "Too many wrong or missing tokens from this address: refused, token unchecked, for the "
+    "seconds in Retry-After"
 )
 
 
-def _mutating(summary: str, ok: str, **extra: Any) -> dict[str, Any]:
+def _numbers(node: Any) -> Any:
+    """Decimals as JSON numbers (how the API encodes them)."""
+    if isinstance(node, dict):
+        if node.get("type") == "string" and node.get("format") == "decimal":
+            return {"type": "number"}
+        return {k: _numbers(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_numbers(v) for v in node]
+    return node
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def build_openapi() -> dict[str, Any]:
+    types: list[Any] = [Error]
+    for route in ROUTES:
+        if route.answer is not None:
+            types.append(route.answer)
+        types += [t for _why, t in route.other.values()]
+    found, components = msgspec.json.schema_components(
+        types, ref_template="#/components/schemas/{name}"
+    )
+    schema_of = dict(zip(map(_key, types), _numbers(list(found)), strict=True))
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, schema_of)
     return {
-        "post": {
-            "summary": summary,
-            "security": [{"bearer": []}],
-            "responses": {"200": _json(ok), "401": _UNAUTHORIZED, "429": _THROTTLED, **extra},
-        }
+        "openapi": "3.0.3",
+        "info": {"title": "Titan Execution Service ops API", "version": __version__},
+        "components": {
+            "schemas": _numbers(components),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": paths,
     }
 
 
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.0.3",
-    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-    "info": {"title": "Titan Execution Service ops API", "version": __version__},
-    "paths": {
-        "/api/health": {
-            "get": {
-                "summary": "Health of the service and its components",
-                "responses": {
-                    "200": _json("healthy or degraded"),
-                    "503": _json(
-                        "unhealthy, or starting (the first reconciliation has not finished)"
-                    ),
-                },
-            }
-        },
-        "/api/state/equity": {
-            "get": {
-                "summary": "Equity, balance, P&L, peak, drawdown, phase, trading state",
-                "responses": {"200": _json("Equity")},
-            }
-        },
-        "/api/state/positions": {
-            "get": {
-                "summary": "Open positions",
-                "responses": {"200": _json("Positions", _ARRAY)},
-            }
-        },
-        "/api/state/orders": {
-            "get": {
-                "summary": "Open orders",
-                "responses": {"200": _json("Orders", _ARRAY)},
-            }
-        },
-        "/api/market": {
-            "get": {
-                "summary": (
-                    "The price book: the venue's bid, ask, last, age and source per "
-                    "symbol, and every feed's quote under sources"
-                ),
-                "responses": {"200": _json("Price book")},
-            }
-        },
-        "/api/trades": {
-            "get": {
-                "summary": "Closed trades, newest first",
-                "parameters": [
-                    {
-                        "name": "date",
-                        "in": "query",
-                        "schema": {"type": "string", "format": "date"},
-                        "description": "UTC day the trade closed, YYYY-MM-DD",
-                    },
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "description": "ASCII digits",
-                        "schema": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": 1000,
-                            "default": 100,
-                        },
-                    },
-                    {
-                        "name": "symbol",
-                        "in": "query",
-                        "description": "one of the configured symbols",
-                        "schema": {"type": "string"},
-                    },
-                ],
-                "responses": {"200": _json("Trades", _ARRAY)},
-            }
-        },
-        "/api/risk": {
-            "get": {
-                "summary": "Limits, phase, trading state, breaker state and why it tripped",
-                "responses": {"200": _json("Risk")},
-            }
-        },
-        "/api/trading/pause": _mutating(
-            "Stop new entries (REDUCING: exits still pass)", "The new trading state"
-        ),
-        "/api/trading/resume": _mutating(
-            "Allow new entries again (ACTIVE)",
-            "The new trading state",
-            **{"409": _json("The circuit breaker is tripped: reset it first")},
-        ),
-        "/api/risk/breaker/reset": {
-            "post": {
-                **_mutating(
-                    "Clear a tripped circuit breaker (operator only); peak equity and the "
-                    "day's starting equity become the current equity, the losing streak 0",
-                    "Whether it was tripped",
-                )["post"],
-                "parameters": [
-                    {
-                        "name": "trading_state",
-                        "in": "query",
-                        "required": False,
-                        "description": "the state after the reset (default ACTIVE)",
-                        "schema": {"type": "string", "enum": ["ACTIVE", "REDUCING"]},
-                    }
-                ],
-            }
-        },
-        "/api/state/reconcile": _mutating(
-            "Compare the account with the broker now and heal the differences",
-            "The differences found and what was done about each",
-        ),
-        "/api/emergency/flatten-all": _mutating(
-            "Cancel every open order, close every position at market, HALT trading",
-            "What was cancelled and closed",
-        ),
-        "/api/openapi.json": {
-            "get": {
-                "summary": "This document",
-                "responses": {"200": _json("OpenAPI document")},
-            }
-        },
-        "/metrics": {
-            "get": {
-                "summary": "Prometheus text exposition",
-                "responses": {
-                    "200": {
-                        "description": "metrics",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
-                },
-            }
-        },
-    },
-}
+def _key(t: Any) -> str:
+    return repr(t)
 
-for _item in OPENAPI["paths"].values():
-    for _operation in _item.values():
-        _operation["responses"]["400"] = _BAD_QUERY
+
+def _operation(route: Route, schema_of: dict[str, Any]) -> dict[str, Any]:
+    if route.answer is None:
+        ok = {
+            "description": route.summary,
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    else:
+        ok = _json(route.summary, schema_of[_key(route.answer)])
+    responses: dict[str, Any] = {"200": ok, "400": _json(BAD_QUERY, _ERROR_REF)}
+    for code, (why, t) in route.other.items():
+        responses[str(code)] = _json(why, schema_of[_key(t)])
+    operation: dict[str, Any] = {"summary": route.summary, "responses": responses}
+    if route.mutating:
+        operation["security"] = [{"bearer": []}]
+        responses["401"] = _json(UNAUTHORIZED, _ERROR_REF)
+        responses["429"] = _json(THROTTLED, _ERROR_REF)
+    if route.params:
+        operation["parameters"] = [
+            {
+                "name": p.name,
+                "in": "query",
+                "required": False,
+                "description": p.description,
+                "schema": p.schema,
+            }
+            for p in route.params
+        ]
+    return operation
+
+
+OPENAPI: dict[str, Any] = build_openapi()
