@@ -96,6 +96,12 @@ class StateCollector(Collector):
         tracker = engine.risk.tracker
         yield GaugeMetricFamily("titan_equity_usd", "Account equity in USDT", value=float(equity))
         yield GaugeMetricFamily(
+            "titan_initial_capital_usd",
+            "The equity reference (broker.initialCapital): equity below it is the guide's "
+            "equity alert threshold",
+            value=float(tracker.initial_capital),
+        )
+        yield GaugeMetricFamily(
             "titan_drawdown_percent",
             "Drawdown from peak equity, percent",
             value=float(tracker.drawdown_pct),

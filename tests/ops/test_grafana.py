@@ -32,7 +32,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import service
-from titan_trio.config import BrokerConfig, Config, RiskConfig
+from titan_trio.config import Config, RiskConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "ops" / "grafana"
@@ -283,14 +283,11 @@ def test_health_status_is_green_up_red_down(dashboard: dict[str, Any]) -> None:
 
 
 def test_equity_is_drawn_against_the_initial_capital(dashboard: dict[str, Any]) -> None:
-    """The service does not export its initial capital, so a dashboard variable holds it
-    (default: the configuration's default) and a second query draws it as a line."""
+    """The service exports its initial capital (the equity alert's reference); a second
+    query draws it as a dashed red line."""
     panel = by_title(dashboard, "Account Equity")
     targets = {t["refId"]: t["expr"] for t in panel["targets"]}
-    assert targets == {"A": "titan_equity_usd", "B": "vector($initial_capital)"}
-    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "initial_capital"]
-    assert float(variable["query"]) == float(variable["current"]["value"])
-    assert float(variable["query"]) == BrokerConfig().initial_capital == 10000
+    assert targets == {"A": "titan_equity_usd", "B": "titan_initial_capital_usd"}
     assert override(panel, "B", "custom.lineStyle")["fill"] == "dash"
     assert override(panel, "B", "color")["fixedColor"] == "red"
 
