@@ -13,6 +13,9 @@ and against the service that will be scraped.
   the real exposition (NaN fill rate, empty histogram, feed ages) rather than on values
   written by hand. A second run with one value pushed over its threshold must fail, so
   this check cannot pass vacuously.
+- (slow) A real Alertmanager runs the example configuration, with local stand-ins for
+  Slack and PagerDuty: a critical reaches both, its warning is inhibited, another
+  warning reaches Slack, and the message templates render the descriptions.
 
 promtool and amtool come from Debian's ``prometheus`` and ``prometheus-alertmanager``
 packages. Without them the tests skip, except under CI (environment variable CI set),
@@ -21,14 +24,18 @@ where a missing tool is a failure: CI must not go green by skipping.
 
 from __future__ import annotations
 
+import http.server
+import json
 import math
 import os
 import re
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -36,6 +43,7 @@ import trio
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import free_port
 from tests.helpers import eventually, service
 from titan_trio.config import Config
 
@@ -406,3 +414,136 @@ async def test_no_alert_fires_on_a_fresh_service_held_for_three_hours(
     )
     assert done.returncode != 0
     assert 'alertname="TitanDrawdownHigh"' in (done.stdout + done.stderr).decode()
+
+
+# ----- a real Alertmanager with this configuration ----------------------------------------
+
+
+class Recorder(http.server.BaseHTTPRequestHandler):
+    """Stands in for Slack and PagerDuty: records each POST body by path."""
+
+    received: ClassVar[list[tuple[str, dict[str, Any]]]] = []
+
+    def do_POST(self) -> None:  # the name http.server calls
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append((self.path, json.loads(body)))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def am_config_for_test(tmp_path: Path, sink: str) -> Path:
+    """ops/alertmanager/alertmanager.yml with the secrets files made (the Slack URL and
+    the PagerDuty URL pointing at ``sink``) and every group_wait at 0.2 s; routes,
+    receivers, templates and inhibition unchanged."""
+    config = load(ALERTMANAGER_YML)
+    (tmp_path / "slack-url").write_text(f"{sink}/slack")
+    (tmp_path / "pd-key").write_text("test-routing-key")
+    config["global"]["slack_api_url_file"] = str(tmp_path / "slack-url")
+    for pd in config_by_name(config, "pager")["pagerduty_configs"]:
+        pd["routing_key_file"] = str(tmp_path / "pd-key")
+        pd["url"] = f"{sink}/pagerduty"
+    for route in [config["route"], *config["route"]["routes"]]:
+        route["group_wait"] = "200ms"
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def config_by_name(config: dict[str, Any], name: str) -> dict[str, Any]:
+    (receiver,) = [r for r in config["receivers"] if r["name"] == name]
+    return receiver
+
+
+def alert(name: str, severity: str, description: str) -> dict[str, Any]:
+    return {
+        "labels": {
+            "alertname": name,
+            "severity": severity,
+            "job": "titan-execution",
+            "instance": "localhost:8080",
+        },
+        "annotations": {
+            "summary": f"{name} {severity}",
+            "description": description,
+            "runbook_url": "ops/RUNBOOK.md#alert-x",
+        },
+    }
+
+
+@pytest.mark.slow
+def test_real_alertmanager_pages_critical_mutes_its_warning_and_renders_messages(
+    tmp_path: Path,
+) -> None:
+    binary = tool("prometheus-alertmanager", "prometheus-alertmanager")
+    Recorder.received = []
+    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={am_config_for_test(tmp_path, f'http://127.0.0.1:{sink.server_port}')}",
+            f"--storage.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",  # no gossip: a single instance
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    api = f"http://127.0.0.1:{port}/api/v2"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                if httpx.get(f"{api}/status", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "alertmanager did not start"
+            time.sleep(0.05)
+        alerts = [
+            alert("TitanDrawdownHigh", "critical", "Equity is 7.50 % below its peak"),
+            alert("TitanDrawdownHigh", "warning", "Equity is 7.50 % below (warning)"),
+            alert("TitanOrderFillRateLow", "warning", "Only 79.0 % of the orders filled"),
+        ]
+        assert httpx.post(f"{api}/alerts", json=alerts, timeout=5).status_code == 200
+
+        def paths() -> list[str]:
+            return sorted(path for path, _ in Recorder.received)
+
+        while paths() != ["/pagerduty", "/slack", "/slack"]:
+            assert len(Recorder.received) <= 3, Recorder.received
+            assert time.monotonic() < deadline + 10, Recorder.received
+            time.sleep(0.05)
+        slack = [body for path, body in Recorder.received if path == "/slack"]
+        assert {m["channel"] for m in slack} == {"#titan-alerts"}
+        texts = sorted(
+            m["attachments"][0]["title"] + " " + m["attachments"][0]["text"] for m in slack
+        )
+        assert texts[0].startswith("CRITICAL: TitanDrawdownHigh critical")
+        assert "Equity is 7.50 % below its peak" in texts[0]
+        assert "(warning)" not in texts[0] + texts[1]  # the warning is muted
+        assert texts[1].startswith("Warning: TitanOrderFillRateLow (1)")
+        assert "Only 79.0 % of the orders filled" in texts[1]
+        (page,) = [body for path, body in Recorder.received if path == "/pagerduty"]
+        assert page["routing_key"] == "test-routing-key"
+        assert page["event_action"] == "trigger"
+        # Alertmanager itself says the warning is inhibited by the critical
+        state = {
+            (a["labels"]["alertname"], a["labels"]["severity"]): a["status"]
+            for a in httpx.get(f"{api}/alerts", timeout=5).json()
+        }
+        assert state[("TitanDrawdownHigh", "warning")]["state"] == "suppressed"
+        assert state[("TitanDrawdownHigh", "warning")]["inhibitedBy"]
+        assert state[("TitanOrderFillRateLow", "warning")]["state"] == "active"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        sink.shutdown()
