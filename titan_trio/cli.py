@@ -1,17 +1,21 @@
 """The ``titan`` command.
 
 ``titan run`` starts the service; the API commands (health, equity, positions, orders,
-trades, market, risk, and the operator actions pause, resume, flatten, breaker reset) ask
-the running service's API and print its JSON; ``titan signal send`` sends one
-IPC message (PREPARE, CONFIRM, ABORT, CLOSE, PING) and prints the reply; ``titan config
-validate`` checks a file without starting anything. Errors are one clear line on stderr and a
-non-zero exit code, never a traceback: 2 for bad configuration or arguments, 1 for
-everything else.
+trades, market, risk, and the operator actions pause, resume, flatten, reconcile, breaker
+reset) ask the running service's API and print a table or a summary, or its JSON with
+``--json`` (ops_client.py, cli_render.py); ``titan signal send`` sends one IPC message
+(PREPARE, CONFIRM, ABORT, CLOSE, PING) and prints the reply as JSON (there ``--json``
+already names the message to send, so the reply stays JSON: scripts and the tests read
+it); ``titan config validate`` checks a file without starting anything. Errors are one
+clear line on stderr and an exit code, never a traceback: 1 the service answered but
+the state is bad or the request was refused, 2 bad configuration or arguments, 3 the
+service cannot be reached (ops_client.EXIT_CODES_HELP, printed by ``titan --help``).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import os
@@ -27,22 +31,30 @@ from titan_trio.clock import iso_utc
 from titan_trio.config import Config, default_config_path, ignored_settings, load_config
 from titan_trio.errors import ConfigError, StartupError, TitanError
 from titan_trio.ops_client import (
+    EXIT_CODES_HELP,
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_USAGE,
+    Unreachable,
     cmd_breaker_reset,
+    cmd_equity,
     cmd_flatten,
     cmd_health,
+    cmd_market,
+    cmd_orders,
     cmd_pause,
+    cmd_positions,
     cmd_reconcile,
     cmd_resume,
+    cmd_risk,
     cmd_trades,
+    exit_code_of,
     print_json,
     request,
-    simple_get,
 )
 
 if TYPE_CHECKING:
     from titan_trio.engine import InstanceLock
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def _fail(message: str, code: int = EXIT_FAIL) -> int:
@@ -287,7 +299,13 @@ def _for_people(reply: dict[str, Any]) -> dict[str, Any]:
 def cmd_signal_send(args: argparse.Namespace) -> int:
     import msgspec
 
-    from ipc.client import IpcClientError, IpcConnectError, IpcTimeout, SignalClient
+    from ipc.client import (
+        IpcClientError,
+        IpcConnectError,
+        IpcConnectionLost,
+        IpcTimeout,
+        SignalClient,
+    )
 
     try:
         if args.at_market:
@@ -301,14 +319,16 @@ def cmd_signal_send(args: argparse.Namespace) -> int:
     try:
         reply = client.request(message)
     except IpcConnectError as exc:
-        raise TitanError(
+        raise Unreachable(
             f"cannot reach the service at {path}: {exc.detail}; is it running?"
         ) from None
     except IpcTimeout:
-        raise TitanError(
+        raise Unreachable(
             f"no reply from the service at {path} within {args.timeout:g} s; the request may "
             "have been carried out: check before sending it again with the same signal id"
         ) from None
+    except IpcConnectionLost as exc:  # no answer, as for a timeout
+        raise Unreachable(f"{exc}; check before sending it again with the same signal id") from None
     except IpcClientError as exc:
         raise TitanError(f"{exc}; check before sending it again with the same signal id") from None
     finally:
@@ -326,8 +346,30 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(_fail(message, EXIT_USAGE))
 
 
+def _utc_day(text: str) -> str:
+    """--date: checked here, so a typo is a usage error (exit 2), not an HTTP 400."""
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a day as YYYY-MM-DD, got {text!r}") from None
+    if len(text) != len("YYYY-MM-DD"):
+        raise argparse.ArgumentTypeError(f"expected a day as YYYY-MM-DD, got {text!r}")
+    return text
+
+
+def _trades_limit(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"expected a whole number 1-1000, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> _Parser:
-    parser = _Parser(prog="titan", description="Titan Execution Service")
+    parser = _Parser(
+        prog="titan",
+        description="Titan Execution Service",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"titan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -343,6 +385,23 @@ def build_parser() -> _Parser:
         p.add_argument("--url", help="the service's API base URL (default: from the config)")
         p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
         p.add_argument("--token", help="API bearer token (default: $TITAN_API_TOKEN or api.token)")
+        p.add_argument(
+            "--json",
+            dest="as_json",
+            action="store_true",
+            help="print the API's JSON answer as it is (every digit of every amount)",
+        )
+
+    def api_parser(parent: Any, name: str, text: str) -> argparse.ArgumentParser:
+        p = parent.add_parser(
+            name,
+            help=text,
+            description=text[0].upper() + text[1:] + ".",
+            epilog=EXIT_CODES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        api_client(p)
+        return p
 
     p = sub.add_parser("run", help="run the service in the foreground")
     with_config(p)
@@ -354,49 +413,50 @@ def build_parser() -> _Parser:
     v.add_argument("path")
     v.set_defaults(func=cmd_config_validate)
 
-    p = sub.add_parser(
-        "health", help="the service's health (exit 1 when unhealthy or still starting)"
-    )
-    api_client(p)
-    p.set_defaults(func=cmd_health)
-    for name, path, text in (
-        ("equity", "/api/state/equity", "equity, P&L and drawdown"),
-        ("positions", "/api/state/positions", "open positions"),
-        ("orders", "/api/state/orders", "open orders"),
-        ("market", "/api/market", "the price book"),
-        ("risk", "/api/risk", "limits, phase, trading state and the circuit breaker"),
+    for name, func, text in (
+        ("health", cmd_health, "the service's health (exit 1 when unhealthy or still starting)"),
+        ("equity", cmd_equity, "equity, P&L, drawdown, phase, trading state and breaker"),
+        ("positions", cmd_positions, "open positions with their stops and targets"),
+        ("orders", cmd_orders, "open orders"),
+        ("market", cmd_market, "the price book: the venue's quote and every feed's"),
+        ("risk", cmd_risk, "limits, phase, trading state and the circuit breaker"),
     ):
-        p = sub.add_parser(name, help=text)
-        api_client(p)
-        p.set_defaults(func=simple_get(path))
-    p = sub.add_parser("trades", help="closed trades, newest first")
-    api_client(p)
-    p.add_argument("--date", help="UTC day the trades closed, YYYY-MM-DD")
-    p.add_argument("--limit", type=int, default=100, help="at most this many (1-1000)")
+        p = api_parser(sub, name, text)
+        p.set_defaults(func=func)
+    p = api_parser(sub, "trades", "closed trades, newest first")
+    p.add_argument("--date", type=_utc_day, help="UTC day the trades closed, YYYY-MM-DD")
+    p.add_argument("--limit", type=_trades_limit, default=100, help="at most this many (1-1000)")
     p.add_argument("--symbol", help="only this symbol")
     p.set_defaults(func=cmd_trades)
 
     for name, func, text in (
         ("pause", cmd_pause, "stop new entries (exits still pass)"),
         ("resume", cmd_resume, "allow new entries again"),
-        ("flatten", cmd_flatten, "EMERGENCY: cancel all orders, close all positions, halt"),
-        ("reconcile", cmd_reconcile, "compare the account with the broker now; heal and list"),
+        (
+            "flatten",
+            cmd_flatten,
+            "EMERGENCY: cancel all orders, close all positions, halt (exit 1 on errors)",
+        ),
+        (
+            "reconcile",
+            cmd_reconcile,
+            "compare the account with the broker now; heal and list (exit 1 on errors)",
+        ),
     ):
-        p = sub.add_parser(name, help=text)
-        api_client(p)
+        p = api_parser(sub, name, text)
         p.set_defaults(func=func)
     p = sub.add_parser("breaker", help="the circuit breaker")
     breaker_sub = p.add_subparsers(dest="breaker_command", required=True, parser_class=_Parser)
-    b = breaker_sub.add_parser(
+    b = api_parser(
+        breaker_sub,
         "reset",
-        help="clear a tripped circuit breaker, re-basing peak and day-start equity on now",
+        "clear a tripped circuit breaker, re-basing peak and day-start equity on now",
     )
     b.add_argument(
         "--reducing",
         action="store_true",
         help="leave trading REDUCING (exits only) instead of ACTIVE",
     )
-    api_client(b)
     b.set_defaults(func=cmd_breaker_reset)
 
     p = sub.add_parser("signal", help="send signals to the service over IPC")
@@ -405,7 +465,10 @@ def build_parser() -> _Parser:
         "send",
         help="send one message and print the reply (exit 1 when rejected)",
         description="Send one IPC message and print the reply as JSON. Exit 0 unless the "
-        "reply is 'rejected' or the service cannot be reached (1); 2 for bad flags.",
+        "reply is 'rejected' (1), the flags are wrong (2) or the service cannot be reached "
+        "or does not answer in time (3).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     with_config(s)
     s.add_argument("--socket", help="the IPC socket (default: ipc.socketPath of the config)")
@@ -465,7 +528,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"titan: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except TitanError as exc:
-        return _fail(str(exc))
+        return _fail(str(exc), exit_code_of(exc))
     except KeyboardInterrupt:
         return EXIT_FAIL
 

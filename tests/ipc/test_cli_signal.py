@@ -174,13 +174,13 @@ async def test_missing_flag_is_a_usage_error_naming_it(config_file: Callable[...
     assert code == 2 and "--type" in err
 
 
-async def test_unreachable_service_exits_1_with_one_line(
+async def test_unreachable_service_exits_3_with_one_line(
     tmp_path: Path, config_file: Callable[..., Path]
 ) -> None:
     config = config_file()
     nowhere = str(tmp_path / "nobody-listens.sock")
     code, out, err = await titan(*send(config, "--socket", nowhere, "--type", "PING"))
-    assert code == 1
+    assert code == 3
     assert out == ""
     assert err.startswith(f"titan: cannot reach the service at {nowhere}: ")
     assert "is it running?" in err
