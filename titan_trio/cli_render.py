@@ -26,6 +26,7 @@ from typing import Any
 
 from titan_trio.api.schemas import (
     BreakerReset,
+    ClosedPosition,
     Equity,
     Flattened,
     Health,
@@ -520,16 +521,10 @@ def _listed(label: str, items: Sequence[str]) -> list[str]:
     return [f"  {label}: {item}" for item in items]
 
 
-def _closed_position(closed: Any) -> str:
-    """A closed position as the flatten reports it: a symbol, or the close order's
-    facts (symbol, side, qty, status) as a struct or a mapping."""
-    if isinstance(closed, str):
-        return closed
-    get = closed.get if isinstance(closed, dict) else lambda k: getattr(closed, k, None)
-    facts = [text(get(k)) for k in ("symbol", "side", "qty") if get(k) is not None]
-    if get("status") is not None:
-        facts.append(f"({get('status')})")
-    return " ".join(facts) or str(closed)
+def _closed_position(closed: ClosedPosition) -> str:
+    """A closed position as the flatten reports it: the close order's symbol, side,
+    quantity and status."""
+    return f"{closed.symbol} {closed.side} {text(closed.qty)} ({closed.status})"
 
 
 def render_flattened(answer: Flattened) -> str:

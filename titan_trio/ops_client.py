@@ -286,20 +286,10 @@ cmd_breaker_reset = ApiCommand(
 )
 
 
-class FlattenedAsSent(schemas.Flattened):
-    """The flatten answer with its closed positions read as whatever the service sends:
-    schemas.Flattened declares them ``list[str]``, but the service sends each close
-    order's facts as an object (execution/flatten.py ``_closed``). The renderer reads
-    both, so the emergency command prints readably before and after the schema is
-    corrected."""
-
-    closed_positions: list[Any]  # type: ignore[assignment]
-
-
 cmd_flatten = ApiCommand(
     "POST",
     "/api/emergency/flatten-all",
-    FlattenedAsSent,
+    schemas.Flattened,
     cli_render.render_flattened,
     failed=lambda body: bool(_field(body, "errors")),
 )

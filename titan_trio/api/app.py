@@ -204,7 +204,9 @@ def create_app(engine: Engine) -> QuartTrio:
         return json_response(
             schemas.Flattened(
                 cancelled_orders=list(report.cancelled_orders),
-                closed_positions=list(report.closed_positions),
+                closed_positions=msgspec.convert(
+                    report.closed_positions, list[schemas.ClosedPosition], strict=False
+                ),
                 errors=list(report.errors),
                 trading_state=_state(engine),
                 message="nothing to do: no open orders or positions"

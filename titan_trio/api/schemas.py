@@ -178,9 +178,20 @@ class BreakerReset(_Answer):
     trading_state: TradingStateName
 
 
+class ClosedPosition(_Answer):
+    """One position flatten closed: the reduce-only market order sent, and how it went."""
+
+    symbol: str
+    side: OrderSide  # the closing order's side
+    qty: Decimal
+    client_order_id: str
+    status: str
+    filled_qty: Decimal
+
+
 class Flattened(_Answer):
     cancelled_orders: list[str]
-    closed_positions: list[str]
+    closed_positions: list[ClosedPosition]
     errors: list[str]
     trading_state: TradingStateName
     message: str
