@@ -27,10 +27,10 @@
 # who is not root needs sudo, or polkit asks.
 
 # A user who pasted the guide's aliases earlier would have them expanded inside the
-# definitions below.
+# definitions below. `|| true`: the file is sourced under `set -e` too (the runbook's test does).
 for _titan_name in titan-status titan-positions titan-equity titan-logs titan-restart \
   titan-stop titan-start titan-flatten titan-backup; do
-  unalias "$_titan_name" 2>/dev/null
+  unalias "$_titan_name" 2>/dev/null || true
 done
 unset _titan_name
 
