@@ -459,6 +459,10 @@ def build_parser() -> _Parser:
     )
     b.set_defaults(func=cmd_breaker_reset)
 
+    from titan_trio.maintenance.backup_cli import add_backup_parser
+
+    add_backup_parser(sub, with_config)
+
     p = sub.add_parser("signal", help="send signals to the service over IPC")
     signal_sub = p.add_subparsers(dest="signal_command", required=True, parser_class=_Parser)
     s = signal_sub.add_parser(

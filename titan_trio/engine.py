@@ -48,6 +48,7 @@ from titan_trio.feeds.binance import BinanceFeed
 from titan_trio.feeds.bybit import BybitFeed
 from titan_trio.feeds.hub import MarketHub
 from titan_trio.feeds.simulated import SimulatedFeed
+from titan_trio.maintenance.backup_job import BackupSchedule
 from titan_trio.metrics import FILL_RATE_WINDOW, Metrics
 from titan_trio.private_files import make_private_dirs, open_private
 from titan_trio.risk.breaker import TradingState, most_restrictive
@@ -312,6 +313,8 @@ class Engine:
             cfg.ipc.socket_mode,
             "signed frames required" if cfg.ipc.hmac_secret else "unsigned frames",
         )
+        if cfg.database.backup_interval_min is not None:  # off the trio thread, never fatal
+            await nursery.start(BackupSchedule(cfg).run)
         binds = await nursery.start(serve_api, self)
         self.api_url = binds[0] if binds else None
         log.info(

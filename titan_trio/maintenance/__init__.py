@@ -1,0 +1,1 @@
+"""Database maintenance: backups (local and S3), restore, credentials, db commands."""

@@ -1,0 +1,529 @@
+"""Backups of the service's database: take one, verify one, list and prune them.
+
+A backup is ``backup-YYYY-MM-DDTHH-MM-SS.db.gz`` (the UTC time it was taken) with
+``<name>.sha256`` beside it in sha256sum's format (``<hex>  <name>``), so
+``sha256sum -c`` checks it by hand. The checksum file is written last: it marks the
+backup finished, and everything that reads backups (the metric
+titan_backup_last_success_timestamp_seconds, ``list_local``, retention, the runbook)
+counts a backup without one as unfinished.
+
+Design choices:
+
+- SQLite's online backup API, never a file copy: a copy of the main file misses what
+  is still in the ``-wal`` and may catch a page mid-write. The source connection holds
+  one read transaction for the whole copy, so every step reads the same snapshot: the
+  backup is the database as it was when the backup started (every transaction
+  committed before it), and a writer that commits meanwhile never makes it start over
+  (without that read transaction, SQLite restarts a stepped backup after each foreign
+  commit: measured 152 restarts for a 12 MB database under a busy writer). In WAL mode
+  a reader blocks no writer, so the service goes on committing; the WAL only cannot be
+  checkpointed past the snapshot until the copy ends (it is the next checkpoint's).
+- The source is opened read-only (``mode=ro``): a backup never changes the database,
+  and a missing database is an error, not a new empty file.
+- The copy is turned into a self-contained file (``journal_mode=DELETE``: the backup
+  API carries the source's WAL flag over) and ``PRAGMA integrity_check`` runs on it
+  before it is compressed, so a backup is never a damaged copy. Then it is gzipped as a
+  stream (level 6: level 9 costs several times the CPU for a few percent on this data),
+  hashed while written, fsynced, and renamed into place.
+- Every file is first written under a hidden temporary name in the backup directory
+  (``.backup-...``), on the same filesystem, so the rename is atomic, and a failure
+  (full disk, read-only directory, missing database) deletes whatever it wrote: nothing
+  partial is ever left under a backup's name. The directory is fsynced after the renames.
+- Files are private (0600, directories 0700): a backup is the whole account.
+- An existing backup of the same second is never replaced (a backup is refused
+  instead): its checksum file would describe the other file for a moment.
+- ``verified`` in BackupInfo: True when this process checked it (``create_backup``
+  checked the copy's integrity, ``verify_backup`` everything); False when it has no
+  checksum beside it (unfinished, or not one of ours: it cannot be verified); None when
+  it is finished but was not checked by the call that listed it (checking means
+  reading the whole file).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gzip
+import hashlib
+import os
+import re
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from titan_trio.errors import TitanError
+from titan_trio.private_files import FILE_MODE, make_private_dirs
+
+BACKUP_RE = re.compile(r"^backup-(\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})\.db\.gz$")
+NAME_FORMAT = "backup-%Y-%m-%dT%H-%M-%S.db.gz"
+TIME_FORMAT = "%Y-%m-%dT%H-%M-%S"
+CHECKSUM_SUFFIX = ".sha256"
+TEMP_PREFIX = ".backup-"  # hidden: nothing that reads backups ever sees a temporary file
+
+# Pages copied per backup step: the progress callback's granularity (4 MB at SQLite's
+# default 4 KB page). The read transaction makes the step size irrelevant to writers.
+PAGES_PER_STEP = 1024
+CHUNK = 1 << 20  # bytes per read/write while compressing, hashing, decompressing
+GZIP_LEVEL = 6
+STALE_TEMP_S = 24 * 3600  # a temporary file this old belongs to a backup that died
+BUSY_TIMEOUT_MS = 5000
+
+
+class BackupError(TitanError):
+    """A backup could not be taken, verified, listed, uploaded or downloaded. The
+    message is one line for the operator, naming the file and the cause."""
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    """One backup, local or in S3 (``key`` is the object key there, None locally)."""
+
+    path: str
+    taken_at: datetime
+    size: int
+    sha256: str | None
+    verified: bool | None
+    location: Literal["local", "s3"] = "local"
+    key: str | None = None
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.key if self.key is not None else self.path)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What ``verify_backup`` found: the checksum matched, the decompressed database
+    passed ``PRAGMA integrity_check``, and these row counts per table."""
+
+    path: str
+    taken_at: datetime | None
+    size: int
+    sha256: str
+    database_size: int
+    tables: dict[str, int] = field(default_factory=dict)
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+def backup_name(ts: datetime) -> str:
+    """The file name of a backup taken at ``ts`` (converted to UTC; naive means UTC)."""
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(UTC)
+    return ts.strftime(NAME_FORMAT)
+
+
+def taken_at_of(name: str) -> datetime | None:
+    """The UTC time a backup's name says it was taken, or None for another name."""
+    found = BACKUP_RE.match(os.path.basename(name))
+    if found is None:
+        return None
+    return datetime.strptime(found.group(1), TIME_FORMAT).replace(tzinfo=UTC)
+
+
+# ----- taking a backup ----------------------------------------------------------------
+
+
+def create_backup(
+    db_path: str,
+    backup_dir: str,
+    *,
+    progress: ProgressFn | None = None,
+    now: datetime | None = None,
+    cancel: threading.Event | None = None,
+) -> BackupInfo:
+    """Back up the database at ``db_path`` into ``backup_dir``, safely while the service
+    writes to it. ``progress(done_pages, total_pages)`` is called after each step of
+    the copy. ``now`` names the backup (default: the current UTC time). ``cancel``, when
+    set (by another thread), stops the backup at its next step. Raises BackupError,
+    leaving no file behind."""
+    taken = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    name = backup_name(taken)
+    if not os.path.isfile(db_path):
+        raise BackupError(f"no database at {db_path}")
+    try:
+        make_private_dirs(backup_dir)
+    except OSError as exc:
+        raise BackupError(f"cannot create the backup directory {backup_dir}: {_why(exc)}") from None
+    final = os.path.join(backup_dir, name)
+    checksum_path = final + CHECKSUM_SUFFIX
+    if os.path.exists(final) or os.path.exists(checksum_path):
+        raise BackupError(f"{final} exists already; one backup a second at most")
+    with _temporaries(backup_dir) as temp:
+        copy = temp(".db")
+        _online_copy(db_path, copy, progress, cancel)
+        gz = temp(".db.gz")
+        digest = _compress(copy, gz, cancel)
+        os.unlink(copy)  # the space, before the next file needs it
+        sums = temp(".sha256")
+        _write_synced(sums, f"{digest}  {name}\n".encode())
+        size = os.path.getsize(gz)
+        try:
+            _link_into_place(gz, final)
+            _link_into_place(sums, checksum_path)  # last: the backup is finished
+        except BackupError:
+            with contextlib.suppress(OSError):
+                os.unlink(final)
+            raise
+        _fsync_dir(backup_dir)
+    return BackupInfo(final, taken, size, digest, True, "local", None)
+
+
+def _online_copy(
+    db_path: str, dest: str, progress: ProgressFn | None, cancel: threading.Event | None
+) -> None:
+    try:
+        src = sqlite3.connect(
+            f"{Path(db_path).absolute().as_uri()}?mode=ro", uri=True, isolation_level=None
+        )
+    except sqlite3.Error as exc:
+        raise BackupError(f"cannot open the database {db_path}: {exc}") from None
+    try:
+        dst = sqlite3.connect(dest, isolation_level=None)
+        try:
+            src.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            # One read transaction for the whole copy: one snapshot, no restarts.
+            src.execute("BEGIN")
+            src.execute("SELECT count(*) FROM sqlite_master").fetchall()
+
+            def step(_status: int, remaining: int, total: int) -> None:
+                if cancel is not None and cancel.is_set():
+                    raise _Cancelled  # aborts the backup step (sqlite3 re-raises it)
+                if progress is not None:
+                    progress(total - remaining, total)
+
+            src.backup(dst, pages=PAGES_PER_STEP, progress=step, sleep=0)
+            src.execute("COMMIT")
+            dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+            problems = [row[0] for row in dst.execute("PRAGMA integrity_check").fetchall()]
+            if problems != ["ok"]:
+                raise BackupError(
+                    f"the database {db_path} fails its integrity check, no backup taken: "
+                    + "; ".join(str(p) for p in problems[:3])
+                )
+        finally:
+            dst.close()
+        _fsync_path(dest)
+    except _Cancelled:
+        raise BackupError(f"backup of {db_path} cancelled") from None
+    except sqlite3.Error as exc:
+        raise BackupError(f"backup of {db_path} failed: {_sqlite_why(exc, dest)}") from None
+    except OSError as exc:
+        raise BackupError(f"backup of {db_path} failed: {_why(exc)}") from None
+    finally:
+        src.close()
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _compress(source: str, dest: str, cancel: threading.Event | None = None) -> str:
+    """Gzip ``source`` into ``dest`` (fsynced); the SHA-256 of what was written."""
+    digest = hashlib.sha256()
+
+    class Hashing:
+        def __init__(self, raw: object) -> None:
+            self.raw = raw
+
+        def write(self, data: bytes) -> int:
+            digest.update(data)
+            return self.raw.write(data)  # type: ignore[attr-defined,no-any-return]
+
+        def flush(self) -> None:
+            self.raw.flush()  # type: ignore[attr-defined]
+
+    try:
+        with open(source, "rb") as src, open(dest, "wb") as raw:
+            # mtime 0 and no file name: the same database gives the same bytes.
+            with gzip.GzipFile(
+                filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=Hashing(raw), mtime=0
+            ) as gz:  # type: ignore[arg-type]
+                while chunk := src.read(CHUNK):
+                    if cancel is not None and cancel.is_set():
+                        raise BackupError(f"backup cancelled while writing {dest}")
+                    gz.write(chunk)
+            raw.flush()
+            os.fsync(raw.fileno())
+    except OSError as exc:
+        raise BackupError(f"cannot write {dest}: {_why(exc)}") from None
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _temporaries(directory: str) -> Iterator[Callable[[str], str]]:
+    """Make hidden temporary files in ``directory`` (0600); every one still there when
+    the block ends is deleted, whether it succeeded or not (on success they have been
+    renamed away, or deleted, already)."""
+    made: list[str] = []
+
+    def temp(suffix: str) -> str:
+        try:
+            fd, path = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=directory)
+        except OSError as exc:
+            raise BackupError(f"cannot write in {directory}: {_why(exc)}") from None
+        os.fchmod(fd, FILE_MODE)
+        os.close(fd)
+        made.append(path)
+        return path
+
+    try:
+        yield temp
+    finally:
+        for path in made:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            for extra in ("-journal", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path + extra)
+
+
+def _link_into_place(temp: str, final: str) -> None:
+    """``temp`` becomes ``final``, never replacing an existing file (link, then unlink:
+    atomic, and EEXIST instead of a silent overwrite)."""
+    try:
+        os.link(temp, final)
+    except FileExistsError:
+        raise BackupError(f"{final} exists already; one backup a second at most") from None
+    except OSError as exc:
+        raise BackupError(f"cannot create {final}: {_why(exc)}") from None
+    os.unlink(temp)
+
+
+def _write_synced(path: str, data: bytes) -> None:
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise BackupError(f"cannot write {path}: {_why(exc)}") from None
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: str) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be synced
+        _fsync_path(directory)
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "no space left on the device"
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
+def _sqlite_why(exc: sqlite3.Error, dest: str) -> str:
+    code = getattr(exc, "sqlite_errorname", None)
+    if code == "SQLITE_FULL":
+        return f"no space left on the device for {dest} (SQLITE_FULL)"
+    if code in ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_IOERR_WRITE"):
+        return f"{exc} ({code}): cannot write {os.path.dirname(dest)}"
+    return f"{exc} ({code})" if code else str(exc)
+
+
+# ----- verifying -------------------------------------------------------------------------
+
+
+def read_checksum(path: str) -> str:
+    """The SHA-256 recorded beside the backup at ``path``; BackupError when it is
+    missing or not in sha256sum's format for this file."""
+    sums = path + CHECKSUM_SUFFIX
+    try:
+        text = Path(sums).read_text(errors="replace")
+    except FileNotFoundError:
+        raise BackupError(
+            f"{path} has no checksum file {os.path.basename(sums)}: the backup did not "
+            "finish, or the file was not made by titan backup"
+        ) from None
+    except OSError as exc:
+        raise BackupError(f"cannot read {sums}: {_why(exc)}") from None
+    found = re.match(r"^([0-9a-fA-F]{64}) [ *](.+)$", text.strip())
+    if found is None or os.path.basename(found.group(2)) != os.path.basename(path):
+        raise BackupError(f"{sums} is not a checksum of {os.path.basename(path)}")
+    return found.group(1).lower()
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_backup(path: str, *, work_dir: str | None = None) -> VerifyReport:
+    """Check the backup at ``path``: its SHA-256 against the ``.sha256`` beside it, then
+    decompress it into a temporary file (in ``work_dir``, default the backup's own
+    directory: /tmp may be a small tmpfs) and run ``PRAGMA integrity_check`` and a row
+    count per table. Raises BackupError naming the first failure."""
+    if not os.path.isfile(path):
+        raise BackupError(f"no backup at {path}")
+    expected = read_checksum(path)
+    try:
+        actual = file_sha256(path)
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise BackupError(f"cannot read {path}: {_why(exc)}") from None
+    if actual != expected:
+        raise BackupError(
+            f"{path} does not match its checksum (sha256 {actual[:12]}..., recorded "
+            f"{expected[:12]}...): the file is damaged or incomplete"
+        )
+    where = work_dir or os.path.dirname(os.path.abspath(path))
+    try:
+        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".verify.db", dir=where)
+    except OSError:  # the backup's directory is read-only: the system's temp directory
+        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".verify.db")
+    try:
+        try:
+            with os.fdopen(fd, "wb") as out, gzip.open(path, "rb") as gz:
+                while chunk := gz.read(CHUNK):
+                    out.write(chunk)
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise BackupError(f"cannot decompress {path} into {where}: {_why(exc)}") from None
+            raise BackupError(f"{path} is not a complete gzip file: {exc}") from None
+        tables = _check_database(path, temp)
+        database_size = os.path.getsize(temp)
+    finally:
+        for extra in ("", "-journal", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp + extra)
+    return VerifyReport(path, taken_at_of(path), size, actual, database_size, tables)
+
+
+def _check_database(path: str, db: str) -> dict[str, int]:
+    try:
+        conn = sqlite3.connect(f"{Path(db).as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise BackupError(f"{path} does not hold a database that opens: {exc}") from None
+    try:
+        problems = [str(row[0]) for row in conn.execute("PRAGMA integrity_check").fetchall()]
+        if problems != ["ok"]:
+            raise BackupError(
+                f"{path} fails PRAGMA integrity_check: {'; '.join(problems[:3])}"
+                + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "")
+            )
+        names = [
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
+        return {
+            name: conn.execute(
+                f'SELECT count(*) FROM "{name.replace(chr(34), chr(34) * 2)}"'
+            ).fetchone()[0]
+            for name in names
+        }
+    except sqlite3.DatabaseError as exc:
+        raise BackupError(f"{path} does not hold a valid SQLite database: {exc}") from None
+    finally:
+        conn.close()
+
+
+# ----- listing and retention -----------------------------------------------------------
+
+
+def list_local(backup_dir: str) -> list[BackupInfo]:
+    """The backups in ``backup_dir``, newest first (``verified``: None when finished,
+    False without a checksum file; see the module's docstring). A missing directory
+    holds none."""
+    try:
+        names = set(os.listdir(backup_dir))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise BackupError(f"cannot list {backup_dir}: {_why(exc)}") from None
+    found: list[BackupInfo] = []
+    for name in names:
+        taken = taken_at_of(name)
+        if taken is None:
+            continue
+        path = os.path.join(backup_dir, name)
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            continue  # deleted meanwhile
+        finished = name + CHECKSUM_SUFFIX in names
+        digest = None
+        if finished:
+            with contextlib.suppress(BackupError):
+                digest = read_checksum(path)
+        found.append(BackupInfo(path, taken, size, digest, None if finished else False))
+    found.sort(key=lambda info: info.taken_at, reverse=True)
+    return found
+
+
+def newest_local(backup_dir: str) -> BackupInfo | None:
+    """The newest finished backup (with its checksum file), or None."""
+    for info in list_local(backup_dir):
+        if info.verified is not False:
+            return info
+    return None
+
+
+def expired(taken: list[tuple[datetime, bool]], retention_days: int, now: datetime) -> list[int]:
+    """Indexes into ``taken`` ((time, finished) pairs) that retention deletes: taken
+    before ``now - retention_days``, except the newest finished backup, whatever its
+    age (a service whose backups stopped for a month still has its last one)."""
+    cutoff = now - timedelta(days=retention_days)
+    finished = [i for i, (_, done) in enumerate(taken) if done]
+    keep = max(finished, key=lambda i: taken[i][0]) if finished else None
+    return [i for i, (when, _) in enumerate(taken) if when < cutoff and i != keep]
+
+
+def prune_local(backup_dir: str, retention_days: int, now: datetime) -> list[str]:
+    """Delete the backups (and their checksum files) older than ``retention_days``
+    before ``now``, never the newest finished one. The deleted backups' paths."""
+    backups = list_local(backup_dir)
+    doomed = expired([(b.taken_at, b.verified is not False) for b in backups], retention_days, now)
+    deleted: list[str] = []
+    for i in doomed:
+        path = backups[i].path
+        try:
+            # the checksum first: a backup is never left looking finished but half gone
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path + CHECKSUM_SUFFIX)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        except OSError as exc:
+            raise BackupError(f"cannot delete the old backup {path}: {_why(exc)}") from None
+        deleted.append(path)
+    deleted += _remove_stale_temporaries(backup_dir, now)
+    if deleted:
+        _fsync_dir(backup_dir)
+    return deleted
+
+
+def _remove_stale_temporaries(backup_dir: str, now: datetime) -> list[str]:
+    """Temporary files a killed backup left (a crash skips the cleanup), once they are
+    STALE_TEMP_S old: no backup runs that long, so none is still being written."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(backup_dir):
+            if not entry.name.startswith(TEMP_PREFIX) or not entry.is_file():
+                continue
+            with contextlib.suppress(OSError):
+                if now.timestamp() - entry.stat().st_mtime > STALE_TEMP_S:
+                    os.unlink(entry.path)
+                    removed.append(entry.path)
+    return removed
