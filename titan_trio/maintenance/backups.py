@@ -247,12 +247,14 @@ def _compress(source: str, dest: str, cancel: threading.Event | None = None) -> 
             ) as gz:  # type: ignore[arg-type]
                 while chunk := src.read(CHUNK):
                     if cancel is not None and cancel.is_set():
-                        raise BackupError(f"backup cancelled while writing {dest}")
+                        raise BackupError("backup cancelled")
                     gz.write(chunk)
             raw.flush()
             os.fsync(raw.fileno())
     except OSError as exc:
-        raise BackupError(f"cannot write {dest}: {_why(exc)}") from None
+        raise BackupError(
+            f"cannot write the backup into {os.path.dirname(dest)}: {_why(exc)}"
+        ) from None
     return digest.hexdigest()
 
 
@@ -332,7 +334,7 @@ def _why(exc: OSError) -> str:
 def _sqlite_why(exc: sqlite3.Error, dest: str) -> str:
     code = getattr(exc, "sqlite_errorname", None)
     if code == "SQLITE_FULL":
-        return f"no space left on the device for {dest} (SQLITE_FULL)"
+        return f"no space left on the device in {os.path.dirname(dest)} (SQLITE_FULL)"
     if code in ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_IOERR_WRITE"):
         return f"{exc} ({code}): cannot write {os.path.dirname(dest)}"
     return f"{exc} ({code})" if code else str(exc)

@@ -1,0 +1,388 @@
+"""Backups: taken while a writer commits, verified, refused cleanly, pruned."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import sqlite3
+import subprocess
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import fill_disk
+from titan_trio.maintenance import backups
+from titan_trio.maintenance.backups import (
+    BACKUP_RE,
+    BackupError,
+    backup_name,
+    create_backup,
+    list_local,
+    newest_local,
+    prune_local,
+    verify_backup,
+)
+
+NOW = datetime(2026, 3, 10, 12, 0, 0, tzinfo=UTC)
+
+
+def make_db(path: Path, rows: int = 200, blob: int = 100) -> Path:
+    """A WAL database with a table of ``rows`` random blobs and an index."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, data BLOB, tag INTEGER)")
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+        conn.execute("CREATE INDEX items_tag ON items (tag)")
+        conn.executemany(
+            "INSERT INTO items (data, tag) VALUES (?, ?)",
+            [(os.urandom(blob), i % 7) for i in range(rows)],
+        )
+        conn.execute("INSERT INTO notes (text) VALUES ('hello')")
+    conn.close()
+    return path
+
+
+def files_in(directory: Path) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+# ----- a backup while a writer commits -------------------------------------------------------
+
+
+class Writer(threading.Thread):
+    """Commits continuously on its own connection: row n of ``ledger`` and
+    ``counter.value = n`` in one transaction. ``committed`` is the last n committed."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.committed = 0
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=5000")
+            n = self.committed
+            while not self.stop.is_set():
+                n += 1
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("INSERT INTO ledger (n, pad) VALUES (?, randomblob(300))", (n,))
+                conn.execute("UPDATE counter SET value = ? WHERE id = 1", (n,))
+                conn.execute("COMMIT")
+                self.committed = n
+            conn.close()
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+def test_a_backup_taken_while_a_writer_commits_holds_every_commit_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "live.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE ledger (n INTEGER PRIMARY KEY, pad BLOB)")
+        conn.execute("CREATE TABLE counter (id INTEGER PRIMARY KEY, value INTEGER)")
+        conn.execute("INSERT INTO counter VALUES (1, 0)")
+    conn.close()
+    # small steps, so the copy takes many of them while the writer commits between
+    monkeypatch.setattr(backups, "PAGES_PER_STEP", 4)
+    writer = Writer(db)
+    writer.start()
+    try:
+        while writer.committed < 300 and writer.error is None:
+            threading.Event().wait(0.005)
+        seen_during: list[int] = []
+
+        def progress(done: int, total: int) -> None:
+            # at the first step, wait until the writer has committed more: the backup
+            # must go on without them (one snapshot) and without starting over
+            if not seen_during:
+                target = writer.committed + 20
+                for _ in range(2000):
+                    if writer.committed >= target or writer.error is not None:
+                        break
+                    threading.Event().wait(0.001)
+                seen_during.append(writer.committed)
+
+        before = writer.committed  # committed before the backup started
+        info = create_backup(str(db), str(tmp_path / "backups"), progress=progress, now=NOW)
+        after = writer.committed
+    finally:
+        writer.stop.set()
+        writer.join(10)
+    assert writer.error is None, writer.error
+    assert seen_during and seen_during[0] >= before + 20, "the writer was held up"
+    assert after > before
+
+    restored = tmp_path / "restored.db"
+    restored.write_bytes(gzip.decompress(Path(info.path).read_bytes()))
+    with sqlite3.connect(f"file:{restored}?mode=ro", uri=True) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        value = conn.execute("SELECT value FROM counter").fetchone()[0]
+        count, low, high = conn.execute("SELECT count(*), min(n), max(n) FROM ledger").fetchone()
+    conn.close()
+    # consistent: every transaction whole; complete: every commit before the backup;
+    # one snapshot: none of the commits the first step waited for
+    assert (count, low, high) == (value, 1, value)
+    assert before <= value < seen_during[0]
+    # the name, the checksum file and the file modes
+    assert BACKUP_RE.match(Path(info.path).name)
+    assert Path(info.path).name == backup_name(NOW) == "backup-2026-03-10T12-00-00.db.gz"
+    assert files_in(tmp_path / "backups") == [
+        "backup-2026-03-10T12-00-00.db.gz",
+        "backup-2026-03-10T12-00-00.db.gz.sha256",
+    ]
+    digest = hashlib.sha256(Path(info.path).read_bytes()).hexdigest()
+    assert info.sha256 == digest and info.size == os.path.getsize(info.path)
+    assert Path(info.path + ".sha256").read_text() == f"{digest}  {Path(info.path).name}\n"
+    assert os.stat(info.path).st_mode & 0o777 == 0o600
+    assert os.stat(tmp_path / "backups").st_mode & 0o777 == 0o700
+    # sha256sum itself agrees
+    done = subprocess.run(
+        ["sha256sum", "-c", Path(info.path).name + ".sha256"],
+        cwd=tmp_path / "backups",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_backup_of_the_same_second_never_replaces_one(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "a.db")
+    first = create_backup(str(db), str(tmp_path / "b"), now=NOW)
+    content = Path(first.path).read_bytes()
+    with pytest.raises(BackupError, match="exists already"):
+        create_backup(str(db), str(tmp_path / "b"), now=NOW)
+    assert Path(first.path).read_bytes() == content
+    assert len(files_in(tmp_path / "b")) == 2
+
+
+def test_a_missing_database_is_an_error_not_a_new_file(tmp_path: Path) -> None:
+    with pytest.raises(BackupError, match="no database at"):
+        create_backup(str(tmp_path / "nope.db"), str(tmp_path / "b"), now=NOW)
+    assert not (tmp_path / "nope.db").exists()
+    assert not (tmp_path / "b").exists() or files_in(tmp_path / "b") == []
+
+
+def test_a_file_that_is_not_a_database_fails_and_leaves_nothing(tmp_path: Path) -> None:
+    (tmp_path / "x.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(BackupError, match="not a database"):
+        create_backup(str(tmp_path / "x.db"), str(tmp_path / "b"), now=NOW)
+    assert files_in(tmp_path / "b") == []
+
+
+def test_a_cancelled_backup_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = make_db(tmp_path / "a.db", rows=500)
+    monkeypatch.setattr(backups, "PAGES_PER_STEP", 2)
+    cancel = threading.Event()
+    with pytest.raises(BackupError, match="cancelled"):
+        create_backup(
+            str(db), str(tmp_path / "b"), now=NOW, cancel=cancel, progress=lambda d, t: cancel.set()
+        )
+    assert files_in(tmp_path / "b") == []
+
+
+# ----- verify ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    db = make_db(tmp_path / "a.db", rows=300)
+    return Path(create_backup(str(db), str(tmp_path / "b"), now=NOW).path)
+
+
+def rewrite_checksum(path: Path) -> None:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    Path(f"{path}.sha256").write_text(f"{digest}  {path.name}\n")
+
+
+def test_verify_a_good_backup_counts_the_rows(good: Path) -> None:
+    report = verify_backup(str(good))
+    assert report.tables == {"items": 300, "notes": 1}
+    assert report.taken_at == NOW
+    assert report.sha256 == hashlib.sha256(good.read_bytes()).hexdigest()
+    assert files_in(good.parent) == [good.name, good.name + ".sha256"]  # no temp left
+
+
+def test_verify_finds_a_flipped_byte(good: Path) -> None:
+    data = bytearray(good.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    good.write_bytes(bytes(data))
+    with pytest.raises(BackupError, match="does not match its checksum.*damaged"):
+        verify_backup(str(good))
+
+
+def test_verify_finds_a_truncated_file(good: Path) -> None:
+    good.write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(BackupError, match="does not match its checksum"):
+        verify_backup(str(good))
+    rewrite_checksum(good)  # truncated before its checksum was taken: gzip tells
+    with pytest.raises(BackupError, match="not a complete gzip file"):
+        verify_backup(str(good))
+    assert files_in(good.parent) == [good.name, good.name + ".sha256"]
+
+
+def test_verify_refuses_a_backup_without_its_checksum(good: Path) -> None:
+    Path(f"{good}.sha256").unlink()
+    with pytest.raises(BackupError, match="has no checksum file.*did not finish"):
+        verify_backup(str(good))
+
+
+def test_verify_refuses_a_checksum_of_another_file(good: Path) -> None:
+    Path(f"{good}.sha256").write_text(f"{'0' * 64}  backup-2020-01-01T00-00-00.db.gz\n")
+    with pytest.raises(BackupError, match="is not a checksum of"):
+        verify_backup(str(good))
+
+
+def test_verify_refuses_a_gzip_of_something_else(good: Path) -> None:
+    good.write_bytes(gzip.compress(b"hello, not a database\n" * 1000))
+    rewrite_checksum(good)
+    with pytest.raises(BackupError, match="not hold a valid SQLite database"):
+        verify_backup(str(good))
+
+
+def test_verify_refuses_a_damaged_database(tmp_path: Path, good: Path) -> None:
+    db = tmp_path / "damaged.db"
+    db.write_bytes(gzip.decompress(good.read_bytes()))
+    data = bytearray(db.read_bytes())
+    page = 4096
+    for offset in range(2 * page + 200, len(data) - page, page):  # damage every page's cells
+        data[offset : offset + 64] = os.urandom(64)
+    db.write_bytes(bytes(data))
+    good.write_bytes(gzip.compress(db.read_bytes()))
+    rewrite_checksum(good)
+    with pytest.raises(BackupError, match=f"{good.name}.*(integrity_check|malformed|valid)"):
+        verify_backup(str(good))
+
+
+# ----- failures leave nothing ------------------------------------------------------------
+
+
+@pytest.fixture
+def readonly_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory nobody may write: a read-only tmpfs as root (root ignores modes),
+    else a directory of mode 0500."""
+    where = tmp_path / "ro"
+    where.mkdir()
+    if os.geteuid() != 0:
+        where.chmod(0o500)
+        yield where
+        where.chmod(0o700)
+        return
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "--lazy", str(where)], check=False)
+
+
+def test_a_backup_into_a_read_only_directory_fails_clearly(
+    tmp_path: Path, readonly_dir: Path
+) -> None:
+    db = make_db(tmp_path / "a.db")
+    with pytest.raises(BackupError) as caught:
+        create_backup(str(db), str(readonly_dir), now=NOW)
+    assert "cannot write in" in str(caught.value)
+    assert "read-only file system" in str(caught.value) or "permission denied" in str(
+        caught.value
+    )
+    assert files_in(readonly_dir) == []
+
+
+def test_a_backup_onto_a_full_disk_fails_clearly_and_leaves_nothing(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    db = make_db(tmp_path / "a.db", rows=3000, blob=1000)  # ~3 MB of random bytes
+    fill_disk(small_disk)
+    with pytest.raises(BackupError, match="no space left"):
+        create_backup(str(db), str(small_disk / "backups"), now=NOW)
+    assert files_in(small_disk) == ["backups", "filler"]
+    assert files_in(small_disk / "backups") == []
+
+
+def test_a_disk_that_fills_while_compressing_leaves_nothing(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    db = make_db(tmp_path / "a.db", rows=3000, blob=1000)
+    size = db.stat().st_size
+    filler = fill_disk(small_disk)
+    # room for the uncompressed copy, not for it and its (incompressible) gzip
+    with open(filler, "r+b") as f:
+        f.truncate(filler.stat().st_size - size - 512 * 1024)
+    with pytest.raises(BackupError, match="no space left"):
+        create_backup(str(db), str(small_disk / "backups"), now=NOW)
+    assert files_in(small_disk / "backups") == []
+    # and once there is space, the next backup works
+    filler.unlink()
+    info = create_backup(str(db), str(small_disk / "backups"), now=NOW)
+    assert verify_backup(info.path).tables["items"] == 3000
+
+
+# ----- listing and retention -------------------------------------------------------------
+
+
+def test_listing_is_newest_first_and_tells_unfinished_ones(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "a.db")
+    d = tmp_path / "b"
+    for days in (3, 1, 2):
+        create_backup(str(db), str(d), now=NOW - timedelta(days=days))
+    unfinished = d / backup_name(NOW)
+    unfinished.write_bytes(b"half")
+    (d / "notes.txt").write_text("not a backup")
+    listed = list_local(str(d))
+    assert [b.taken_at for b in listed] == [NOW - timedelta(days=n) for n in (0, 1, 2, 3)]
+    assert [b.verified for b in listed] == [False, None, None, None]
+    assert listed[1].sha256 == hashlib.sha256(Path(listed[1].path).read_bytes()).hexdigest()
+    assert listed[0].sha256 is None
+    newest = newest_local(str(d))
+    assert newest is not None and newest.taken_at == NOW - timedelta(days=1)
+    assert list_local(str(tmp_path / "none")) == []
+
+
+def test_retention_deletes_only_what_is_older_than_the_window(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "a.db")
+    d = tmp_path / "b"
+    ages = [timedelta(days=40), timedelta(days=31), timedelta(days=29, hours=23), timedelta(0)]
+    paths = [create_backup(str(db), str(d), now=NOW - age).path for age in ages]
+    stale = d / ".backup-dead.db"
+    stale.write_bytes(b"x")
+    os.utime(stale, (NOW.timestamp() - 2 * 86400,) * 2)
+    fresh_temp = d / ".backup-running.db"
+    fresh_temp.write_bytes(b"x")
+    os.utime(fresh_temp, (NOW.timestamp() - 60,) * 2)
+
+    deleted = prune_local(str(d), 30, NOW)
+    assert sorted(deleted) == sorted([*paths[:2], str(stale)])
+    assert files_in(d) == sorted(
+        [fresh_temp.name]
+        + [Path(p).name for p in paths[2:]]
+        + [Path(p).name + ".sha256" for p in paths[2:]]
+    )
+
+
+def test_retention_never_deletes_the_newest_backup(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "a.db")
+    d = tmp_path / "b"
+    old = [create_backup(str(db), str(d), now=NOW - timedelta(days=n)).path for n in (90, 60)]
+    # an unfinished one newer than both does not count as the newest
+    (d / backup_name(NOW - timedelta(days=45))).write_bytes(b"half")
+    deleted = prune_local(str(d), 30, NOW)
+    assert sorted(deleted) == sorted([old[0], str(d / backup_name(NOW - timedelta(days=45)))])
+    assert files_in(d) == [Path(old[1]).name, Path(old[1]).name + ".sha256"]
+    assert prune_local(str(d), 30, NOW + timedelta(days=365)) == []
