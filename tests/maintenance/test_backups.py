@@ -217,7 +217,7 @@ def test_verify_finds_a_flipped_byte(good: Path) -> None:
     data = bytearray(good.read_bytes())
     data[len(data) // 2] ^= 0x01
     good.write_bytes(bytes(data))
-    with pytest.raises(BackupError, match="does not match its checksum.*damaged"):
+    with pytest.raises(BackupError, match=r"does not match its checksum.*damaged"):
         verify_backup(str(good))
 
 
@@ -233,7 +233,7 @@ def test_verify_finds_a_truncated_file(good: Path) -> None:
 
 def test_verify_refuses_a_backup_without_its_checksum(good: Path) -> None:
     Path(f"{good}.sha256").unlink()
-    with pytest.raises(BackupError, match="has no checksum file.*did not finish"):
+    with pytest.raises(BackupError, match=r"has no checksum file.*did not finish"):
         verify_backup(str(good))
 
 
@@ -299,9 +299,7 @@ def test_a_backup_into_a_read_only_directory_fails_clearly(
     with pytest.raises(BackupError) as caught:
         create_backup(str(db), str(readonly_dir), now=NOW)
     assert "cannot write in" in str(caught.value)
-    assert "read-only file system" in str(caught.value) or "permission denied" in str(
-        caught.value
-    )
+    assert "read-only file system" in str(caught.value) or "permission denied" in str(caught.value)
     assert files_in(readonly_dir) == []
 
 

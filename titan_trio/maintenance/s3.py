@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -41,11 +42,13 @@ SSE = "AES256"
 
 
 def client(cfg: S3Config) -> S3Client:
-    """A boto3 S3 client for ``cfg`` (region, endpoint), with short timeouts."""
+    """A boto3 S3 client for ``cfg`` (region, endpoint), with short timeouts. A session
+    of its own each time: boto3's default session caches the credentials it found first
+    and is not safe to share between threads (the schedule's worker, the CLI)."""
     import boto3
     from botocore.config import Config as BotoConfig
 
-    return boto3.client(
+    return boto3.session.Session().client(
         "s3",
         region_name=cfg.region,
         endpoint_url=cfg.endpoint_url,
@@ -66,8 +69,9 @@ def where(cfg: S3Config, key: str = "") -> str:
 
 
 @contextlib.contextmanager
-def _s3_errors(cfg: S3Config, doing: str) -> Any:
+def _s3_errors(cfg: S3Config, doing: str) -> Iterator[None]:
     """Boto's exceptions as one BackupError line: what was being done, and why not."""
+    from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
@@ -85,19 +89,25 @@ def _s3_errors(cfg: S3Config, doing: str) -> Any:
         ) from None
     except EndpointConnectionError as exc:
         raise BackupError(f"{doing}: cannot reach S3 ({exc})") from None
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", "?"))
-        if code == "NoSuchBucket":
-            raise BackupError(f"{doing}: the bucket {cfg.bucket} does not exist") from None
-        if code in ("NoSuchKey", "404"):
-            raise BackupError(f"{doing}: no such object") from None
-        message = str(error.get("Message", "")).strip()
-        raise BackupError(
-            f"{doing}: S3 refused: {code}{': ' + message if message else ''}"
-        ) from None
+    except (ClientError, S3UploadFailedError) as exc:
+        # upload_file wraps the service's answer; the answer is what the operator needs
+        cause = exc if isinstance(exc, ClientError) else exc.__context__
+        if not isinstance(cause, ClientError):
+            raise BackupError(f"{doing}: {exc}") from None
+        raise BackupError(f"{doing}: {_refusal(cfg, cause.response)}") from None
     except BotoCoreError as exc:
         raise BackupError(f"{doing}: {exc}") from None
+
+
+def _refusal(cfg: S3Config, response: Any) -> str:
+    error = response.get("Error", {})
+    code = str(error.get("Code", "?"))
+    if code == "NoSuchBucket":
+        return f"the bucket {cfg.bucket} does not exist"
+    if code in ("NoSuchKey", "404"):
+        return "no such object"
+    message = str(error.get("Message", "")).strip()
+    return f"S3 refused: {code}{': ' + message if message else ''}"
 
 
 def _need_bucket(cfg: S3Config) -> str:
