@@ -66,15 +66,13 @@ def test_start_names_each_setting_this_version_ignores(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(engine, "run_service", stops_at_once)
-    doc = {"database": {"backupIntervalMin": 60, "s3": {"bucket": "acme-backups"}}}
+    doc = {"broker": {"slippagePct": 0.5}, "database": {"backupIntervalMin": 60}}
     cfg = parse_config(doc, environ={})
     assert cli._run(cfg, "config.json") == cli.EXIT_OK
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings == [
-        "database.backupIntervalMin = 60 is ignored in this version "
-        "(in-service backups are not built yet)",
-        'database.s3.bucket = "acme-backups" is ignored in this version '
-        "(S3 upload of backups is not built yet)",
+    assert warnings == [  # the backup interval is used now: not named
+        "broker.slippagePct = 0.5 is ignored in this version "
+        "(paper fills walk the book's depth instead)",
     ]
 
 

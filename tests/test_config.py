@@ -353,17 +353,30 @@ def test_ignored_keys_are_named_only_when_set_to_something() -> None:
     assert ignored_settings(load_config(DEFAULT_JSON, environ={})) == []
     cfg = parse_config(
         {
-            "database": {"backupIntervalMin": 60, "backupRetentionDays": 30, "s3": {"bucket": "b"}},
+            "broker": {"slippagePct": 0.5},
             "exchanges": {"bybit": {"testnet": True}},  # used now: not named
         },
         environ={},
     )
     assert ignored_settings(cfg) == [
-        "database.backupIntervalMin = 60 is ignored in this version "
-        "(in-service backups are not built yet)",
-        'database.s3.bucket = "b" is ignored in this version '
-        "(S3 upload of backups is not built yet)",
+        "broker.slippagePct = 0.5 is ignored in this version "
+        "(paper fills walk the book's depth instead)",
     ]
+
+
+def test_the_backup_keys_are_no_longer_ignored() -> None:
+    cfg = parse_config(
+        {
+            "database": {
+                "backupDir": "/srv/backups",
+                "backupIntervalMin": 60,
+                "backupRetentionDays": 7,
+                "s3": {"bucket": "b", "prefix": "p/", "region": "eu-west-1", "endpointUrl": "x"},
+            }
+        },
+        environ={},
+    )
+    assert ignored_settings(cfg) == []
 
 
 # ----- several problems at once -----------------------------------------------------------

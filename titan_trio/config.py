@@ -247,16 +247,7 @@ class Config(_Section):
 # its default is named at start (a WARNING) and by `titan config validate`; a default
 # asks for nothing, so it is not mentioned. The issue that builds a feature removes its
 # keys here.
-_BACKUPS = "in-service backups are not built yet"
-_S3 = "S3 upload of backups is not built yet"
 NOT_USED_YET: dict[str, str] = {
-    "database.backupDir": _BACKUPS,
-    "database.backupRetentionDays": _BACKUPS,
-    "database.backupIntervalMin": _BACKUPS,
-    "database.s3.bucket": _S3,
-    "database.s3.prefix": _S3,
-    "database.s3.region": _S3,
-    "database.s3.endpointUrl": _S3,
     "broker.slippagePct": "paper fills walk the book's depth instead",
 }
 

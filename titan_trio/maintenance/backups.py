@@ -30,8 +30,9 @@ Design choices:
   (full disk, read-only directory, missing database) deletes whatever it wrote: nothing
   partial is ever left under a backup's name. The directory is fsynced after the renames.
 - Files are private (0600, directories 0700): a backup is the whole account.
-- An existing backup of the same second is never replaced (a backup is refused
-  instead): its checksum file would describe the other file for a moment.
+- An existing backup of the same second is never replaced (its checksum file would
+  describe the other file for a moment): the new one waits for the next second, or,
+  named by the caller (``now``), is refused.
 - ``verified`` in BackupInfo: True when this process checked it (``create_backup``
   checked the copy's integrity, ``verify_backup`` everything); False when it has no
   checksum beside it (unfinished, or not one of ours: it cannot be verified); None when
@@ -50,6 +51,7 @@ import re
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -143,17 +145,24 @@ def create_backup(
     the copy. ``now`` names the backup (default: the current UTC time). ``cancel``, when
     set (by another thread), stops the backup at its next step. Raises BackupError,
     leaving no file behind."""
-    taken = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
-    name = backup_name(taken)
     if not os.path.isfile(db_path):
         raise BackupError(f"no database at {db_path}")
     try:
         make_private_dirs(backup_dir)
     except OSError as exc:
         raise BackupError(f"cannot create the backup directory {backup_dir}: {_why(exc)}") from None
-    final = os.path.join(backup_dir, name)
-    checksum_path = final + CHECKSUM_SUFFIX
-    if os.path.exists(final) or os.path.exists(checksum_path):
+    for _attempt in range(3):
+        taken = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+        name = backup_name(taken)
+        final = os.path.join(backup_dir, name)
+        checksum_path = final + CHECKSUM_SUFFIX
+        if not (os.path.exists(final) or os.path.exists(checksum_path)):
+            break
+        if now is not None:
+            raise BackupError(f"{final} exists already; one backup a second at most")
+        # a backup of this second exists (cron and an operator at once): the next second
+        time.sleep(1.0 - datetime.now(UTC).microsecond / 1e6 + 0.01)
+    else:
         raise BackupError(f"{final} exists already; one backup a second at most")
     with _temporaries(backup_dir) as temp:
         copy = temp(".db")
