@@ -7,7 +7,8 @@
 #   titan-logs       the last 50 log lines, then follows (pm2 logs / journalctl)
 #   titan-restart    titan-stop    titan-start  (pm2 or systemctl)
 #   titan-flatten    EMERGENCY: cancel all orders, close all positions, halt trading
-#   titan-backup     back up the database now (`titan backup`, arriving with the backup issue)
+#   titan-backup     back up the database now (`titan backup`; run it in the service's
+#                    working directory when the config's paths are relative)
 #
 # Arguments go through: `titan-positions --url http://10.0.0.5:8080`, `titan-logs --nostream`.
 #
