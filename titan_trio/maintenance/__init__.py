@@ -1,0 +1,1 @@
+"""Backups, restore, credentials and database maintenance (SPEC §10)."""
