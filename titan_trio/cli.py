@@ -156,6 +156,51 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ----- restore and database maintenance (maintenance/) ----------------------------------
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from titan_trio.maintenance.restore import run_restore
+
+    cfg = load_config(args.config)
+    run_restore(
+        cfg,
+        list_only=args.list,
+        latest=args.latest,
+        from_s3_flag=args.from_s3 is not None,
+        s3_key=args.from_s3 or None,
+        path=args.path,
+        confirm=None if args.yes or not sys.stdin.isatty() else _ask,
+    )
+    return EXIT_OK
+
+
+def _ask(question: str) -> bool:
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from titan_trio.maintenance import dbtools
+
+    cfg = load_config(args.config)
+    db = dbtools.resolve_db(cfg.database.path)
+    if args.db_command == "check":
+        report = dbtools.check(db)
+        dbtools.print_check(db, report)
+        return EXIT_OK if report.ok else EXIT_FAIL
+    if args.db_command == "analyze":
+        dbtools.analyze(db)
+        print(f"analyzed {db}")
+    elif args.db_command == "vacuum":
+        dbtools.vacuum(db, online=args.online)
+    else:
+        dbtools.print_stats(dbtools.stats(db))
+    return EXIT_OK
+
+
 # ----- signals over IPC ---------------------------------------------------------------
 
 SIGNAL_TYPES = ("PREPARE", "CONFIRM", "ABORT", "CLOSE", "PING")
@@ -462,6 +507,52 @@ def build_parser() -> _Parser:
     from titan_trio.maintenance.backup_cli import add_backup_parser
 
     add_backup_parser(sub, with_config)
+
+    p = sub.add_parser(
+        "restore",
+        help="restore the database from a backup (the service stopped)",
+        description="Restore the database from a backup: verified first (checksum, "
+        "decompression, integrity), the current database kept as "
+        "<db>.before-restore-<stamp> with its -wal and -shm, then swapped in atomically. "
+        "Refused while the service runs. Exit 1 when refused or failed (the database "
+        "then is as it was).",
+    )
+    with_config(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--list", action="store_true", help="list local (and S3) backups")
+    which.add_argument("--latest", action="store_true", help="the newest local backup")
+    which.add_argument(
+        "--from-s3",
+        nargs="?",
+        const="",
+        metavar="KEY",
+        help="download from S3 (database.s3): KEY, or the newest",
+    )
+    which.add_argument("path", nargs="?", help="a backup file, backup-*.db.gz")
+    p.add_argument("--yes", action="store_true", help="do not ask on a terminal")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("db", help="database maintenance: check, analyze, vacuum, stats")
+    db_sub = p.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    for name, text in (
+        ("check", "integrity and foreign keys, read-only (exit 1 on a problem); fine online"),
+        ("analyze", "update the query planner's statistics (ANALYZE); fine online"),
+        (
+            "vacuum",
+            "reclaim free pages (VACUUM); refused while the service runs unless --online",
+        ),
+        ("stats", "table sizes and rows, page size, the WAL and its last checkpoint"),
+    ):
+        d = db_sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        with_config(d)
+        d.set_defaults(func=cmd_db)
+        if name == "vacuum":
+            d.add_argument(
+                "--online",
+                action="store_true",
+                help="vacuum beside the running service: its commits wait for the whole "
+                "vacuum (it holds the write lock), and fail after 5 s",
+            )
 
     p = sub.add_parser("signal", help="send signals to the service over IPC")
     signal_sub = p.add_subparsers(dest="signal_command", required=True, parser_class=_Parser)
