@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from titan_trio import __version__
 from titan_trio.clock import iso_utc
 from titan_trio.config import Config, default_config_path, ignored_settings, load_config
+from titan_trio.credentials_cli import add_commands as add_credentials_commands
 from titan_trio.errors import ConfigError, StartupError, TitanError
 from titan_trio.ops_client import (
     EXIT_CODES_HELP,
@@ -458,6 +459,8 @@ def build_parser() -> _Parser:
         help="leave trading REDUCING (exits only) instead of ACTIVE",
     )
     b.set_defaults(func=cmd_breaker_reset)
+
+    add_credentials_commands(sub)
 
     p = sub.add_parser("signal", help="send signals to the service over IPC")
     signal_sub = p.add_subparsers(dest="signal_command", required=True, parser_class=_Parser)
