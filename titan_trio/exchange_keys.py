@@ -47,7 +47,11 @@ def bybit_keys(environ: Mapping[str, str]) -> ApiKeys:
     """The Bybit keys, from the credentials file when it exists, else the environment;
     MissingKeys naming what is missing or wrong."""
     path = store_path(environ)
-    if path.exists():
+    try:
+        there = path.exists()
+    except OSError as exc:  # a directory the service may not look into: say so
+        raise MissingKeys(f"cannot read the credentials file {path}: {exc.strerror}") from None
+    if there:
         password = environ.get(PASSWORD_ENV, "")
         if not password:
             raise MissingKeys(

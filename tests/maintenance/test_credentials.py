@@ -370,6 +370,18 @@ def test_the_service_takes_its_bybit_keys_from_the_file_when_it_exists(store: Pa
     assert (keys.key, keys.source) == ("env-key-1", "environment")
 
 
+def test_a_file_the_service_may_not_look_at_stops_the_start(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def denied(_self: Path) -> bool:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "exists", denied)  # root ignores modes: the answer faked
+    env = {FILE_ENV: str(store), PASSWORD_ENV: PASSWORD, "TITAN_BYBIT_API_KEY": "k"}
+    with pytest.raises(MissingKeys, match=f"cannot read the credentials file {store}: Perm"):
+        bybit_keys({**env, "TITAN_BYBIT_API_SECRET": "s"})  # not the environment's instead
+
+
 def test_the_default_file_is_under_home(tmp_path: Path) -> None:
     home_store = tmp_path / ".titan" / "credentials.enc"
     write_store(home_store, SECRETS, PASSWORD, overwrite=False, params=TEST_KDF)
