@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, settings
 
 from tests.helpers import merge
 from titan_trio.config import Config, parse_config
+from titan_trio.credentials import FILE_ENV, NEW_PASSWORD_ENV, PASSWORD_ENV
 
 # No wall-clock limits in tests (these machines are shared and noisy): no per-example
 # deadline, and no failure when generating inputs is slow. The first text strategy in a
@@ -29,6 +31,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_personal_credentials(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The credentials file of whoever runs the tests (~/.titan/credentials.enc) and their
+    master password never reach the services and commands the tests start: a service
+    would take its keys from that file instead of the test's."""
+    names = (FILE_ENV, PASSWORD_ENV, NEW_PASSWORD_ENV)
+    saved = {name: os.environ.pop(name, None) for name in names}
+    os.environ[FILE_ENV] = str(tmp_path_factory.mktemp("no-credentials") / "credentials.enc")
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
 
 
 @pytest.fixture

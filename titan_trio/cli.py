@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from titan_trio import __version__
 from titan_trio.clock import iso_utc
 from titan_trio.config import Config, default_config_path, ignored_settings, load_config
+from titan_trio.credentials_cli import add_commands as add_credentials_commands
 from titan_trio.errors import ConfigError, StartupError, TitanError
 from titan_trio.ops_client import (
     EXIT_CODES_HELP,
@@ -553,6 +554,8 @@ def build_parser() -> _Parser:
                 help="vacuum beside the running service: its commits wait for the whole "
                 "vacuum (it holds the write lock), and fail after 5 s",
             )
+
+    add_credentials_commands(sub)
 
     p = sub.add_parser("signal", help="send signals to the service over IPC")
     signal_sub = p.add_subparsers(dest="signal_command", required=True, parser_class=_Parser)

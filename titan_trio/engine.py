@@ -189,7 +189,7 @@ class Engine:
         cfg = self.cfg
         self._feeds_scope = await nursery.start(self._run_feeds)
         if cfg.broker.name == "bybit":
-            self.broker = self._bybit_broker()
+            self.broker = await self._bybit_broker()
         else:
             self.broker = PaperBroker(cfg.broker, self.instruments, self.hub, self.store)
         await nursery.start(self.broker.run)
@@ -326,10 +326,12 @@ class Engine:
             self.api_url,
         )
 
-    def _bybit_broker(self) -> BybitBroker:
-        """The Bybit broker, with its keys (never logged) and endpoints."""
+    async def _bybit_broker(self) -> BybitBroker:
+        """The Bybit broker, with its keys (never logged) and endpoints. The keys are read
+        in a thread: from the credentials file that is a deliberately slow key derivation
+        (scrypt, about half a second), which must not stall the feeds already running."""
         try:
-            keys = bybit_keys(os.environ)
+            keys = await trio.to_thread.run_sync(bybit_keys, dict(os.environ))
         except MissingKeys as exc:
             raise StartupError(str(exc)) from None
         rest_url, _public, private_url = bybit_endpoints(self.cfg.exchanges.bybit)
