@@ -150,9 +150,40 @@ class BackupWatch:
     wal_at_start: int = 0
     final: Path | None = None
     stop: threading.Event = field(default_factory=threading.Event)
+    # The trio thread's state per phase (before, copy, gzip, after): samples, how many in
+    # D (uninterruptible: waiting on the disk or the filesystem) and where (wchan).
+    states: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def phase(self) -> str:
+        if self.end_ns:
+            return "after"
+        if self.gzip_ns:
+            return "gzip"
+        return "copy" if self.start_ns else "before"
+
+    def sample_trio_thread(self) -> None:
+        task = f"/proc/{self.pid}/task/{self.pid}"
+        try:
+            with open(f"{task}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            where = ""
+            if state == "D":
+                with open(f"{task}/wchan") as f:
+                    where = f.read().strip() or "?"
+        except OSError:
+            return
+        seen = self.states.setdefault(self.phase(), Counter())
+        seen["samples"] += 1
+        if state == "D":
+            seen["D"] += 1
+            seen[f"D:{where}"] += 1
 
     def run(self) -> None:
-        while not self.stop.is_set() and not self.end_ns:
+        while not self.stop.is_set():
+            self.sample_trio_thread()
+            if self.end_ns:
+                time.sleep(POLL_S)
+                continue
             try:
                 names = os.listdir(self.backup_dir)
             except FileNotFoundError:
@@ -180,7 +211,7 @@ class BackupWatch:
                 self.start_ns = self.start_ns or t
                 self.final = self.backup_dir / done[0].removesuffix(".sha256")
                 self.mark("end")
-                return
+                continue
             time.sleep(POLL_S)
 
     def mark(self, name: str) -> None:
@@ -496,6 +527,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  gzip:   {cpu_line(marks['gzip'], marks['end'])}")
     if "end" in marks:
         print(f"  after:  {cpu_line(marks['end'], end_mark)}")
+    for name in ("before", "copy", "gzip", "after"):
+        seen = watch.states.get(name, Counter())
+        waits = ", ".join(f"{k[2:]} {v}" for k, v in seen.most_common() if k.startswith("D:"))
+        print(
+            f"  trio thread {name}: {seen['D']} of {seen['samples']} samples (10 ms apart) "
+            f"waiting on the disk (state D){': ' + waits if waits else ''}"
+        )
     taken = [line for line in log_text.splitlines() if "backup taken" in line]
     if taken:
         print(f"  service log: {taken[0][:200]}")
