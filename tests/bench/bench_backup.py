@@ -21,8 +21,8 @@ Steps:
    the backup directory every 10 ms: the backup starts when its temporary copy
    (``.backup-*.db``) appears, its gzip phase when the temporary ``.db.gz`` does, and it
    ends when the finished ``.sha256`` appears (written last). It also samples the WAL's
-   size (the backup's read snapshot keeps checkpoints from emptying it) and the
-   service's CPU at each event.
+   size (the backup's read snapshot keeps checkpoints from emptying it), the service's
+   CPU at each event, and the trio thread's state (how often it waits on the disk).
 4. Each pair belongs to the window its PREPARE was sent in: "before" (from WARMUP_S
    after the first send to the backup's start), "during" (the whole backup, copy +
    integrity check + gzip + SHA-256), "settle" (SETTLE_S after the end: the checkpoint
