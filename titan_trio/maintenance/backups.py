@@ -71,7 +71,12 @@ TEMP_PREFIX = ".backup-"  # hidden: nothing that reads backups ever sees a tempo
 # default 4 KB page). The read transaction makes the step size irrelevant to writers.
 PAGES_PER_STEP = 1024
 CHUNK = 1 << 20  # bytes per read/write while compressing, hashing, decompressing
-GZIP_LEVEL = 6
+# Level 1: several times faster than the default 6 for a few percent more bytes on SQLite
+# pages; a backup of a large database shares two CPUs with the service.
+GZIP_LEVEL = 1
+# Written data is pushed to the disk every this many bytes, not all at once at the end:
+# a gigabyte of dirty pages flushed in one go stalls every other writer's fsync.
+FLUSH_EVERY = 32 * 1024 * 1024
 STALE_TEMP_S = 24 * 3600  # a temporary file this old belongs to a backup that died
 BUSY_TIMEOUT_MS = 5000
 
@@ -201,11 +206,17 @@ def _online_copy(
             src.execute("BEGIN")
             src.execute("SELECT count(*) FROM sqlite_master").fetchall()
 
+            flushed = [0]
+
             def step(_status: int, remaining: int, total: int) -> None:
                 if cancel is not None and cancel.is_set():
                     raise _Cancelled  # aborts the backup step (sqlite3 re-raises it)
                 if progress is not None:
                     progress(total - remaining, total)
+                written = os.path.getsize(dest)
+                if written - flushed[0] >= FLUSH_EVERY:
+                    _fsync_path(dest)
+                    flushed[0] = written
 
             src.backup(dst, pages=PAGES_PER_STEP, progress=step, sleep=0)
             src.execute("COMMIT")
@@ -254,10 +265,16 @@ def _compress(source: str, dest: str, cancel: threading.Event | None = None) -> 
             with gzip.GzipFile(
                 filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=Hashing(raw), mtime=0
             ) as gz:  # type: ignore[arg-type]
+                since_flush = 0
                 while chunk := src.read(CHUNK):
                     if cancel is not None and cancel.is_set():
                         raise BackupError("backup cancelled")
                     gz.write(chunk)
+                    since_flush += len(chunk)
+                    if since_flush >= FLUSH_EVERY:
+                        raw.flush()
+                        os.fdatasync(raw.fileno())
+                        since_flush = 0
             raw.flush()
             os.fsync(raw.fileno())
     except OSError as exc:

@@ -108,7 +108,10 @@ CHECKPOINT_EVERY = 500  # commits between PASSIVE WAL checkpoints (on the store 
 # CONFIRM round trip tripled. A full disk truncates at once, whatever the size.
 WAL_TRUNCATE_BYTES = 64 * 1024 * 1024
 WAL_CHECK_EVERY = 8  # inline commits between looks at the WAL's size (a stat, ~3 us)
-CHECKPOINT_BUSY_S = 0.5  # how long a checkpoint waits for a writer or an old reader
+# How long a checkpoint waits for a writer or an old reader. Short: a reader that keeps
+# an old snapshot for long (a backup of a large database) would otherwise stall the
+# store thread, and every write behind it, for the whole wait at each try.
+CHECKPOINT_BUSY_S = 0.05
 # After the inline connection met the database failing (not a lock, not a full disk),
 # urgent writes go to the store thread for this long before the inline path is tried again.
 INLINE_RETRY_S = 10.0
