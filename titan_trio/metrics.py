@@ -9,11 +9,9 @@ Each service instance has its own registry: nothing is module-global.
 from __future__ import annotations
 
 import os
-import re
 import resource
 from collections import deque
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -28,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from ipc.protocol import Reply
 from titan_trio.domain.orders import OrderStatus
+from titan_trio.maintenance.backups import newest_backup_s
 
 if TYPE_CHECKING:
     from titan_trio.domain.orders import Order
@@ -36,27 +35,6 @@ if TYPE_CHECKING:
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 FILL_RATE_WINDOW = 100  # finished entry orders in the fill-rate window
 disable_created_metrics()  # *_created series only confuse rate() users and dashboards
-
-
-BACKUP_NAME = re.compile(r"^backup-(\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})\.db\.gz$")
-
-
-def newest_backup_s(backup_dir: str) -> float:
-    """When the newest backup in ``backup_dir`` was taken (its name says, UTC), counting
-    only backups with their SHA-256 file beside them (a backup whose checksum was never
-    written did not finish); 0 when there is none."""
-    try:
-        names = set(os.listdir(backup_dir))
-    except OSError:
-        return 0.0
-    newest = 0.0
-    for name in names:
-        found = BACKUP_NAME.match(name)
-        if found is None or f"{name}.sha256" not in names:
-            continue
-        taken = datetime.strptime(found.group(1), "%Y-%m-%dT%H-%M-%S").replace(tzinfo=UTC)
-        newest = max(newest, taken.timestamp())
-    return newest
 
 
 def process_cpu_seconds() -> float:

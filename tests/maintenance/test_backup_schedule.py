@@ -20,8 +20,7 @@ from tests.maintenance.test_backups import make_db
 from titan_trio.config import Config
 from titan_trio.maintenance import backup_job
 from titan_trio.maintenance.backup_job import BackupSchedule
-from titan_trio.maintenance.backups import list_local, verify_backup
-from titan_trio.metrics import newest_backup_s
+from titan_trio.maintenance.backups import list_local, newest_backup_s, verify_backup
 
 START = datetime(2026, 3, 10, 12, 0, 0, tzinfo=UTC)
 

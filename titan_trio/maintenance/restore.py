@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import os
 import shlex
 import shutil
@@ -51,7 +50,13 @@ from pathlib import Path
 
 from titan_trio.config import Config
 from titan_trio.maintenance import s3
-from titan_trio.maintenance.backups import BackupError
+from titan_trio.maintenance.backups import (
+    BackupError,
+    BackupInfo,
+    file_sha256,
+    list_local,
+    read_checksum,
+)
 from titan_trio.maintenance.dbtools import (
     MaintenanceError,
     Print,
@@ -59,7 +64,6 @@ from titan_trio.maintenance.dbtools import (
     resolve_db,
     service_stopped,
 )
-from titan_trio.metrics import BACKUP_NAME
 from titan_trio.private_files import make_private_dirs
 
 CHUNK = 1024 * 1024
@@ -69,63 +73,20 @@ class RestoreError(MaintenanceError):
     """The restore refused or failed; the database is as it was. Exit 1."""
 
 
-@dataclass(frozen=True)
-class LocalBackup:
-    path: Path
-    taken: datetime  # from its name, UTC
-    size: int
-    verified: bool  # its SHA-256 matches its .sha256 file
-
-
-def _taken(name: str) -> datetime | None:
-    found = BACKUP_NAME.match(name)
-    if found is None:
-        return None
-    return datetime.strptime(found.group(1), "%Y-%m-%dT%H-%M-%S").replace(tzinfo=UTC)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def recorded_sha256(path: Path) -> str | None:
-    """The hex digest in ``<path>.sha256`` (``<hex>  <name>``), or None without one."""
+def checked(info: BackupInfo) -> bool:
+    """Whether a backup's SHA-256 matches its ``.sha256`` file (only the checksum: the
+    full verification is what a restore does)."""
     try:
-        text = Path(f"{path}.sha256").read_text()
-    except (OSError, UnicodeDecodeError):
-        return None
-    fields = text.split()
-    return fields[0].lower() if fields else None
+        return info.sha256 is not None and file_sha256(info.path) == info.sha256
+    except OSError:
+        return False
 
 
-def list_local(backup_dir: str | os.PathLike[str]) -> list[LocalBackup]:
-    """The backups in ``backup_dir`` named as ``titan backup`` names them, newest first."""
+def _local(backup_dir: str | os.PathLike[str]) -> list[BackupInfo]:
     try:
-        names = os.listdir(backup_dir)
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise RestoreError(
-            f"cannot read the backup directory {backup_dir}: {exc.strerror}"
-        ) from None
-    found = []
-    for name in names:
-        taken = _taken(name)
-        if taken is None:
-            continue
-        path = Path(backup_dir, name).absolute()
-        recorded = recorded_sha256(path)
-        try:
-            size = path.stat().st_size
-            verified = recorded is not None and sha256_of(path) == recorded
-        except OSError:
-            continue  # removed meanwhile (retention)
-        found.append(LocalBackup(path, taken, size, verified))
-    return sorted(found, key=lambda b: b.taken, reverse=True)
+        return list_local(str(backup_dir))
+    except BackupError as exc:
+        raise RestoreError(str(exc)) from None
 
 
 # ----- verification ---------------------------------------------------------------------
@@ -137,17 +98,13 @@ def verify_file(backup: Path, dest_dir: Path) -> Path:
     anything is wrong."""
     if not backup.is_file():
         raise RestoreError(f"no backup at {backup}")
-    recorded = recorded_sha256(backup)
-    if recorded is None:
-        raise RestoreError(
-            f"{backup} has no checksum file {backup.name}.sha256 beside it: an unfinished "
-            "backup, or copied without it"
-        )
     try:
-        if sha256_of(backup) != recorded:
+        if file_sha256(str(backup)) != read_checksum(str(backup)):
             raise RestoreError(
                 f"{backup} does not match its checksum ({backup.name}.sha256): it is damaged"
             )
+    except BackupError as exc:  # no checksum file, or not one of this backup
+        raise RestoreError(str(exc)) from None
     except OSError as exc:
         raise RestoreError(f"cannot read {backup}: {exc.strerror}") from None
     fd, name = tempfile.mkstemp(dir=dest_dir, prefix=".restoring-", suffix=".db")  # 0600
@@ -361,12 +318,12 @@ def _size(n: int) -> str:
 
 def print_list(cfg: Config, out: Print = print) -> None:
     backup_dir = Path(cfg.database.backup_dir).absolute()
-    local = list_local(backup_dir)
+    local = _local(backup_dir)
     out(f"local backups in {backup_dir}: {len(local)}")
     for b in local:
-        state = "verified" if b.verified else "NOT verified (checksum missing or wrong)"
+        state = "verified" if checked(b) else "NOT verified (checksum missing or wrong)"
         out(
-            f"  {b.taken:%Y-%m-%d %H:%M:%S} UTC  {_age(b.taken):>7} ago  "
+            f"  {b.taken_at:%Y-%m-%d %H:%M:%S} UTC  {_age(b.taken_at):>7} ago  "
             f"{_size(b.size):>10}  {state}  {b.path}"
         )
     if cfg.database.s3.bucket is None:
@@ -386,10 +343,10 @@ def print_list(cfg: Config, out: Print = print) -> None:
 
 
 def latest_local(cfg: Config) -> Path:
-    backups = list_local(cfg.database.backup_dir)
+    backups = _local(cfg.database.backup_dir)
     if not backups:
         raise RestoreError(f"no backup in {Path(cfg.database.backup_dir).absolute()}")
-    return backups[0].path
+    return Path(backups[0].path).absolute()
 
 
 @contextlib.contextmanager

@@ -54,7 +54,6 @@ from titan_trio.brokers.base import (
 )
 from titan_trio.brokers.bybit import convert
 from titan_trio.brokers.bybit.answers import Answer, Outcome
-from titan_trio.brokers.bybit.clock import MARGIN_MS
 from titan_trio.brokers.bybit.rest import BybitRest, TimeSyncFailed
 from titan_trio.brokers.bybit.stream import PrivateStream
 from titan_trio.clock import iso_utc, now_ms
@@ -105,7 +104,7 @@ class BybitBroker:
         self.stream = PrivateStream(
             ws_private_url,
             rest.stream_auth,
-            lambda: rest.clock.timestamp(now_ms()) + MARGIN_MS,
+            lambda: rest.clock.server_ms(now_ms()),
             self._on_items,
             on_up=self._stream_up,
             on_down=self._stream_down,
@@ -222,13 +221,13 @@ class BybitBroker:
             log.warning(
                 "order %s exists at Bybit already (110072): settling it", order.client_order_id
             )
-            found = await self._look_up(request.symbol, request.client_order_id)
+            found, _answered = await self._look_up(request.symbol, request.client_order_id)
             return found or order
         if answer.outcome is Outcome.RATE_LIMITED:
-            found = await self._look_up(request.symbol, request.client_order_id)
+            found, answered = await self._look_up(request.symbol, request.client_order_id)
             if found is not None:
                 return found
-            if self._last_lookup_proved_absent:
+            if answered:  # proven absent: the limit refused it
                 raise BrokerRejected("RATE_LIMITED", f"Bybit: {answer.message}")
             self._open[request.client_order_id] = request.symbol  # polling asks about it
             return order
@@ -243,7 +242,7 @@ class BybitBroker:
         )
         self._open[request.client_order_id] = request.symbol
         await trio.sleep(FOUND_AFTER_AMBIGUOUS_S)
-        found = await self._look_up(request.symbol, request.client_order_id)
+        found, _answered = await self._look_up(request.symbol, request.client_order_id)
         return found or order
 
     async def _set_leverage(self, request: OrderRequest) -> None:
@@ -269,19 +268,14 @@ class BybitBroker:
                 "Bybit leverage %s for %s not confirmed: %s", text, request.symbol, answer.message
             )
 
-    async def _look_up(self, symbol: str, client_order_id: str) -> Order | None:
-        """The order as the exchange has it, or None; sets _last_lookup_proved_absent
-        when the exchange answered that it has no such order."""
-        self._last_lookup_proved_absent = False
+    async def _look_up(self, symbol: str, client_order_id: str) -> tuple[Order | None, bool]:
+        """The order as the exchange has it (or None), and whether the exchange answered:
+        (None, True) proves it has no such order; (None, False) proves nothing."""
         try:
-            found = await self.order_status(symbol, client_order_id)
+            return await self.order_status(symbol, client_order_id), True
         except BrokerUnavailable as exc:
             log.warning("order %s: lookup failed (%s)", client_order_id, exc)
-            return None
-        self._last_lookup_proved_absent = found is None
-        return found
-
-    _last_lookup_proved_absent = False
+            return None, False
 
     async def cancel(self, symbol: str, client_order_id: str) -> Order:
         answer = await self.rest.call_patiently(

@@ -37,6 +37,10 @@ class ServerClock:
         self.uncertainty_ms = max(0, received_local_ms - sent_local_ms) // 2
         self.synced = True
 
+    def server_ms(self, local_ms: int) -> int:
+        """The server's estimated time now."""
+        return local_ms + self.offset_ms
+
     def timestamp(self, local_ms: int) -> int:
         """The timestamp to sign now: the server's estimated time, MARGIN_MS behind."""
         return local_ms + self.offset_ms - MARGIN_MS

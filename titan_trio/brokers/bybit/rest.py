@@ -142,7 +142,7 @@ class BybitRest:
             reset_ms = _int_header(response.headers, "X-Bapi-Limit-Reset-Timestamp")
             wait_s = 1.0
             if reset_ms is not None:
-                server_now = self.clock.timestamp(now_ms()) + 300  # (undo the margin)
+                server_now = self.clock.server_ms(now_ms())
                 wait_s = min(MAX_BACK_OFF_S, max(0.0, (reset_ms - server_now) / 1000))
             if response.status_code == 403:
                 wait_s = IP_BAN_S

@@ -108,12 +108,12 @@ class PrivateStream:
                 await self._connection()
             except Exception as exc:  # nothing stops this loop: report, wait, reconnect
                 cause = _leaf(exc)
-                if isinstance(cause, trio.TooSlowError):
-                    self.last_error = "TooSlowError: the exchange did not answer in time"
-                elif isinstance(cause, EXPECTED):
-                    self.last_error = f"{type(cause).__name__}: {cause}"
-                else:
-                    self.last_error = f"{type(cause).__name__}: {cause}"
+                self.last_error = (
+                    "TooSlowError: the exchange did not answer in time"
+                    if isinstance(cause, trio.TooSlowError)
+                    else f"{type(cause).__name__}: {cause}"
+                )
+                if not isinstance(cause, EXPECTED):  # a bug: logged whole, then retried
                     log.error("Bybit private stream: unexpected failure", exc_info=exc)
             if self.state == "connected":
                 attempt = 0
