@@ -5,8 +5,11 @@ runs").
 The service runs as its own process on a temporary configuration, built as
 tests/bench/bench_ipc.py builds it (its Service, Signals and Connection are reused:
 same client, same open-loop pacing, same limits so thousands of entries never hit one),
-plus ``database.backupIntervalMin: 1`` (the smallest the configuration allows) and a
-backup directory in the temporary directory.
+plus ``database.backupIntervalMin: 1`` (the smallest the configuration allows), a
+backup directory in the temporary directory, and ``reconcile.intervalS: 600`` so that
+no reconciliation falls in a measured window (at the default 60 s one ran at the
+backup's start in every run, since both count from the service's start, and its own
+stall was counted against the backup).
 
 Steps:
 1. The service is started and stopped once, so it creates its schema; then a ballast
@@ -31,10 +34,11 @@ Steps:
    CONFIRM's round trip, the service's own latency_us for the CONFIRM, replies by status,
    lost replies, and replies the service took over 10 ms for.
 
-The target: p99 pair round trip during the backup <= 1.2x the "before" window's p99.
-The "after" window is a second baseline, printed with its ratio, so the run's noise is
-visible next to the result (on these shared 2-CPU machines a p99 moves by tens of
-percent between quiet windows). Exit status 0 even when the target fails; 1 when the
+The target: p99 pair round trip during the backup <= 1.2x the baseline's p99, where the
+baseline is the quieter (lower p99) of the "before" and "after" windows: on these shared
+2-CPU machines a p99 moves by tens of percent between quiet windows (the first seconds
+after a start are the noisiest), and comparing with the noisier one would flatter the
+result. Both ratios are printed. Exit status 0 even when the target fails; 1 when the
 service does not start, dies, stops uncleanly, or no backup finished in time.
 
 Run: `make bench` (or `.venv/bin/python tests/bench/bench_backup.py`). Takes about 2.5
@@ -87,6 +91,7 @@ RECENTER_EVERY = 1000  # pairs: the entry zone follows the market (it is ask +-2
 MIN_FREE_BYTES = 4 * 2**30
 TARGET_RATIO = 1.2
 SLOW_US = 10_000
+RECONCILE_S = 600  # see make_service
 POLL_S = 0.01
 
 
@@ -103,6 +108,11 @@ def make_service(tmp: Path) -> Service:
     doc = json.loads(service.config.read_text())
     doc["database"]["backupIntervalMin"] = 1
     doc["database"]["backupDir"] = str(tmp / "backups")
+    # The reconciler and the schedule both count from the start: at its default 60 s a
+    # reconciliation (reading a minute of 100 fills/s, about 0.2 s of stalled replies)
+    # ran at the backup's very start every time and in the "after" window, while the
+    # "before" window's one fell in the warm-up. Ten minutes: none in any window.
+    doc["reconcile"] = {**doc.get("reconcile", {}), "intervalS": RECONCILE_S}
     service.config.write_text(json.dumps(doc, indent=2))
     service.cfg = doc
     return service
@@ -552,18 +562,19 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     before, during, after = by["before"].p99(), by["during"].p99(), by["after"].p99()
-    ok = during <= TARGET_RATIO * before and by["during"].lost == 0 and by["during"].pairs > 0
+    baseline = min(before, after)
+    ok = during <= TARGET_RATIO * baseline and by["during"].lost == 0 and by["during"].pairs > 0
     print()
     print("target:")
     print(
         f"  {'PASS' if ok else 'FAIL'}  p99 pair round trip during the backup <= "
-        f"{TARGET_RATIO}x the baseline's before it: during {us(during)} us, before "
-        f"{us(before)} us ({during / before:.2f}x)"
+        f"{TARGET_RATIO}x the quieter baseline's: during {us(during)} us, baseline "
+        f"{us(baseline)} us ({during / baseline:.2f}x)"
     )
     print(
-        f"  noise: the baseline measured again after the backup (and {SETTLE_S:.0f} s of "
-        f"settling) has p99 {us(after)} us, {after / before:.2f}x the one before; during / "
-        f"after = {during / after:.2f}x"
+        f"  baselines: before the backup p99 {us(before)} us ({during / before:.2f}x), "
+        f"after it (and {SETTLE_S:.0f} s of settling) {us(after)} us ({during / after:.2f}x); "
+        "the quieter one is the floor, so a noisy window never flatters the result"
     )
     print()
     print(f"service stopped with SIGINT: exit code {code} in {stop_s:.2f} s")

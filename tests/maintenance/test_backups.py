@@ -7,10 +7,12 @@ import hashlib
 import os
 import sqlite3
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -189,6 +191,54 @@ def test_a_cancelled_backup_leaves_nothing(tmp_path: Path, monkeypatch: pytest.M
             str(db), str(tmp_path / "b"), now=NOW, cancel=cancel, progress=lambda d, t: cancel.set()
         )
     assert files_in(tmp_path / "b") == []
+
+
+def test_a_backup_cancelled_while_compressing_stops_its_child_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gzip runs in a child process: a cancel (the service stopping) kills it."""
+    db = make_db(tmp_path / "a.db", rows=50)
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def hanging_child(command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        assert command[1:3] == ["-m", "titan_trio.maintenance.compress_child"]
+        child = real_popen([sys.executable, "-c", "import time; time.sleep(600)"], **kwargs)
+        started.append(child)
+        return child
+
+    monkeypatch.setattr(backups.subprocess, "Popen", hanging_child)
+    cancel = threading.Event()
+
+    def cancel_once_copied(done: int, total: int) -> None:
+        if done == total:
+            cancel.set()
+
+    with pytest.raises(BackupError, match="cancelled"):
+        create_backup(
+            str(db), str(tmp_path / "b"), now=NOW, cancel=cancel, progress=cancel_once_copied
+        )
+    assert len(started) == 1 and started[0].poll() is not None  # killed, not left running
+    assert files_in(tmp_path / "b") == []
+
+
+def test_the_compression_child_reports_a_missing_copy_in_one_line(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "titan_trio.maintenance.compress_child",
+            str(tmp_path / "none"),
+            str(tmp_path / "out.gz"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 1
+    assert run.stdout == ""
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
 
 
 # ----- verify ----------------------------------------------------------------------------

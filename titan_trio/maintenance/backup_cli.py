@@ -11,7 +11,8 @@ retention deleted, on stdout; a progress line on stderr every 10 % for a databas
 PROGRESS_ABOVE_BYTES (a small one is done before anyone would read it). Any failure is
 one line on stderr and exit 1 (a bad configuration: 2); an S3 failure after the local
 backup was taken says so, and still exits 1, so cron's log and the stale-backup alert
-tell the operator.
+tell the operator. It runs at the lowest CPU priority (nice 19): the live service beside
+it comes first.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def add_backup_parser(sub: Any, with_config: Callable[[argparse.ArgumentParser],
 
 def cmd_backup(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
+    from titan_trio.maintenance.backup_job import lower_priority
+
+    lower_priority()  # the service beside it comes first
     if args.verify is not None:
         return _verify(args.verify or None, cfg.database.backup_dir)
     from titan_trio.maintenance.backup_job import run_backup

@@ -8,18 +8,21 @@ reports it (``BackupRun.s3_error``) and ``titan backup`` exits 1, the schedule l
 ERROR; the local copy stays.
 
 The schedule (``database.backupIntervalMin``) runs a backup every N minutes in a worker
-thread (``trio.to_thread.run_sync``): the copy, gzip and SHA-256 spend their time in
-SQLite, zlib and hashlib, which release the GIL, so the trio thread keeps serving
-signals. The first run comes one interval after the start (a restart loop must not
-turn into a backup loop). A failure is logged as ERROR and the next run comes at its
-time: a backup problem never stops the service. On shutdown the worker is told to stop
-(it deletes its temporary files at its next step) and abandoned, so a stop never waits
-on a backup of a large database.
+thread (``trio.to_thread.run_sync``): the copy and its integrity check spend their time
+in SQLite, which releases the GIL, and the gzip and SHA-256 run in a child process at
+the lowest CPU priority (backups._compress says why not in a thread at a low priority),
+so the trio thread keeps serving signals. The first run comes one interval after the
+start (a restart loop must not turn into a backup loop). A failure is logged as ERROR
+and the next run comes at its time: a backup problem never stops the service. On
+shutdown the worker is told to stop (it kills its child and deletes its temporary files
+at its next step) and abandoned, so a stop never waits on a backup of a large database.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +42,15 @@ from titan_trio.maintenance.backups import (
 log = logging.getLogger("titan.backup")
 
 SECONDS_PER_MINUTE = 60.0
+LOWEST_PRIORITY = 19  # nice
+
+
+def lower_priority() -> None:
+    """Give this process the lowest CPU priority (``titan backup``: the live service
+    beside it comes first). Best effort: never raises. Never for the service's own
+    process or threads (backups._compress says why)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, 0, LOWEST_PRIORITY)
 
 
 @dataclass
