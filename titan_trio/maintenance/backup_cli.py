@@ -24,7 +24,12 @@ from collections.abc import Callable
 from typing import Any
 
 from titan_trio.config import load_config
-from titan_trio.maintenance.backups import BackupError, newest_local, verify_backup
+from titan_trio.maintenance.backups import (
+    BackupError,
+    lower_priority,
+    newest_local,
+    verify_backup,
+)
 
 PROGRESS_ABOVE_BYTES = 50 * 1024 * 1024
 EXIT_OK, EXIT_FAIL = 0, 1
@@ -55,8 +60,6 @@ def add_backup_parser(sub: Any, with_config: Callable[[argparse.ArgumentParser],
 
 def cmd_backup(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    from titan_trio.maintenance.backup_job import lower_priority
-
     lower_priority()  # the service beside it comes first
     if args.verify is not None:
         return _verify(args.verify or None, cfg.database.backup_dir)

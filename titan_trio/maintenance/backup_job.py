@@ -20,9 +20,7 @@ at its next step) and abandoned, so a stop never waits on a backup of a large da
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,15 +40,6 @@ from titan_trio.maintenance.backups import (
 log = logging.getLogger("titan.backup")
 
 SECONDS_PER_MINUTE = 60.0
-LOWEST_PRIORITY = 19  # nice
-
-
-def lower_priority() -> None:
-    """Give this process the lowest CPU priority (``titan backup``: the live service
-    beside it comes first). Best effort: never raises. Never for the service's own
-    process or threads (backups._compress says why)."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, 0, LOWEST_PRIORITY)
 
 
 @dataclass

@@ -89,6 +89,7 @@ GZIP_LEVEL = 1
 FLUSH_EVERY = 8 * 1024 * 1024
 REMOVE_STEP = 64 * 1024 * 1024  # the temporary copy is deleted this much at a time
 REMOVE_PAUSE_S = 0.005
+LOWEST_PRIORITY = 19  # nice, for the backup's own processes
 CANCEL_POLL_S = 0.2  # how often a backup waiting on its compression looks at ``cancel``
 STALE_TEMP_S = 24 * 3600  # a temporary file this old belongs to a backup that died
 BUSY_TIMEOUT_MS = 5000
@@ -329,6 +330,14 @@ class _Writeback:
             self.fd = None
 
 
+def lower_priority() -> None:
+    """Give this process the lowest CPU priority (``titan backup`` and the compression
+    child: the live service beside them comes first). Best effort: never raises. Never
+    for the service's own process or threads (_compress says why)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, 0, LOWEST_PRIORITY)
+
+
 def _compress(source: str, dest: str, cancel: threading.Event | None = None) -> str:
     """Gzip ``source`` into ``dest`` (fsynced) in a child process at the lowest CPU
     priority; the SHA-256 of what was written. Raises BackupError (the child's message).
@@ -360,7 +369,7 @@ def _compress(source: str, dest: str, cancel: threading.Event | None = None) -> 
     return out.decode().strip()
 
 
-def compress_here(source: str, dest: str, cancel: threading.Event | None = None) -> str:
+def compress_here(source: str, dest: str) -> str:
     """Gzip ``source`` into ``dest`` (fsynced) in this process; the SHA-256 of what was
     written (compress_child runs this; _compress runs that)."""
     digest = hashlib.sha256()
@@ -385,8 +394,6 @@ def compress_here(source: str, dest: str, cancel: threading.Event | None = None)
                     filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=Hashing(raw), mtime=0
                 ) as gz:  # type: ignore[arg-type]
                     while chunk := src.read(CHUNK):
-                        if cancel is not None and cancel.is_set():
-                            raise BackupError("backup cancelled")
                         gz.write(chunk)
                         raw.flush()
                         writeback.wrote(raw.tell())
