@@ -3,6 +3,7 @@ print, one line on failure, the exit codes; the running service's metric follows
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -109,7 +110,10 @@ def test_a_large_database_shows_progress(
     config, backups = setup
     monkeypatch.setattr(backup_cli, "PROGRESS_ABOVE_BYTES", 1024)  # "large"
     monkeypatch.setattr(backups_module, "PAGES_PER_STEP", 1)
+    priority = os.getpriority(os.PRIO_PROCESS, 0)
     assert cli.main(["backup", "--config", str(config)]) == 0
+    # only the compression child runs at nice 19, never the program that ran the command
+    assert os.getpriority(os.PRIO_PROCESS, 0) == priority
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 11  # every 10 %, once
     assert err[0].startswith("titan: backup 0 % (")

@@ -11,8 +11,9 @@ retention deleted, on stdout; a progress line on stderr every 10 % for a databas
 PROGRESS_ABOVE_BYTES (a small one is done before anyone would read it). Any failure is
 one line on stderr and exit 1 (a bad configuration: 2); an S3 failure after the local
 backup was taken says so, and still exits 1, so cron's log and the stale-backup alert
-tell the operator. It runs at the lowest CPU priority (nice 19): the live service beside
-it comes first.
+tell the operator. Its gzip runs in a child process at the lowest CPU priority, as the
+service's schedule does it (backups._compress); the command itself keeps its priority
+(it may run inside another program, e.g. a test, whose priority it must not change).
 """
 
 from __future__ import annotations
@@ -24,12 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from titan_trio.config import load_config
-from titan_trio.maintenance.backups import (
-    BackupError,
-    lower_priority,
-    newest_local,
-    verify_backup,
-)
+from titan_trio.maintenance.backups import BackupError, newest_local, verify_backup
 
 PROGRESS_ABOVE_BYTES = 50 * 1024 * 1024
 EXIT_OK, EXIT_FAIL = 0, 1
@@ -60,7 +56,6 @@ def add_backup_parser(sub: Any, with_config: Callable[[argparse.ArgumentParser],
 
 def cmd_backup(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    lower_priority()  # the service beside it comes first
     if args.verify is not None:
         return _verify(args.verify or None, cfg.database.backup_dir)
     from titan_trio.maintenance.backup_job import run_backup

@@ -89,7 +89,6 @@ GZIP_LEVEL = 1
 FLUSH_EVERY = 8 * 1024 * 1024
 REMOVE_STEP = 64 * 1024 * 1024  # the temporary copy is deleted this much at a time
 REMOVE_PAUSE_S = 0.005
-LOWEST_PRIORITY = 19  # nice, for the backup's own processes
 CANCEL_POLL_S = 0.2  # how often a backup waiting on its compression looks at ``cancel``
 STALE_TEMP_S = 24 * 3600  # a temporary file this old belongs to a backup that died
 BUSY_TIMEOUT_MS = 5000
@@ -328,14 +327,6 @@ class _Writeback:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-
-
-def lower_priority() -> None:
-    """Give this process the lowest CPU priority (``titan backup`` and the compression
-    child: the live service beside them comes first). Best effort: never raises. Never
-    for the service's own process or threads (_compress says why)."""
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, 0, LOWEST_PRIORITY)
 
 
 def _compress(source: str, dest: str, cancel: threading.Event | None = None) -> str:

@@ -8,16 +8,21 @@ exit 1; DEST is left for the parent to delete with its other temporary files.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 
-from titan_trio.maintenance.backups import BackupError, compress_here, lower_priority
+from titan_trio.maintenance.backups import BackupError, compress_here
+
+LOWEST_PRIORITY = 19  # nice: the live service beside it comes first
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m titan_trio.maintenance.compress_child SOURCE DEST", file=sys.stderr)
         return 2
-    lower_priority()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, LOWEST_PRIORITY)
     try:
         digest = compress_here(argv[0], argv[1])
     except BackupError as exc:
