@@ -193,43 +193,49 @@ def test_a_cancelled_backup_leaves_nothing(tmp_path: Path, monkeypatch: pytest.M
     assert files_in(tmp_path / "b") == []
 
 
-def test_a_backup_cancelled_while_compressing_stops_its_child_and_leaves_nothing(
+def test_a_cancelled_backup_stops_its_child_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The gzip runs in a child process: a cancel (the service stopping) kills it."""
-    db = make_db(tmp_path / "a.db", rows=50)
+    """The backup runs in a child process: a cancel (the service stopping) ends it, at
+    the copy's next step, and it deletes what it wrote."""
+    db = make_db(tmp_path / "a.db", rows=500)
+    monkeypatch.setattr(backups, "PAGES_PER_STEP", 2)
     started: list[subprocess.Popen[bytes]] = []
     real_popen = subprocess.Popen
 
-    def hanging_child(command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        assert command[1:3] == ["-m", "titan_trio.maintenance.compress_child"]
-        child = real_popen([sys.executable, "-c", "import time; time.sleep(600)"], **kwargs)
+    def recording(command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        child = real_popen(command, **kwargs)
         started.append(child)
         return child
 
-    monkeypatch.setattr(backups.subprocess, "Popen", hanging_child)
+    monkeypatch.setattr(backups.subprocess, "Popen", recording)
     cancel = threading.Event()
+    steps: list[int] = []
 
-    def cancel_once_copied(done: int, total: int) -> None:
-        if done == total:
+    def cancel_at_the_third_step(done: int, total: int) -> None:
+        steps.append(done)
+        if len(steps) == 3:
             cancel.set()
 
     with pytest.raises(BackupError, match="cancelled"):
         create_backup(
-            str(db), str(tmp_path / "b"), now=NOW, cancel=cancel, progress=cancel_once_copied
+            str(db), str(tmp_path / "b"), now=NOW, cancel=cancel, progress=cancel_at_the_third_step
         )
-    assert len(started) == 1 and started[0].poll() is not None  # killed, not left running
+    assert len(steps) == 3  # not one step more
+    assert len(started) == 1 and started[0].poll() is not None  # ended, not left running
     assert files_in(tmp_path / "b") == []
 
 
-def test_the_compression_child_reports_a_missing_copy_in_one_line(tmp_path: Path) -> None:
+def test_the_backup_child_reports_a_failure_in_one_line(tmp_path: Path) -> None:
     run = subprocess.run(
         [
             sys.executable,
             "-m",
-            "titan_trio.maintenance.compress_child",
-            str(tmp_path / "none"),
-            str(tmp_path / "out.gz"),
+            "titan_trio.maintenance.backup_child",
+            str(tmp_path / "none.db"),
+            str(tmp_path / "b"),
+            "",
+            "1024",
         ],
         capture_output=True,
         text=True,
@@ -237,8 +243,7 @@ def test_the_compression_child_reports_a_missing_copy_in_one_line(tmp_path: Path
     )
     assert run.returncode == 1
     assert run.stdout == ""
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.strip() == f"no database at {tmp_path / 'none.db'}", run.stderr
 
 
 # ----- verify ----------------------------------------------------------------------------

@@ -28,9 +28,8 @@ Design choices:
 - A backup shares the disk and the CPUs with the running service: what it writes goes
   to the disk as it is written (_Writeback: no gigabyte of dirty pages flushed at once,
   no journal commit every few megabytes), and the temporary copy is never fsynced (it is
-  read back and deleted; only the compressed file must survive a crash). The gzip, a
-  minute of CPU per gigabyte, runs in a child process at the lowest CPU priority
-  (_compress says why a process).
+  read back and deleted; only the compressed file must survive a crash). All of it runs
+  in a child process at the lowest CPU priority (create_backup says why a process).
 - Every file is first written under a hidden temporary name in the backup directory
   (``.backup-...``), on the same filesystem, so the rename is atomic, and a failure
   (full disk, read-only directory, missing database) deletes whatever it wrote: nothing
@@ -53,8 +52,11 @@ import ctypes
 import errno
 import gzip
 import hashlib
+import json
 import os
 import re
+import select
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -89,7 +91,8 @@ GZIP_LEVEL = 1
 FLUSH_EVERY = 8 * 1024 * 1024
 REMOVE_STEP = 64 * 1024 * 1024  # the temporary copy is deleted this much at a time
 REMOVE_PAUSE_S = 0.005
-CANCEL_POLL_S = 0.2  # how often a backup waiting on its compression looks at ``cancel``
+CANCEL_POLL_S = 0.2  # how often a backup waiting on its child looks at ``cancel``
+CHILD_STOP_S = 10.0  # an interrupted child deletes its files; killed if it takes longer
 STALE_TEMP_S = 24 * 3600  # a temporary file this old belongs to a backup that died
 BUSY_TIMEOUT_MS = 5000
 
@@ -161,8 +164,115 @@ def create_backup(
     """Back up the database at ``db_path`` into ``backup_dir``, safely while the service
     writes to it. ``progress(done_pages, total_pages)`` is called after each step of
     the copy. ``now`` names the backup (default: the current UTC time). ``cancel``, when
-    set (by another thread), stops the backup at its next step. Raises BackupError,
-    leaving no file behind."""
+    set (by another thread), stops the backup at its next step, or during the gzip
+    within CANCEL_POLL_S. Raises BackupError, leaving no file behind.
+
+    The work runs in a child process at the lowest CPU priority (backup_child), which
+    this process follows: the copy is a full CPU and the gzip a minute of CPU per
+    gigabyte. In a thread of the service they would share the GIL, so they could only
+    be as polite as the service's own threads (lowering a thread's priority makes it
+    worse: a thread that must hand the GIL over waits until the low-priority one runs).
+    A process has its own interpreter, and at nice 19 the kernel gives the service's
+    threads a CPU first. The child reports each step of the copy and waits for this
+    process's go-ahead before the next, so a cancel stops it at the next step exactly as
+    in-process; later (the check, the gzip) it is interrupted (SIGINT) and deletes its
+    temporary files on the way out."""
+    command = [
+        sys.executable,
+        "-m",
+        "titan_trio.maintenance.backup_child",
+        db_path,
+        backup_dir,
+        now.isoformat() if now is not None else "",
+        str(PAGES_PER_STEP),
+    ]
+    try:
+        child = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    except OSError as exc:
+        raise BackupError(f"cannot start the backup of {db_path}: {_why(exc)}") from None
+    try:
+        return _follow(child, db_path, progress, cancel)
+    finally:
+        _stop_child(child)
+
+
+def _follow(
+    child: subprocess.Popen[bytes],
+    db_path: str,
+    progress: ProgressFn | None,
+    cancel: threading.Event | None,
+) -> BackupInfo:
+    """Read the child's reports until it finishes; its result, or its one-line error."""
+    assert child.stdout is not None and child.stdin is not None
+    for line in _lines(child.stdout.fileno(), cancel):
+        kind, _, rest = line.partition(" ")
+        if kind == "progress":
+            done, total = (int(n) for n in rest.split())
+            if progress is not None:
+                progress(done, total)
+            if cancel is not None and cancel.is_set():
+                break
+            child.stdin.write(b"\n")  # the go-ahead for its next step
+            child.stdin.flush()
+        elif kind == "done":
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(CHILD_STOP_S)  # it is exiting: never interrupted at its end
+            got = json.loads(rest)
+            taken = datetime.fromisoformat(got["taken_at"])
+            return BackupInfo(got["path"], taken, got["size"], got["sha256"], True)
+    if cancel is not None and cancel.is_set():
+        raise BackupError(f"backup of {db_path} cancelled")
+    assert child.stderr is not None
+    child.wait()
+    lines = child.stderr.read().decode(errors="replace").strip().splitlines()
+    raise BackupError(
+        lines[-1] if lines else f"backup of {db_path} failed (exit {child.returncode})"
+    )
+
+
+def _lines(fd: int, cancel: threading.Event | None) -> Iterator[str]:
+    """The lines a child writes on ``fd`` until it closes it, or until ``cancel`` is set
+    (looked at every CANCEL_POLL_S while nothing comes)."""
+    pending = b""
+    while not (cancel is not None and cancel.is_set()):
+        ready, _, _ = select.select([fd], [], [], CANCEL_POLL_S)
+        if not ready:
+            continue
+        data = os.read(fd, 65536)
+        if not data:
+            return
+        pending += data
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line.decode(errors="replace")
+
+
+def _stop_child(child: subprocess.Popen[bytes]) -> None:
+    """A child still running (cancelled, or this process failed) is interrupted, so it
+    deletes its temporary files, and killed if it has not gone CHILD_STOP_S later."""
+    if child.poll() is None:
+        child.send_signal(signal.SIGINT)
+        try:
+            child.wait(CHILD_STOP_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    for pipe in (child.stdin, child.stdout, child.stderr):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+
+
+def create_backup_here(
+    db_path: str,
+    backup_dir: str,
+    *,
+    progress: ProgressFn | None = None,
+    now: datetime | None = None,
+) -> BackupInfo:
+    """create_backup's work, in this process (backup_child runs it)."""
     if not os.path.isfile(db_path):
         raise BackupError(f"no database at {db_path}")
     try:
@@ -184,9 +294,9 @@ def create_backup(
         raise BackupError(f"{final} exists already; one backup a second at most")
     with _temporaries(backup_dir) as temp:
         copy = temp(".db")
-        _online_copy(db_path, copy, progress, cancel)
+        _online_copy(db_path, copy, progress)
         gz = temp(".db.gz")
-        digest = _compress(copy, gz, cancel)
+        digest = _compress(copy, gz)
         _remove_gently(copy)  # the space, before the next file needs it
         sums = temp(".sha256")
         _write_synced(sums, f"{digest}  {name}\n".encode())
@@ -202,9 +312,7 @@ def create_backup(
     return BackupInfo(final, taken, size, digest, True, "local", None)
 
 
-def _online_copy(
-    db_path: str, dest: str, progress: ProgressFn | None, cancel: threading.Event | None
-) -> None:
+def _online_copy(db_path: str, dest: str, progress: ProgressFn | None) -> None:
     try:
         src = sqlite3.connect(
             f"{Path(db_path).absolute().as_uri()}?mode=ro", uri=True, isolation_level=None
@@ -222,8 +330,6 @@ def _online_copy(
             writeback = _Writeback(dest, keep_cached=True)  # gzip reads it next
 
             def step(_status: int, remaining: int, total: int) -> None:
-                if cancel is not None and cancel.is_set():
-                    raise _Cancelled  # aborts the backup step (sqlite3 re-raises it)
                 if progress is not None:
                     progress(total - remaining, total)
                 writeback.wrote(os.path.getsize(dest))
@@ -244,18 +350,12 @@ def _online_copy(
             dst.close()
         # Not fsynced: the copy is a temporary file, read back by this process and
         # deleted; only the compressed backup must survive a crash (_compress syncs it).
-    except _Cancelled:
-        raise BackupError(f"backup of {db_path} cancelled") from None
     except sqlite3.Error as exc:
         raise BackupError(f"backup of {db_path} failed: {_sqlite_why(exc, dest)}") from None
     except OSError as exc:
         raise BackupError(f"backup of {db_path} failed: {_why(exc)}") from None
     finally:
         src.close()
-
-
-class _Cancelled(Exception):
-    pass
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -329,40 +429,8 @@ class _Writeback:
             self.fd = None
 
 
-def _compress(source: str, dest: str, cancel: threading.Event | None = None) -> str:
-    """Gzip ``source`` into ``dest`` (fsynced) in a child process at the lowest CPU
-    priority; the SHA-256 of what was written. Raises BackupError (the child's message).
-
-    Why a process: the gzip is a minute of CPU for a gigabyte. In a thread of the
-    service it shares the GIL, so it can only be as polite as the service's own threads
-    (lowering a thread's priority makes it worse: a thread that must hand the GIL over
-    waits until the low-priority one actually runs). A process has its own interpreter,
-    and at nice 19 the kernel gives the service's threads a CPU first."""
-    command = [sys.executable, "-m", "titan_trio.maintenance.compress_child", source, dest]
-    try:
-        child = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-    except OSError as exc:
-        raise BackupError(f"cannot start the compression of {source}: {_why(exc)}") from None
-    while True:
-        try:
-            out, err = child.communicate(timeout=CANCEL_POLL_S)
-            break
-        except subprocess.TimeoutExpired:
-            if cancel is not None and cancel.is_set():
-                child.kill()
-                child.communicate()
-                raise BackupError("backup cancelled") from None
-    if child.returncode != 0:
-        lines = err.decode(errors="replace").strip().splitlines()
-        raise BackupError(lines[-1] if lines else f"compression failed (exit {child.returncode})")
-    return out.decode().strip()
-
-
-def compress_here(source: str, dest: str) -> str:
-    """Gzip ``source`` into ``dest`` (fsynced) in this process; the SHA-256 of what was
-    written (compress_child runs this; _compress runs that)."""
+def _compress(source: str, dest: str) -> str:
+    """Gzip ``source`` into ``dest`` (fsynced); the SHA-256 of what was written."""
     digest = hashlib.sha256()
 
     class Hashing:

@@ -1,0 +1,70 @@
+"""The child process a backup runs in (backups.create_backup says why a process).
+
+``python -m titan_trio.maintenance.backup_child DB BACKUP_DIR NOW PAGES_PER_STEP``
+(NOW: an ISO time naming the backup, or empty for the current time). It lowers its own
+CPU priority to the lowest and runs backups.create_backup_here. What it writes on
+stdout, a line each:
+
+- ``progress DONE TOTAL`` after each step of the copy; it then waits for a line on
+  stdin (the parent's go-ahead) before the next step, and stops (deleting its files)
+  when stdin closes instead;
+- ``done {json}`` at the end: path, taken_at, size, sha256.
+
+On failure: one line on stderr, the message the backup reports, and exit 1. Interrupted
+(SIGINT: the parent cancelled, or Ctrl-C on ``titan backup``), it deletes its temporary
+files and exits 130.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from datetime import datetime
+
+from titan_trio.maintenance import backups
+
+LOWEST_PRIORITY = 19  # nice: the live service beside it comes first
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def report_progress(done: int, total: int) -> None:
+    """One step of the copy done: say so and wait for the go-ahead (a stop on EOF)."""
+    print(f"progress {done} {total}", flush=True)
+    if not sys.stdin.buffer.readline():
+        raise KeyboardInterrupt  # the parent is gone or cancelled: stop like Ctrl-C
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 4:
+        print(
+            "usage: python -m titan_trio.maintenance.backup_child DB BACKUP_DIR NOW PAGES_PER_STEP",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    db_path, backup_dir, now_text, pages = argv
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, LOWEST_PRIORITY)
+    backups.PAGES_PER_STEP = int(pages)
+    now = datetime.fromisoformat(now_text) if now_text else None
+    try:
+        info = backups.create_backup_here(db_path, backup_dir, progress=report_progress, now=now)
+    except backups.BackupError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"backup of {db_path} cancelled", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    result = {
+        "path": info.path,
+        "taken_at": info.taken_at.isoformat(),
+        "size": info.size,
+        "sha256": info.sha256,
+    }
+    print("done " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
