@@ -2,7 +2,7 @@
 
 ``python -m titan_trio.maintenance.backup_child DB BACKUP_DIR NOW PAGES_PER_STEP``
 (NOW: an ISO time naming the backup, or empty for the current time). It lowers its own
-CPU priority to the lowest and runs backups.create_backup_here. What it writes on
+CPU priority to the lowest (lower_priority) and runs backups.create_backup_here. What it writes on
 stdout, a line each:
 
 - ``progress DONE TOTAL`` after each step of the copy; it then waits for a line on
@@ -29,6 +29,17 @@ LOWEST_PRIORITY = 19  # nice: the live service beside it comes first
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
+def lower_priority() -> None:
+    """Run only when a CPU has nothing else to do (Linux's SCHED_IDLE: a waking service
+    thread takes the CPU from it at once, where nice 19 still lets it finish its slice),
+    else at nice 19. Best effort."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, LOWEST_PRIORITY)
+
+
 def report_progress(done: int, total: int) -> None:
     """One step of the copy done: say so and wait for the go-ahead (a stop on EOF)."""
     print(f"progress {done} {total}", flush=True)
@@ -44,8 +55,7 @@ def main(argv: list[str]) -> int:
         )
         return EXIT_USAGE
     db_path, backup_dir, now_text, pages = argv
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, 0, LOWEST_PRIORITY)
+    lower_priority()
     backups.PAGES_PER_STEP = int(pages)
     now = datetime.fromisoformat(now_text) if now_text else None
     try:

@@ -11,8 +11,8 @@ retention deleted, on stdout; a progress line on stderr every 10 % for a databas
 PROGRESS_ABOVE_BYTES (a small one is done before anyone would read it). Any failure is
 one line on stderr and exit 1 (a bad configuration: 2); an S3 failure after the local
 backup was taken says so, and still exits 1, so cron's log and the stale-backup alert
-tell the operator. Its gzip runs in a child process at the lowest CPU priority, as the
-service's schedule does it (backups._compress); the command itself keeps its priority
+tell the operator. The work runs in a child process at the lowest CPU priority, as for
+the service's schedule (backups.create_backup); the command itself keeps its priority
 (it may run inside another program, e.g. a test, whose priority it must not change).
 """
 

@@ -7,15 +7,15 @@ into the backups that exist. An S3 failure does not undo the local backup: the r
 reports it (``BackupRun.s3_error``) and ``titan backup`` exits 1, the schedule logs an
 ERROR; the local copy stays.
 
-The schedule (``database.backupIntervalMin``) runs a backup every N minutes in a worker
-thread (``trio.to_thread.run_sync``): the copy and its integrity check spend their time
-in SQLite, which releases the GIL, and the gzip and SHA-256 run in a child process at
-the lowest CPU priority (backups._compress says why not in a thread at a low priority),
-so the trio thread keeps serving signals. The first run comes one interval after the
-start (a restart loop must not turn into a backup loop). A failure is logged as ERROR
-and the next run comes at its time: a backup problem never stops the service. On
-shutdown the worker is told to stop (it kills its child and deletes its temporary files
-at its next step) and abandoned, so a stop never waits on a backup of a large database.
+The schedule (``database.backupIntervalMin``) runs a backup every N minutes from a
+worker thread (``trio.to_thread.run_sync``) that follows the backup's child process:
+the copy, the integrity check and the gzip run there, at the lowest CPU priority
+(backups.create_backup says why a process), so the service's threads keep their CPUs.
+The first run comes one interval after the start (a restart loop must not turn into a
+backup loop). A failure is logged as ERROR and the next run comes at its time: a backup
+problem never stops the service. On shutdown the worker is told to stop (it interrupts
+the child, which deletes its temporary files) and abandoned, so a stop never waits on a
+backup of a large database.
 """
 
 from __future__ import annotations

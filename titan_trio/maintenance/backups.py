@@ -172,11 +172,11 @@ def create_backup(
     gigabyte. In a thread of the service they would share the GIL, so they could only
     be as polite as the service's own threads (lowering a thread's priority makes it
     worse: a thread that must hand the GIL over waits until the low-priority one runs).
-    A process has its own interpreter, and at nice 19 the kernel gives the service's
-    threads a CPU first. The child reports each step of the copy and waits for this
-    process's go-ahead before the next, so a cancel stops it at the next step exactly as
-    in-process; later (the check, the gzip) it is interrupted (SIGINT) and deletes its
-    temporary files on the way out."""
+    A process has its own interpreter, and at the lowest priority (backup_child) the
+    kernel gives the service's threads a CPU first. The child reports each step of the
+    copy and waits for this process's go-ahead before the next, so a cancel stops it at
+    the next step exactly as in-process; later (the check, the gzip) it is interrupted
+    (SIGINT) and deletes its temporary files on the way out."""
     command = [
         sys.executable,
         "-m",
