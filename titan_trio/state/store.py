@@ -55,10 +55,11 @@ Past the bound, a RESTART checkpoint makes the next commit write the WAL from it
 again, so the file stops growing and keeps its size (it is not truncated: cutting 64 MB
 off a file took the filesystem 17 ms and more, measured, with the write lock held).
 A RESTART holds the write lock while it copies the frames left and syncs: every write
-waits for it. So it is kept short and never waits: a PASSIVE checkpoint first copies
-nearly everything without blocking anyone, then the RESTART runs with no busy timeout
-(on a writer or a reader of an older snapshot, e.g. a backup, it gives up at once and
-is tried again once the WAL has grown by an eighth of the bound); and while it holds the lock,
+waits for it. So it is kept short and hardly waits: a PASSIVE checkpoint first copies
+nearly everything without blocking anyone, then the RESTART is tried with no busy
+timeout, a few times (a writer's commit ends within a millisecond; on a reader of an
+older snapshot, e.g. a backup, it gives up and is tried again once the WAL has grown by
+an eighth of the bound); and while it holds the lock,
 urgent writes go to the store thread's queue instead of waiting for the lock on the
 trio thread (RAW_BUSY_TIMEOUT_MS, which would stall every task). The RESTART comes when
 the WAL's content (its frames, counted by each PASSIVE) or the file outgrows the bound,
@@ -127,8 +128,12 @@ WAL_CHECK_EVERY = 8  # inline commits between looks at the WAL's size (a stat, ~
 # How long the full disk's TRUNCATE (_make_room) waits for a writer or an old reader.
 # Short: a reader that keeps an old snapshot for long (a backup of a large database)
 # would otherwise stall the store thread, and every write behind it, at each try. The
-# bound's RESTART never waits (the module docstring says why).
+# bound's RESTART never waits holding the lock (the module docstring says why).
 CHECKPOINT_BUSY_S = 0.05
+# The bound's RESTART never waits holding the lock; it is tried this many times, this far
+# apart (tried once, it lost to the stream of commits again and again).
+BOUND_TRIES = 3
+BOUND_PAUSE_S = 0.002
 CHECKPOINTER_JOIN_S = 10.0  # at close: a PASSIVE of a large WAL takes a while
 # After the inline connection met the database failing (not a lock, not a full disk),
 # urgent writes go to the store thread for this long before the inline path is tried again.
@@ -332,9 +337,10 @@ class Store:
 
     def _checkpoint_and_bound(self, *, restart: bool) -> None:
         """The checkpoint thread's work: a PASSIVE checkpoint, then a RESTART that never
-        waits when asked for (the file outgrew the bound) or when the WAL's content has
-        (its frames, as the PASSIVE counted them). A RESTART that a writer or an old reader
-        kept from completing is tried again once the file grew by an eighth of the bound."""
+        waits with the lock held (_try_without_waiting) when asked for (the file outgrew
+        the bound) or when the WAL's content has (its frames, as the PASSIVE counted
+        them). One that an old reader kept from completing is tried again once the file
+        grew by an eighth of the bound."""
         self._checkpoint("PASSIVE")
         if not restart and self._wal_content_bytes <= self.wal_truncate_bytes:
             return
@@ -343,12 +349,24 @@ class Store:
         # the file is cut back: a stall of tens of ms, but rare.
         limit = WAL_FILE_LIMIT * self.wal_truncate_bytes
         mode = "TRUNCATE" if self._wal_bytes() > limit else "RESTART"
-        if self._checkpoint(mode, busy_s=0.0):
+        if self._try_without_waiting(mode):
             # The file keeps its size and is written from its start again: it grows (and
             # asks for the next one) only once the WAL outgrows it.
             self._bound_at = max(self.wal_truncate_bytes, self._wal_bytes())
         else:
             self._bound_at = self._wal_bytes() + self.wal_truncate_bytes // 8
+
+    def _try_without_waiting(self, mode: str) -> bool:
+        """``mode`` with no busy timeout, BOUND_TRIES times BOUND_PAUSE_S apart: a commit
+        holding the write lock is over within a millisecond, while a busy timeout would
+        also be spent waiting for an old reader with the write lock held, every write
+        stalled behind it."""
+        for attempt in range(BOUND_TRIES):
+            if attempt:
+                time.sleep(BOUND_PAUSE_S)
+            if self._checkpoint(mode, busy_s=0.0):
+                return True
+        return False
 
     def _checkpoint(self, mode: str, *, busy_s: float | None = None) -> bool:
         """Move the WAL into the database (checkpoint thread; the store thread's
