@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trio
@@ -72,6 +73,16 @@ async def test_every_spec_metric_is_exported_with_help_and_type(
         assert families[name].documentation, name
 
 
+def orders_counted(engine: Any) -> float:
+    """titan_orders_total as the service's registry holds it, every status summed."""
+    return sum(
+        sample.value
+        for family in engine.metrics.orders.collect()
+        for sample in family.samples
+        if sample.name == "titan_orders_total"
+    )
+
+
 async def test_each_metric_moves_when_what_it_measures_moves(
     risk_config: Callable[..., Config], tmp_path: Path
 ) -> None:
@@ -88,6 +99,8 @@ async def test_each_metric_moves_when_what_it_measures_moves(
             await open_long(engine, "m-1")
             publish(engine, "BTCUSDT", Decimal(95500))  # the price moves: P&L, equity
             await eventually(lambda: engine.equity_monitor.equity() > Decimal(10000))
+            # the order is counted once its fill is saved (the position shows before that)
+            await eventually(lambda: orders_counted(engine) > 0)
             # an IPC connection held open
             stream = await trio.open_unix_socket(engine.cfg.ipc.socket_path)
             await eventually(lambda: engine.ipc is not None and engine.ipc.connections >= 1)
