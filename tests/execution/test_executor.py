@@ -30,6 +30,7 @@ from titan_trio.feeds.hub import MarketHub
 from titan_trio.metrics import Metrics
 from titan_trio.risk.breaker import OrderPurpose, TradingState, order_allowed
 from titan_trio.risk.sizing import EntryRejected
+from titan_trio.state import records
 from titan_trio.state.shadow import ShadowState
 from titan_trio.state.store import Store
 from titan_trio.state.sync import ShadowSync
@@ -332,6 +333,56 @@ async def test_a_stop_for_a_position_closed_meanwhile_is_no_protection_failure(
         assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
         assert "position is closed" in caplog.records[-1].getMessage()
         assert placer.metrics.protection_failures._value.get() == 0
+        assert await r.broker.positions() == []
+
+
+async def test_protecting_held_positions_never_brings_back_one_a_fill_closed_meanwhile(
+    tmp_path: Path,
+) -> None:
+    # The chaos test's phantom: after a restart, reconciliation's protection pass read
+    # the exchange's positions, a fill closed one here while it asked for the stop, and
+    # a record made from the old list put the closed position back (in memory and in
+    # the database), where the next reconciliation found a position the exchange lacks.
+    async with rig(tmp_path) as r:
+        placer = r.executor.placer
+        entry_ = Order(
+            "buy-held",
+            "BTCUSDT",
+            Side.BUY,
+            OrderType.MARKET,
+            D("0.010"),
+            time_in_force=TimeInForce.IOC,
+            leverage=D(5),
+        )
+        await placer.place(entry_, OrderPurpose.ENTRY)
+        with trio.fail_after(1):
+            while "BTCUSDT" not in r.shadow.positions:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        open_orders = r.broker.open_orders
+
+        async def closed_meanwhile() -> list[Order]:
+            exit_ = Order(
+                "sell-held",
+                "BTCUSDT",
+                Side.SELL,
+                OrderType.MARKET,
+                D("0.010"),
+                time_in_force=TimeInForce.IOC,
+                reduce_only=True,
+                leverage=D(5),
+            )
+            await placer.place(exit_, OrderPurpose.CLOSE)
+            with trio.fail_after(1):
+                while "BTCUSDT" in r.shadow.positions:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            return await open_orders()
+
+        # the positions were read just before: the close comes between two requests
+        r.broker.open_orders = closed_meanwhile  # type: ignore[method-assign]
+        protector = Protector(r.broker, placer, {"BTCUSDT": BTC}, r.hub)
+        await protector.protect_held(r.shadow.positions)
+        assert "BTCUSDT" not in r.shadow.positions
+        assert await placer.store.call(records.load_positions) == []
         assert await r.broker.positions() == []
 
 

@@ -32,7 +32,7 @@ from titan_trio.brokers.base import Broker
 from titan_trio.clock import now_ms
 from titan_trio.domain.instruments import Instrument
 from titan_trio.domain.orders import Order, OrderType, Side, TimeInForce, market_close
-from titan_trio.domain.positions import adopted_stop
+from titan_trio.domain.positions import Position, adopted_stop
 from titan_trio.errors import BrokerRejected, TitanError
 from titan_trio.execution.placement import OrderPlacer
 from titan_trio.feeds.hub import MarketHub
@@ -140,6 +140,17 @@ class Protector:
         finally:
             self.active -= 1
 
+    def _adopted_stop_for(self, symbol: str, position: Position) -> Decimal:
+        """``adopted_stop_pct`` from the market (the entry price without one), toward
+        the position's side."""
+        assert position.side is not None
+        return adopted_stop(
+            position.side.sign > 0,
+            self.hub.book.mark(symbol) or position.entry_price,
+            self.adopted_stop_pct,
+            self.instruments.get(symbol),
+        )
+
     async def _adopt_stop(self, rec: PositionRecord) -> None:
         """A position with no stop known gets one ``adopted_stop_pct`` from the market
         (reconciliation's rule), recorded with the position and set at the exchange: the
@@ -148,12 +159,7 @@ class Protector:
         side = rec.position.side
         if side is None or rec.stop_loss is not None:
             return
-        rec.stop_loss = adopted_stop(
-            side.sign > 0,
-            self.hub.book.mark(symbol) or rec.position.entry_price,
-            self.adopted_stop_pct,
-            self.instruments.get(symbol),
-        )
+        rec.stop_loss = self._adopted_stop_for(symbol, rec.position)
         log.warning(
             "position %s has no stop loss known: adopting %s (%s %% from the market)",
             symbol,
@@ -275,9 +281,12 @@ class Protector:
         """At start: every position the exchange holds gets back the stop loss and take
         profits its record asks for when the exchange has none (a stop never set because
         the service stopped right after the fill, targets never placed). Each one placed
-        again is a WARNING; a position with no stop and none known is an ERROR and
-        counted (reconciliation decides what to do with positions we have no record of).
-        Returns what was placed again."""
+        again is a WARNING; one with no stop known gets the adopted stop. This never
+        writes a position record for a position the shadow state does not hold: the
+        exchange's list is read before the awaits that follow, and a record made from it
+        would bring back a position a fill closed meanwhile (reconciliation records
+        positions we have no record of, from a consistent snapshot). Returns what was
+        placed again."""
         placed: list[str] = []
         held = {p.symbol: p for p in await self.broker.positions() if not p.is_flat}
         resting = await self.broker.open_orders()
@@ -285,11 +294,27 @@ class Protector:
             side = position.side
             if side is None or symbol not in self.instruments:
                 continue
+            stop_at_exchange = await self.broker.stop_loss(symbol)
+            # Read after the awaits: the lists above may be older than the shadow state
+            # (a fill applied meanwhile closed the position here).
             rec = known.get(symbol)
-            if await self.broker.stop_loss(symbol) is None:
-                if rec is None or rec.stop_loss is None:
-                    if rec is None:
-                        rec = known[symbol] = PositionRecord(position)
+            if stop_at_exchange is None:
+                if rec is None:
+                    # Held there, not here: closed by a fill since the broker's list was
+                    # read, or a difference reconciliation left for its next run. The
+                    # record is reconciliation's to make (from one consistent snapshot,
+                    # never from this list); the exchange gets a stop meanwhile.
+                    stop = self._adopted_stop_for(symbol, position)
+                    log.warning(
+                        "position %s at the exchange has no stop loss and no record here: "
+                        "setting %s (%s %% from the market); reconciliation records it",
+                        symbol,
+                        stop,
+                        self.adopted_stop_pct,
+                    )
+                    await self._set_stop(symbol, stop)
+                    placed.append(f"{symbol}: adopted stop {stop} (not recorded)")
+                elif rec.stop_loss is None:
                     await self._adopt_stop(rec)
                     placed.append(f"{symbol}: adopted stop {rec.stop_loss}")
                 else:
