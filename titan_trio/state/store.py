@@ -42,11 +42,33 @@ asks ``takes_writes``, answered from that and from a write probe the store threa
 at most once a second (write_health.py).
 
 WAL bound: automatic checkpoints are off (schema.py) so that no commit on the trio thread
-ever pays for one. The store thread checkpoints PASSIVE every CHECKPOINT_EVERY commits
-(the WAL is then reused from its start), and TRUNCATE as soon as the -wal file has grown
-past WAL_TRUNCATE_BYTES. Without that bound the file only grows (measured: about 9 KB
-per one-row commit, 18 MB after 2,000 commits with no checkpoint) and keeps its size
-after space returns, so a disk it filled stays full.
+ever pays for one. A checkpoint thread of its own (``titan-checkpoint``, so that no job
+queued on the store thread waits for a checkpoint) runs PASSIVE every CHECKPOINT_EVERY
+commits, and more as soon as the -wal file has grown past WAL_TRUNCATE_BYTES. Without that
+bound the file only grows (measured: about 9 KB per one-row commit, 18 MB after 2,000
+commits with no checkpoint) and keeps its size after space returns, so a disk it filled
+stays full. Under a steady stream of inline commits the WAL is in practice never reused
+from its start after a PASSIVE one (SQLite restarts it only when a checkpoint copied
+every frame and no commit came in between), so the bound's checkpoint is what bounds it.
+
+Past the bound, a RESTART checkpoint makes the next commit write the WAL from its start
+again, so the file stops growing and keeps its size (it is not truncated: cutting 64 MB
+off a file took the filesystem 17 ms and more, measured, with the write lock held).
+A RESTART holds the write lock while it copies the frames left and syncs: every write
+waits for it. So it is kept short and hardly waits: a PASSIVE checkpoint first copies
+nearly everything without blocking anyone, then the RESTART is tried with no busy
+timeout, a few times (a writer's commit ends within a millisecond; on a reader of an
+older snapshot, e.g. a backup, it gives up and is tried again once the WAL has grown by
+an eighth of the bound); and while it holds the lock,
+urgent writes go to the store thread's queue instead of waiting for the lock on the
+trio thread (RAW_BUSY_TIMEOUT_MS, which would stall every task). The RESTART comes when
+the WAL's content (its frames, counted by each PASSIVE) or the file outgrows the bound,
+so the file stays near it. A reader that keeps the WAL from being reused for long (a
+backup of a large database) lets the file grow meanwhile, and it keeps that size (the
+WAL is reused from its start afterwards; the file is given back when the service
+stops). The file is truncated (a stall of tens of ms) only past WAL_FILE_LIMIT times the
+bound, and when the disk is full (_make_room, which waits CHECKPOINT_BUSY_S for the
+lock: there the space is the way out).
 """
 
 from __future__ import annotations
@@ -88,30 +110,31 @@ class _Job:
     abandoned: bool = False  # the caller stopped waiting
 
 
-@dataclass(frozen=True)
-class _Checkpoint:
-    mode: str  # PASSIVE or TRUNCATE
-
-
 _STOP = object()
 _PROBE = object()
-_PASSIVE = _Checkpoint("PASSIVE")
-_TRUNCATE = _Checkpoint("TRUNCATE")
+_PASSIVE = object()  # checkpoint requests: a PASSIVE one
+_BOUND = object()  # a PASSIVE one, then the bound's RESTART
 INLINE_SHARE = 0.2  # of the trio thread's time, at most, for inline commits
 INLINE_BURST_S = 0.001
-CHECKPOINT_EVERY = 500  # commits between PASSIVE WAL checkpoints (on the store thread)
-# Past this the -wal file is checkpointed and truncated to zero. The PASSIVE checkpoint
-# every CHECKPOINT_EVERY commits already keeps the WAL's content short (the file is then
-# reused from its start); this bound catches the file itself growing, and is set above
-# what 500 commits of a busy signal stream write (about 20 MB at 100 signal pairs/s), so
-# a TRUNCATE, which waits for the disk, stays rare: at 4 MiB the IPC benchmark's p99
-# CONFIRM round trip tripled. A full disk truncates at once, whatever the size.
+CHECKPOINT_EVERY = 500  # commits between PASSIVE WAL checkpoints (checkpoint thread)
+# Past this (the WAL's content, or the -wal file) a RESTART checkpoint has the WAL
+# written from its start again (the module docstring). Set above what 500 commits of a
+# busy signal stream write (about 20 MB at 100 signal pairs/s), so that the RESTART,
+# which holds the write lock, stays rare. A full disk truncates at once, whatever the size.
 WAL_TRUNCATE_BYTES = 64 * 1024 * 1024
+WAL_FILE_LIMIT = 4  # times WAL_TRUNCATE_BYTES: past it the -wal file is truncated
+WAL_FRAME_HEADER = 24  # bytes before each page in the -wal file
 WAL_CHECK_EVERY = 8  # inline commits between looks at the WAL's size (a stat, ~3 us)
-# How long a checkpoint waits for a writer or an old reader. Short: a reader that keeps
-# an old snapshot for long (a backup of a large database) would otherwise stall the
-# store thread, and every write behind it, for the whole wait at each try.
+# How long the full disk's TRUNCATE (_make_room) waits for a writer or an old reader.
+# Short: a reader that keeps an old snapshot for long (a backup of a large database)
+# would otherwise stall the store thread, and every write behind it, at each try. The
+# bound's RESTART never waits holding the lock (the module docstring says why).
 CHECKPOINT_BUSY_S = 0.05
+# The bound's RESTART never waits holding the lock; it is tried this many times, this far
+# apart (tried once, it lost to the stream of commits again and again).
+BOUND_TRIES = 3
+BOUND_PAUSE_S = 0.002
+CHECKPOINTER_JOIN_S = 10.0  # at close: a PASSIVE of a large WAL takes a while
 # After the inline connection met the database failing (not a lock, not a full disk),
 # urgent writes go to the store thread for this long before the inline path is tried again.
 INLINE_RETRY_S = 10.0
@@ -145,6 +168,7 @@ class Store:
         self.synchronous = synchronous
         self.stats = StoreStats()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._checkpoints: queue.SimpleQueue[Any] = queue.SimpleQueue()  # checkpoint thread
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self.entities: Entities | None = None
@@ -154,9 +178,13 @@ class Store:
         self._since_checkpoint = 0
         self.wal_path = self.path + "-wal"
         self.wal_truncate_bytes = wal_truncate_bytes
-        self._truncate_at = wal_truncate_bytes  # raised while a reader blocks a TRUNCATE
+        self._bound_at: float = wal_truncate_bytes  # the -wal file size that asks for one
+        self._wal_content_bytes = 0  # the WAL's frames at the last checkpoint, in bytes
         self._checkpoint_queued = False
         self._checkpoint_error: str | None = None  # logged once, not at every attempt
+        # Set by the checkpoint thread while a RESTART or TRUNCATE holds the write lock:
+        # urgent writes queue instead of waiting for the lock on the trio thread.
+        self._locking_checkpoint = False
         self._inline_commits = 0
         self._pony = threading.local()  # .conn: pony's sqlite3 connection on this thread
         # With FULL every commit fsyncs: that wait belongs on the store thread, never on
@@ -232,13 +260,35 @@ class Store:
             self._to_trio(self._closed.set)
             return
         self._to_trio(on_open, None)
+        checkpointer = threading.Thread(
+            target=self._checkpointer, name="titan-checkpoint", daemon=True
+        )
+        checkpointer.start()
         try:
             self._loop()
         finally:
             try:
+                self._checkpoints.put(_STOP)
+                checkpointer.join(CHECKPOINTER_JOIN_S)
                 self.entities.db.disconnect()
             finally:
                 self._to_trio(self._closed.set)
+
+    def _checkpointer(self) -> None:
+        """The checkpoint thread: PASSIVE every CHECKPOINT_EVERY commits, and the bound's
+        RESTART past WAL_TRUNCATE_BYTES. Not on the store thread: a PASSIVE
+        blocks no writer in SQLite, but on the store thread every job queued behind it
+        waited for it (tens of ms, more after a backup held the WAL back), and with one
+        job queued, every urgent write after it too."""
+        while True:
+            item = self._checkpoints.get()
+            if item is _STOP:
+                return
+            try:
+                self._checkpoint_and_bound(restart=item is _BOUND)
+            except Exception:  # a bug: logged, and the next request is served
+                self._checkpoint_queued = False
+                log.exception("WAL checkpoint failed")
 
     def _to_trio(self, fn: Callable[..., Any], *args: Any) -> None:
         assert self._token is not None
@@ -262,7 +312,6 @@ class Store:
     def _serve(self) -> None:
         while True:
             batch: list[_Job] = []
-            checkpoint: _Checkpoint | None = None
             probe = stop = False
             item = self._queue.get()
             while True:
@@ -271,8 +320,6 @@ class Store:
                     break
                 if item is _PROBE:  # after the batch: it proves what the batch did not
                     probe = True
-                elif isinstance(item, _Checkpoint):  # after the batch: one, the stronger
-                    checkpoint = item if checkpoint is None or item is _TRUNCATE else checkpoint
                 else:
                     batch.append(item)
                     if len(batch) >= MAX_BATCH:
@@ -287,22 +334,61 @@ class Store:
                 return
             if probe:
                 self._probe()
-            if checkpoint is not None:
-                self._checkpoint(checkpoint.mode)
 
-    def _checkpoint(self, mode: str) -> bool:
-        """Move the WAL into the database (store thread only); return whether it all went.
+    def _checkpoint_and_bound(self, *, restart: bool) -> None:
+        """The checkpoint thread's work: a PASSIVE checkpoint, then a RESTART that never
+        waits with the lock held (_try_without_waiting) when asked for (the file outgrew
+        the bound) or when the WAL's content has (its frames, as the PASSIVE counted
+        them). One that an old reader kept from completing is tried again once the file
+        grew by an eighth of the bound."""
+        self._checkpoint("PASSIVE")
+        if not restart and self._wal_content_bytes <= self.wal_truncate_bytes:
+            return
+        # Past WAL_FILE_LIMIT times the bound (a RESTART keeps the file's size, and each
+        # one asked for by the file's growth lets it creep by what came in meanwhile),
+        # the file is cut back: a stall of tens of ms, but rare.
+        limit = WAL_FILE_LIMIT * self.wal_truncate_bytes
+        mode = "TRUNCATE" if self._wal_bytes() > limit else "RESTART"
+        if self._try_without_waiting(mode):
+            # The file keeps its size and is written from its start again: it grows (and
+            # asks for the next one) only once the WAL outgrows it.
+            self._bound_at = max(self.wal_truncate_bytes, self._wal_bytes())
+        else:
+            self._bound_at = self._wal_bytes() + self.wal_truncate_bytes // 8
 
-        PASSIVE never waits. TRUNCATE waits up to CHECKPOINT_BUSY_S for a writer and for
-        readers of older snapshots, then empties the -wal file, which gives its space back
-        to the disk. One a reader kept from completing is tried again only once the WAL
-        has grown by another bound, never after every commit. A failure is logged (once
-        per cause) and never fails a job."""
+    def _try_without_waiting(self, mode: str) -> bool:
+        """``mode`` with no busy timeout, BOUND_TRIES times BOUND_PAUSE_S apart: a commit
+        holding the write lock is over within a millisecond, while a busy timeout would
+        also be spent waiting for an old reader with the write lock held, every write
+        stalled behind it."""
+        for attempt in range(BOUND_TRIES):
+            if attempt:
+                time.sleep(BOUND_PAUSE_S)
+            if self._checkpoint(mode, busy_s=0.0):
+                return True
+        return False
+
+    def _checkpoint(self, mode: str, *, busy_s: float | None = None) -> bool:
+        """Move the WAL into the database (checkpoint thread; the store thread's
+        _make_room); return whether it all went.
+
+        PASSIVE never waits. RESTART and TRUNCATE wait up to ``busy_s`` (default
+        CHECKPOINT_BUSY_S) for a writer and for readers of older snapshots; TRUNCATE then
+        empties the -wal file, which gives its space back to the disk. A failure is
+        logged (once per cause) and never fails a job."""
         self._checkpoint_queued = False
+        locking = mode != "PASSIVE"
         try:
             # Its own connection: pony's may hold a read transaction, which pins the WAL.
-            with contextlib.closing(sqlite3.connect(self.path, timeout=CHECKPOINT_BUSY_S)) as conn:
-                busy = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
+            timeout = CHECKPOINT_BUSY_S if busy_s is None else busy_s
+            with contextlib.closing(sqlite3.connect(self.path, timeout=timeout)) as conn:
+                self._locking_checkpoint = locking
+                try:
+                    busy, frames, _ = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+                finally:
+                    self._locking_checkpoint = False
+                page = conn.execute("PRAGMA page_size").fetchone()[0]
+                self._wal_content_bytes = max(frames, 0) * (page + WAL_FRAME_HEADER)
         except sqlite3.Error as exc:  # retried at the next bound or CHECKPOINT_EVERY commits
             text = describe(exc)
             if text != self._checkpoint_error:
@@ -310,8 +396,6 @@ class Store:
             self._checkpoint_error = text
             return False
         self._checkpoint_error = None
-        if mode == "TRUNCATE":
-            self._truncate_at = self.wal_truncate_bytes + (self._wal_bytes() if busy else 0)
         return busy == 0
 
     def _probe(self) -> None:
@@ -347,10 +431,10 @@ class Store:
         except OSError:  # none yet, or just removed by the last connection closing
             return 0
 
-    def _request_checkpoint(self, checkpoint: _Checkpoint) -> None:
+    def _request_checkpoint(self, checkpoint: object) -> None:
         if not self._checkpoint_queued and not self._closing:
             self._checkpoint_queued = True
-            self._queue.put(checkpoint)
+            self._checkpoints.put(checkpoint)
 
     def _make_room(self) -> bool:
         """After SQLITE_FULL: checkpoint and truncate the WAL, whose space then goes back
@@ -388,8 +472,8 @@ class Store:
         self._to_trio(self._committed, elapsed, len(batch), wrote)
         for job, result in zip(batch, results, strict=True):
             self._deliver(job, outcome.Value(result))
-        if self._wal_bytes() > self._truncate_at:
-            self._checkpoint("TRUNCATE")
+        if self._wal_bytes() > self._bound_at:
+            self._request_checkpoint(_BOUND)
 
     def _pony_connected(self, conn: sqlite3.Connection) -> None:
         """schema.open_database's hook: pony opened ``conn`` on this thread."""
@@ -449,6 +533,7 @@ class Store:
         if (
             urgent
             and self._outstanding == 0
+            and not self._locking_checkpoint
             and self.inline
             and plain_sql(fn, args)
             and self._inline_allowed()
@@ -487,8 +572,8 @@ class Store:
     def _run_here(self, fn: Callable[..., T], args: tuple[Any, ...], *, raw: bool) -> T:
         """Run a small transaction on the calling thread while the store thread is idle
         (nothing queued, nothing running, no transaction open): no thread hop, no waking
-        another core. It cannot be long: this thread never checkpoints (the store thread
-        does) and with synchronous=NORMAL a commit does not fsync.
+        another core. It cannot be long: this thread never checkpoints (the checkpoint
+        thread does) and with synchronous=NORMAL a commit does not fsync.
 
         ``raw``: on this thread's plain sqlite3 connection. Urgent functions only run SQL
         through ``e.db.execute/exists/select`` (see records.py), so they work there
@@ -526,11 +611,8 @@ class Store:
         if raw:
             self._inline_error = None
             self._inline_commits += 1
-            if (
-                self._inline_commits % WAL_CHECK_EVERY == 0
-                and self._wal_bytes() > self._truncate_at
-            ):
-                self._request_checkpoint(_TRUNCATE)
+            if self._inline_commits % WAL_CHECK_EVERY == 0 and self._wal_bytes() > self._bound_at:
+                self._request_checkpoint(_BOUND)
         return result
 
     def _pause_inline(self, exc: BaseException) -> None:
