@@ -4,14 +4,16 @@ succeeds (entries wait for it), then a difference that appears is healed within 
 
 from __future__ import annotations
 
+import copy
 from decimal import Decimal
 from pathlib import Path
 
 import trio
+import trio.lowlevel
 import trio.testing
 
 from titan_trio.brokers.base import AccountSnapshot
-from titan_trio.domain.orders import Order
+from titan_trio.domain.orders import Order, OrderStatus
 from titan_trio.domain.positions import Position
 from titan_trio.errors import BrokerRejected
 from titan_trio.state.reconcile import FIRST_RETRY_S, Reconciler
@@ -115,4 +117,70 @@ async def test_an_idle_account_is_not_read_from_its_last_fill_every_run(tmp_path
         assert first is not None and first < months_ago  # the saved cursor (less overlap)
         assert second is not None and second >= before - CURSOR_LAG_MS - 1000
         assert int(await store.call(records.kv_get, FILLS_CURSOR_KEY)) >= before - CURSOR_LAG_MS
+        nursery.cancel_scope.cancel()
+
+
+class SlowStatusBroker(FlatBroker):
+    """A flat broker whose answer about one order lets the other order's own event
+    (it was cancelled) be applied meanwhile, as a stream would."""
+
+    def __init__(self, shadow: ShadowState, finished_meanwhile: Order) -> None:
+        super().__init__(down=0)
+        self.shadow = shadow
+        self.finished_meanwhile = finished_meanwhile
+
+    async def order_status(self, symbol: str, client_order_id: str) -> Order | None:
+        if client_order_id != self.finished_meanwhile.client_order_id:
+            cancelled = copy.copy(self.finished_meanwhile)
+            cancelled.status = OrderStatus.CANCELED
+            self.shadow.apply_order(cancelled)
+        await trio.lowlevel.checkpoint()
+        return None
+
+
+async def test_an_order_its_own_event_settled_during_the_healing_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    # Bybit chaos: two resting orders gone from the exchange after a restart; while the
+    # first was asked about, the stream's cancel of the second was applied, and the
+    # heal of the second looked it up among the open orders: a KeyError stopped the
+    # service.
+    from titan_trio.clock import now_ms
+    from titan_trio.domain.orders import OrderType, Side
+
+    def resting(coid: str) -> Order:
+        return Order(
+            coid,
+            "BTCUSDT",
+            Side.SELL,
+            OrderType.LIMIT,
+            Decimal("0.1"),
+            Decimal(100),
+            reduce_only=True,
+            status=OrderStatus.ACCEPTED,
+            created_ms=now_ms() - 60_000,
+            updated_ms=now_ms() - 60_000,
+        )
+
+    shadow = ShadowState(Decimal(1000))
+    first, second = resting("a-first"), resting("b-second")
+    shadow.orders = {first.client_order_id: first, second.client_order_id: second}
+    broker = SlowStatusBroker(shadow, second)
+    async with trio.open_nursery() as nursery:
+        store = await nursery.start(Store(str(tmp_path / "t.db"), always_inline=True).run)
+        reconciler = Reconciler(
+            shadow,
+            broker,  # type: ignore[arg-type]
+            store,
+            lambda: 0,
+            lambda: False,
+            set(),
+            INTERVAL_S,
+        )
+        report = await reconciler.reconcile()
+        assert report.errors == []
+        assert first.status is OrderStatus.EXPIRED  # lost: asked for, not found
+        assert second.status is OrderStatus.CANCELED  # its own event's word stands
+        assert shadow.orders == {}
+        assert "order b-second finished meanwhile: nothing to settle" in report.actions
         nursery.cancel_scope.cancel()

@@ -340,7 +340,12 @@ class Reconciler:
             if self.resume is not None and not adopted.reduce_only:
                 self.resume([adopted])
         elif d.kind == "order_only_here":
-            ours = shadow.orders[d.key]
+            ours = shadow.orders.get(d.key)
+            if ours is None:
+                # finished by its own event since the snapshot (while an earlier
+                # difference was healed): nothing left to settle
+                report.actions.append(f"order {d.key} finished meanwhile: nothing to settle")
+                return
             at_broker = await self.broker.order_status(ours.symbol, d.key)
             if at_broker is None:
                 ours.apply(OrderUpdate(OrderEventKind.EXPIRED, now_ms(), reason="lost"))
