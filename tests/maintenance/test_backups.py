@@ -236,6 +236,7 @@ def test_the_backup_child_reports_a_failure_in_one_line(tmp_path: Path) -> None:
             str(tmp_path / "b"),
             "",
             "1024",
+            "",
         ],
         capture_output=True,
         text=True,
@@ -244,6 +245,109 @@ def test_the_backup_child_reports_a_failure_in_one_line(tmp_path: Path) -> None:
     assert run.returncode == 1
     assert run.stdout == ""
     assert run.stderr.strip() == f"no database at {tmp_path / 'none.db'}", run.stderr
+
+
+# ----- where the temporary copy goes ------------------------------------------------------
+
+
+def copies_during_the_copy(
+    db: Path, backup_dir: Path, scratch: Path
+) -> tuple[list[str], list[str]]:
+    """Back up ``db``; the temporary copies seen in ``scratch`` and in ``backup_dir`` at
+    the copy's first step (the child waits for the go-ahead meanwhile)."""
+    seen: dict[str, list[str]] = {}
+
+    def look(done: int, total: int) -> None:
+        if not seen:
+            for name, where in (("scratch", scratch), ("beside", backup_dir)):
+                names = os.listdir(where) if where.is_dir() else []
+                seen[name] = [n for n in names if n.endswith(".db")]
+
+    info = create_backup(str(db), str(backup_dir), now=NOW, progress=look)
+    assert verify_backup(info.path).tables["items"] == 500
+    return seen["scratch"], seen["beside"]
+
+
+def test_the_copy_is_made_in_memory_when_memory_has_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A writer at the disk's full speed stalls the service's commits: with room in
+    # memory, the disk sees only the compressed backup.
+    scratch = tmp_path / "shm"
+    scratch.mkdir()
+    monkeypatch.setattr(backups, "SCRATCH_DIR", str(scratch))
+    monkeypatch.setattr(backups, "PAGES_PER_STEP", 2)
+    db = make_db(tmp_path / "a.db", rows=500)
+    in_memory, beside = copies_during_the_copy(db, tmp_path / "b", scratch)
+    assert len(in_memory) == 1 and beside == []
+    assert BACKUP_RE.match(in_memory[0]) is None and in_memory[0].startswith(".backup-")
+    assert files_in(scratch) == []  # deleted once compressed
+
+
+def test_without_room_in_memory_the_copy_is_made_beside_the_backups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = tmp_path / "shm"
+    scratch.mkdir()
+    monkeypatch.setattr(backups, "SCRATCH_DIR", str(scratch))
+    monkeypatch.setattr(backups, "PAGES_PER_STEP", 2)
+    db = make_db(tmp_path / "a.db", rows=500)
+    size = db.stat().st_size
+    # memory for the copy once, not twice over with the headroom
+    monkeypatch.setattr(backups, "_memory_room", lambda: size + backups.SCRATCH_HEADROOM)
+    in_memory, beside = copies_during_the_copy(db, tmp_path / "b", scratch)
+    assert in_memory == [] and len(beside) == 1
+
+
+def test_a_copy_in_memory_left_by_a_killed_backup_is_deleted_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = tmp_path / "shm"
+    scratch.mkdir()
+    monkeypatch.setattr(backups, "SCRATCH_DIR", str(scratch))
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead_pid = int(gone.stdout)
+    orphan = scratch / f".backup-{dead_pid}-abc.db"
+    orphan.write_bytes(b"x" * 1000)
+    running = scratch / f".backup-{os.getpid()}-def.db"  # a backup still under way
+    running.write_bytes(b"y")
+    other = scratch / "someone-elses-file"
+    other.write_bytes(b"z")
+    db = make_db(tmp_path / "a.db")
+    create_backup(str(db), str(tmp_path / "b"), now=NOW)
+    assert files_in(scratch) == sorted([running.name, other.name])
+
+
+def test_writes_beside_the_backups_are_paced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[float] = []
+    real_monotonic = backups.time.monotonic
+    # a clock the pacing's sleeps move on, without waiting for them
+    monkeypatch.setattr(backups.time, "sleep", asked.append)
+    monkeypatch.setattr(backups.time, "monotonic", lambda: real_monotonic() + sum(asked))
+    path = tmp_path / "f"
+    chunk = os.urandom(1 << 20)
+    for rate, expect_sleep in ((8 << 20, True), (0, False)):
+        asked.clear()
+        path.write_bytes(b"")
+        writeback = backups._Writeback(str(path), keep_cached=False, rate=rate)
+        with open(path, "ab") as f:
+            for _ in range(32):
+                f.write(chunk)
+                f.flush()
+                writeback.wrote(f.tell())
+        writeback.close()
+        if expect_sleep:
+            # 32 MB at 8 MB/s: close to 4 s of waiting (less the time the writes took)
+            assert 2.0 < sum(asked) <= 4.0, asked
+        else:
+            assert asked == []
 
 
 # ----- verify ----------------------------------------------------------------------------
@@ -370,8 +474,9 @@ def test_a_backup_onto_a_full_disk_fails_clearly_and_leaves_nothing(
 
 
 def test_a_disk_that_fills_while_compressing_leaves_nothing(
-    tmp_path: Path, small_disk: Path
+    tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(backups, "SCRATCH_DIR", str(tmp_path / "no-memory-scratch"))
     db = make_db(tmp_path / "a.db", rows=3000, blob=1000)
     size = db.stat().st_size
     filler = fill_disk(small_disk)

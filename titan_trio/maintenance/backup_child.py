@@ -1,7 +1,8 @@
 """The child process a backup runs in (backups.create_backup says why a process).
 
-``python -m titan_trio.maintenance.backup_child DB BACKUP_DIR NOW PAGES_PER_STEP``
-(NOW: an ISO time naming the backup, or empty for the current time). It lowers its own
+``python -m titan_trio.maintenance.backup_child DB BACKUP_DIR NOW PAGES_PER_STEP SCRATCH``
+(NOW: an ISO time naming the backup, or empty for the current time; SCRATCH: where the
+temporary copy goes, in memory, or empty for beside the backups). It lowers its own
 CPU priority to the lowest (lower_priority) and runs backups.create_backup_here. What it writes on
 stdout, a line each:
 
@@ -48,18 +49,21 @@ def report_progress(done: int, total: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 4:
+    if len(argv) != 5:
         print(
-            "usage: python -m titan_trio.maintenance.backup_child DB BACKUP_DIR NOW PAGES_PER_STEP",
+            "usage: python -m titan_trio.maintenance.backup_child DB BACKUP_DIR NOW "
+            "PAGES_PER_STEP SCRATCH",
             file=sys.stderr,
         )
         return EXIT_USAGE
-    db_path, backup_dir, now_text, pages = argv
+    db_path, backup_dir, now_text, pages, scratch = argv
     lower_priority()
     backups.PAGES_PER_STEP = int(pages)
     now = datetime.fromisoformat(now_text) if now_text else None
     try:
-        info = backups.create_backup_here(db_path, backup_dir, progress=report_progress, now=now)
+        info = backups.create_backup_here(
+            db_path, backup_dir, progress=report_progress, now=now, scratch=scratch or None
+        )
     except backups.BackupError as exc:
         print(exc, file=sys.stderr)
         return EXIT_FAILED
