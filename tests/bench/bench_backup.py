@@ -57,6 +57,7 @@ iterating: the result then says nothing about 1 GB).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -84,6 +85,8 @@ from bench_ipc import (
     triple,
     us,
 )
+
+from titan_trio.maintenance.backups import SCRATCH_DIR
 
 BALLAST_MB = 1024  # 1 MiB rows: the database is then ~1.07 GB
 BALLAST_ROWS_PER_COMMIT = 128
@@ -174,6 +177,7 @@ class BackupWatch:
     backup_dir: Path
     wal: Path
     pid: int
+    scratch: tuple[Path, ...] = ()  # where else a backup's temporary copy may be made
     backups: list[Backup] = field(default_factory=list)
     wal_max: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
@@ -218,10 +222,10 @@ class BackupWatch:
     def run(self) -> None:
         while not self.stop.is_set():
             self.sample_trio_thread()
-            try:
-                names = os.listdir(self.backup_dir)
-            except FileNotFoundError:
-                names = []
+            names = []
+            for where in (self.backup_dir, *self.scratch):
+                with contextlib.suppress(FileNotFoundError):
+                    names += os.listdir(where)
             t = now_ns()
             try:
                 wal = os.path.getsize(self.wal)
@@ -399,11 +403,11 @@ def split(
     return windows
 
 
-def pooled(windows: list[Window], kind: str) -> Window:
-    """Every window of ``kind`` as one."""
-    out = Window(f"all {kind}", kind)
+def pooled(windows: list[Window], name: str, *kinds: str) -> Window:
+    """Every window of ``kinds`` as one."""
+    out = Window(name, kinds[0])
     for w in windows:
-        if w.kind != kind:
+        if w.kind not in kinds:
             continue
         out.pair_rtt += w.pair_rtt
         out.confirm_rtt += w.confirm_rtt
@@ -549,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
 
         service = make_service(tmp)
         failure: str | None = None
-        watch = BackupWatch(tmp / "backups", Path(f"{db_path}-wal"), 0)
+        watch = BackupWatch(tmp / "backups", Path(f"{db_path}-wal"), 0, (Path(SCRATCH_DIR),))
         pairs: list[Pair] = []
         lines: list[tuple[int, bytes]] = []
         t0 = 0
@@ -625,7 +629,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"service log: {taken[0][:200]}")
 
     windows = split(pairs, lines, t0, backups)
-    quiet, during = pooled(windows, "quiet"), pooled(windows, "during")
+    quiet = pooled(windows, "all quiet", "quiet")
+    during = pooled(windows, "all backup", "during", "settle")
     print_windows([*windows, quiet, during], args.rate)
     for w in (quiet, during):
         shown = ", ".join(f"{k}: {v:,}" for k, v in sorted(w.outcomes.items()))
@@ -645,12 +650,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("target:")
     print(
-        f"  {'PASS' if ok else 'FAIL'}  p99 pair round trip while a backup runs <= "
-        f"{TARGET_RATIO}x the p99 while none runs: {us(loaded)} us over {during.pairs:,} "
-        f"pairs in {len(backups)} backups, against {us(baseline)} us over {quiet.pairs:,} "
-        f"pairs ({loaded / baseline:.2f}x)"
+        f"  {'PASS' if ok else 'FAIL'}  p99 pair round trip while a backup runs (and "
+        f"{SETTLE_S:.0f} s after) <= {TARGET_RATIO}x the p99 while none runs: {us(loaded)} us "
+        f"over {during.pairs:,} pairs in {len(backups)} backups, against {us(baseline)} us "
+        f"over {quiet.pairs:,} pairs ({loaded / baseline:.2f}x)"
     )
-    per = ", ".join(f"{w.name} {w.p99() / baseline:.2f}x" for w in windows if w.kind != "settle")
+    only = pooled(windows, "", "during").p99()
+    print(f"  the backups alone, without the {SETTLE_S:.0f} s after each: {only / baseline:.2f}x")
+    per = ", ".join(f"{w.name} {w.p99() / baseline:.2f}x" for w in windows)
     print(f"  each window's p99 against the quiet p99: {per}")
     print()
     print(f"service stopped with SIGINT: exit code {code} in {stop_s:.2f} s")
