@@ -72,6 +72,20 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         nursery.cancel_scope.cancel()
 
 
+def market_010(coid: str, side: Side, *, reduce_only: bool = False) -> Order:
+    """A market order for 0.010 BTCUSDT at 5x."""
+    return Order(
+        coid,
+        "BTCUSDT",
+        side,
+        OrderType.MARKET,
+        D("0.010"),
+        time_in_force=TimeInForce.IOC,
+        reduce_only=reduce_only,
+        leverage=D(5),
+    )
+
+
 def entry(style: Style, price: str, qty: str = "0.100") -> tuple[Order, EntryPlan]:
     order = Order(
         f"tt-{style}-{price}",
@@ -296,15 +310,7 @@ async def test_a_stop_for_a_position_closed_meanwhile_is_no_protection_failure(
 ) -> None:
     async with rig(tmp_path) as r:
         placer = r.executor.placer
-        market = Order(
-            "buy-gone",
-            "BTCUSDT",
-            Side.BUY,
-            OrderType.MARKET,
-            D("0.010"),
-            time_in_force=TimeInForce.IOC,
-            leverage=D(5),
-        )
+        market = market_010("buy-gone", Side.BUY)
         await placer.place(market, OrderPurpose.ENTRY)
         with trio.fail_after(1):
             while "BTCUSDT" not in r.shadow.positions:  # noqa: ASYNC110
@@ -313,16 +319,7 @@ async def test_a_stop_for_a_position_closed_meanwhile_is_no_protection_failure(
 
         async def closed_first(symbol: str, stop: D | None) -> None:
             # a CLOSE reaches the exchange between the protector's look and its request
-            exit_ = Order(
-                "sell-gone",
-                "BTCUSDT",
-                Side.SELL,
-                OrderType.MARKET,
-                D("0.010"),
-                time_in_force=TimeInForce.IOC,
-                reduce_only=True,
-                leverage=D(5),
-            )
+            exit_ = market_010("sell-gone", Side.SELL, reduce_only=True)
             await placer.place(exit_, OrderPurpose.CLOSE)
             await set_stop_loss(symbol, stop)
 
@@ -345,15 +342,7 @@ async def test_protecting_held_positions_never_brings_back_one_a_fill_closed_mea
     # the database), where the next reconciliation found a position the exchange lacks.
     async with rig(tmp_path) as r:
         placer = r.executor.placer
-        entry_ = Order(
-            "buy-held",
-            "BTCUSDT",
-            Side.BUY,
-            OrderType.MARKET,
-            D("0.010"),
-            time_in_force=TimeInForce.IOC,
-            leverage=D(5),
-        )
+        entry_ = market_010("buy-held", Side.BUY)
         await placer.place(entry_, OrderPurpose.ENTRY)
         with trio.fail_after(1):
             while "BTCUSDT" not in r.shadow.positions:  # noqa: ASYNC110
@@ -361,16 +350,7 @@ async def test_protecting_held_positions_never_brings_back_one_a_fill_closed_mea
         open_orders = r.broker.open_orders
 
         async def closed_meanwhile() -> list[Order]:
-            exit_ = Order(
-                "sell-held",
-                "BTCUSDT",
-                Side.SELL,
-                OrderType.MARKET,
-                D("0.010"),
-                time_in_force=TimeInForce.IOC,
-                reduce_only=True,
-                leverage=D(5),
-            )
+            exit_ = market_010("sell-held", Side.SELL, reduce_only=True)
             await placer.place(exit_, OrderPurpose.CLOSE)
             with trio.fail_after(1):
                 while "BTCUSDT" in r.shadow.positions:  # noqa: ASYNC110

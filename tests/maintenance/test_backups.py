@@ -250,6 +250,15 @@ def test_the_backup_child_reports_a_failure_in_one_line(tmp_path: Path) -> None:
 # ----- where the temporary copy goes ------------------------------------------------------
 
 
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory standing in for /dev/shm."""
+    where = tmp_path / "shm"
+    where.mkdir()
+    monkeypatch.setattr(backups, "SCRATCH_DIR", str(where))
+    return where
+
+
 def copies_during_the_copy(
     db: Path, backup_dir: Path, scratch: Path
 ) -> tuple[list[str], list[str]]:
@@ -269,13 +278,10 @@ def copies_during_the_copy(
 
 
 def test_the_copy_is_made_in_memory_when_memory_has_room(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scratch: Path
 ) -> None:
     # A writer at the disk's full speed stalls the service's commits: with room in
     # memory, the disk sees only the compressed backup.
-    scratch = tmp_path / "shm"
-    scratch.mkdir()
-    monkeypatch.setattr(backups, "SCRATCH_DIR", str(scratch))
     monkeypatch.setattr(backups, "PAGES_PER_STEP", 2)
     db = make_db(tmp_path / "a.db", rows=500)
     in_memory, beside = copies_during_the_copy(db, tmp_path / "b", scratch)
@@ -285,11 +291,8 @@ def test_the_copy_is_made_in_memory_when_memory_has_room(
 
 
 def test_without_room_in_memory_the_copy_is_made_beside_the_backups(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scratch: Path
 ) -> None:
-    scratch = tmp_path / "shm"
-    scratch.mkdir()
-    monkeypatch.setattr(backups, "SCRATCH_DIR", str(scratch))
     monkeypatch.setattr(backups, "PAGES_PER_STEP", 2)
     db = make_db(tmp_path / "a.db", rows=500)
     size = db.stat().st_size
@@ -300,11 +303,8 @@ def test_without_room_in_memory_the_copy_is_made_beside_the_backups(
 
 
 def test_a_copy_in_memory_left_by_a_killed_backup_is_deleted_by_the_next(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, scratch: Path
 ) -> None:
-    scratch = tmp_path / "shm"
-    scratch.mkdir()
-    monkeypatch.setattr(backups, "SCRATCH_DIR", str(scratch))
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         check=True,

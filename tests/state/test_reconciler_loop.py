@@ -23,6 +23,19 @@ from titan_trio.state.store import Store
 INTERVAL_S = 60.0
 
 
+def quiet_reconciler(shadow: ShadowState, broker: object, store: Store) -> Reconciler:
+    """A reconciler of an account with no events in flight."""
+    return Reconciler(
+        shadow,
+        broker,  # type: ignore[arg-type]
+        store,
+        lambda: 0,
+        lambda: False,
+        set(),
+        INTERVAL_S,
+    )
+
+
 class FlatBroker:
     """A broker holding nothing; unreachable for its first ``down`` snapshots."""
 
@@ -47,15 +60,7 @@ async def test_the_first_run_is_retried_and_a_ghost_heals_within_one_interval(
     broker = FlatBroker(down=2)
     async with trio.open_nursery() as nursery:
         store = await nursery.start(Store(str(tmp_path / "t.db"), always_inline=True).run)
-        reconciler = Reconciler(
-            shadow,
-            broker,  # type: ignore[arg-type]
-            store,
-            lambda: 0,
-            lambda: False,
-            set(),
-            INTERVAL_S,
-        )
+        reconciler = quiet_reconciler(shadow, broker, store)
         await nursery.start(reconciler.run)
         started = trio.current_time()
         await reconciler.ready.wait()
@@ -101,15 +106,7 @@ async def test_an_idle_account_is_not_read_from_its_last_fill_every_run(tmp_path
     async with trio.open_nursery() as nursery:
         store = await nursery.start(Store(str(tmp_path / "t.db"), always_inline=True).run)
         await store.call(records.kv_set, FILLS_CURSOR_KEY, months_ago, months_ago)
-        reconciler = Reconciler(
-            shadow,
-            broker,  # type: ignore[arg-type]
-            store,
-            lambda: 0,
-            lambda: False,
-            set(),
-            INTERVAL_S,
-        )
+        reconciler = quiet_reconciler(shadow, broker, store)
         before = now_ms()
         await reconciler.reconcile()
         await reconciler.reconcile()
@@ -168,15 +165,7 @@ async def test_an_order_its_own_event_settled_during_the_healing_is_left_alone(
     broker = SlowStatusBroker(shadow, second)
     async with trio.open_nursery() as nursery:
         store = await nursery.start(Store(str(tmp_path / "t.db"), always_inline=True).run)
-        reconciler = Reconciler(
-            shadow,
-            broker,  # type: ignore[arg-type]
-            store,
-            lambda: 0,
-            lambda: False,
-            set(),
-            INTERVAL_S,
-        )
+        reconciler = quiet_reconciler(shadow, broker, store)
         report = await reconciler.reconcile()
         assert report.errors == []
         assert first.status is OrderStatus.EXPIRED  # lost: asked for, not found
