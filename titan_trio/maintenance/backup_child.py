@@ -30,15 +30,17 @@ LOWEST_PRIORITY = 19  # nice: the live service beside it comes first
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
-def lower_priority() -> None:
-    """Run only when a CPU has nothing else to do (Linux's SCHED_IDLE: a waking service
-    thread takes the CPU from it at once, where nice 19 still lets it finish its slice),
-    else at nice 19. Best effort."""
+def lower_priority(pid: int = 0) -> None:
+    """Run process ``pid`` (0: this one) only when a CPU has nothing else to do (Linux's
+    SCHED_IDLE: a waking service thread takes the CPU from it at once, where nice 19
+    still lets it finish its slice), else at nice 19. Best effort. The parent also calls
+    it on the child as soon as it is spawned, so the child's interpreter start-up and
+    imports (a few hundred ms of CPU) run at the lowest priority too."""
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
         with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, 0, LOWEST_PRIORITY)
+            os.setpriority(os.PRIO_PROCESS, pid, LOWEST_PRIORITY)
 
 
 def report_progress(done: int, total: int) -> None:

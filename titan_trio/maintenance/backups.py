@@ -215,6 +215,9 @@ def create_backup(
     except OSError as exc:
         raise BackupError(f"cannot start the backup of {db_path}: {_why(exc)}") from None
     try:
+        from titan_trio.maintenance.backup_child import lower_priority
+
+        lower_priority(child.pid)  # its start-up too, not only once it runs its main
         return _follow(child, db_path, progress, cancel)
     finally:
         _stop_child(child)
