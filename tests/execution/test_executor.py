@@ -334,7 +334,7 @@ async def test_a_stop_for_a_position_closed_meanwhile_is_no_protection_failure(
 
 
 async def test_protecting_held_positions_never_brings_back_one_a_fill_closed_meanwhile(
-    tmp_path: Path,
+    tmp_path: Path, clock: trio.testing.MockClock
 ) -> None:
     # The chaos test's phantom: after a restart, reconciliation's protection pass read
     # the exchange's positions, a fill closed one here while it asked for the stop, and

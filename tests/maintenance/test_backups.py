@@ -548,12 +548,10 @@ def test_retention_never_deletes_the_newest_backup(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling classes")
 def test_the_child_is_lowered_from_its_start_and_the_caller_is_not() -> None:
-    from titan_trio.maintenance.backup_child import lower_priority
-
     mine = os.sched_getscheduler(0)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        lower_priority(child.pid)  # what create_backup does right after the spawn
+        backups.lower_priority(child.pid)  # what create_backup does right after the spawn
         assert os.sched_getscheduler(child.pid) == os.SCHED_IDLE
         assert os.sched_getscheduler(0) == mine
     finally:

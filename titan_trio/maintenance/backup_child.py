@@ -3,8 +3,8 @@
 ``python -m titan_trio.maintenance.backup_child DB BACKUP_DIR NOW PAGES_PER_STEP SCRATCH``
 (NOW: an ISO time naming the backup, or empty for the current time; SCRATCH: where the
 temporary copy goes, in memory, or empty for beside the backups). It lowers its own
-CPU priority to the lowest (lower_priority) and runs backups.create_backup_here. What it writes on
-stdout, a line each:
+CPU priority to the lowest (backups.lower_priority) and runs
+backups.create_backup_here. What it writes on stdout, a line each:
 
 - ``progress DONE TOTAL`` after each step of the copy; it then waits for a line on
   stdin (the parent's go-ahead) before the next step, and stops (deleting its files)
@@ -18,29 +18,13 @@ files and exits 130.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sys
 from datetime import datetime
 
 from titan_trio.maintenance import backups
 
-LOWEST_PRIORITY = 19  # nice: the live service beside it comes first
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-
-
-def lower_priority(pid: int = 0) -> None:
-    """Run process ``pid`` (0: this one) only when a CPU has nothing else to do (Linux's
-    SCHED_IDLE: a waking service thread takes the CPU from it at once, where nice 19
-    still lets it finish its slice), else at nice 19. Best effort. The parent also calls
-    it on the child as soon as it is spawned, so the child's interpreter start-up and
-    imports (a few hundred ms of CPU) run at the lowest priority too."""
-    try:
-        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, pid, LOWEST_PRIORITY)
 
 
 def report_progress(done: int, total: int) -> None:
@@ -59,7 +43,7 @@ def main(argv: list[str]) -> int:
         )
         return EXIT_USAGE
     db_path, backup_dir, now_text, pages, scratch = argv
-    lower_priority()
+    backups.lower_priority()
     backups.PAGES_PER_STEP = int(pages)
     now = datetime.fromisoformat(now_text) if now_text else None
     try:

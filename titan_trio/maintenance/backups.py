@@ -112,6 +112,7 @@ SCRATCH_DIR = "/dev/shm"
 SCRATCH_HEADROOM = 256 * 1024 * 1024  # memory left over beyond twice the copy, at least
 REMOVE_STEP = 64 * 1024 * 1024  # the temporary copy is deleted this much at a time
 REMOVE_PAUSE_S = 0.005
+LOWEST_PRIORITY = 19  # nice, where SCHED_IDLE is not available
 CANCEL_POLL_S = 0.2  # how often a backup waiting on its child looks at ``cancel``
 CHILD_STOP_S = 10.0  # an interrupted child deletes its files; killed if it takes longer
 STALE_TEMP_S = 24 * 3600  # a temporary file this old belongs to a backup that died
@@ -215,12 +216,23 @@ def create_backup(
     except OSError as exc:
         raise BackupError(f"cannot start the backup of {db_path}: {_why(exc)}") from None
     try:
-        from titan_trio.maintenance.backup_child import lower_priority
-
         lower_priority(child.pid)  # its start-up too, not only once it runs its main
         return _follow(child, db_path, progress, cancel)
     finally:
         _stop_child(child)
+
+
+def lower_priority(pid: int = 0) -> None:
+    """Run process ``pid`` (0: this one) only when a CPU has nothing else to do (Linux's
+    SCHED_IDLE: a waking service thread takes the CPU from it at once, where nice 19
+    still lets it finish its slice), else at nice 19. Best effort. create_backup also
+    calls it on the child as soon as it is spawned, so the child's interpreter start-up
+    and imports (a few hundred ms of CPU) run at the lowest priority too."""
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, LOWEST_PRIORITY)
 
 
 def _follow(
