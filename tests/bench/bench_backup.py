@@ -102,7 +102,9 @@ TARGET_RATIO = 1.2
 SLOW_US = 10_000
 RECONCILE_S = 3600  # see make_service
 POLL_S = 0.01
-BACKUPS = 3  # scheduled backups per run (see the module docstring)
+BACKUPS = 5  # scheduled backups per run (see the module docstring)
+INITIAL_CAPITAL = 1_000_000  # USDT (see make_service)
+RISK_PCT = 0.0005  # of equity per entry (see make_service)
 
 
 def now_ns() -> int:
@@ -124,6 +126,16 @@ def make_service(tmp: Path) -> Service:
     # "before" window's one fell in the warm-up. An hour: none in any window (the one at
     # the start falls in the warm-up).
     doc["reconcile"] = {**doc.get("reconcile", {}), "intervalS": RECONCILE_S}
+    # bench_ipc's 10,000 USDT at 0.005 % risks 0.5 USDT an entry: one or two quantity
+    # steps of BTC. The drifting price took that below one step after ~5 min, and every
+    # entry was refused (SIZE_TOO_SMALL) from then on: a faster path, measured against
+    # accepted ones. A hundred times the capital at a tenth of the risk: 5 USDT, ~18 steps
+    # an entry, and a fifth of bench_ipc's notional per entry, so that ten minutes of
+    # pyramided longs stay far from the account's margin (at bench_ipc's risk the
+    # account ran out of margin and halted).
+    doc["broker"]["initialCapital"] = INITIAL_CAPITAL
+    for key in ("maxRiskPct", "phase1RiskPct", "phase2RiskPct", "phase3RiskPct"):
+        doc["risk"][key] = RISK_PCT
     service.config.write_text(json.dumps(doc, indent=2))
     service.cfg = doc
     return service
@@ -165,6 +177,19 @@ class Backup:
     final: Path | None = None
     wal_at_start: int = 0
     marks: dict[str, CpuMark] = field(default_factory=dict)
+    disk: dict[str, tuple[int, int]] = field(default_factory=dict)  # see disk_io
+
+
+def disk_io() -> tuple[int, int]:
+    """Bytes the whole machine has read from and written to its disks so far
+    (/proc/vmstat's pgpgin and pgpgout, in KiB; zeros where it cannot be read)."""
+    found = {"pgpgin": 0, "pgpgout": 0}
+    with contextlib.suppress(OSError), open("/proc/vmstat") as f:
+        for line in f:
+            key, _, value = line.partition(" ")
+            if key in found:
+                found[key] = int(value) * 1024
+    return found["pgpgin"], found["pgpgout"]
 
 
 @dataclass
@@ -256,6 +281,7 @@ class BackupWatch:
             time.sleep(POLL_S)
 
     def mark(self, b: Backup, name: str) -> None:
+        b.disk[name] = disk_io()
         try:
             b.marks[name] = CpuMark.take(self.pid)
         except OSError:
@@ -403,6 +429,28 @@ def split(
     return windows
 
 
+def quiet_halves(
+    pairs: list[Pair], lines: list[tuple[int, bytes]], t0: int, backups: list[Backup]
+) -> tuple[list[float], list[float]]:
+    """The pair round trips (us) of the quiet windows, in two halves: pairs sent in even
+    and in odd 10 s slots. Both halves are the same conditions, so the ratio of their
+    p99s is what the host's own noise does to the measure in this run (an A/A test)."""
+    reply_at: dict[int, int] = {}
+    for t, line in lines:
+        rid = json.loads(line).get("id")
+        if isinstance(rid, int) and rid % 2 == 1:
+            reply_at.setdefault(rid, t)
+    quiet = [(lo, hi) for _, kind, lo, hi in bounds_of(t0, backups) if kind == "quiet"]
+    halves: tuple[list[float], list[float]] = ([], [])
+    for pair in pairs:
+        t = reply_at.get(2 * pair.k + 1)
+        if t is None or not any(lo <= pair.prepare_sent < hi for lo, hi in quiet):
+            continue
+        slot = (pair.prepare_sent - t0) // 10_000_000_000
+        halves[slot % 2].append((t - pair.prepare_sent) / 1000)
+    return halves
+
+
 def pooled(windows: list[Window], name: str, *kinds: str) -> Window:
     """Every window of ``kinds`` as one."""
     out = Window(name, kinds[0])
@@ -481,6 +529,16 @@ def cpu_line(a: CpuMark, b: CpuMark) -> str:
     return (
         f"service CPU {service:.0f} % (trio thread {trio_thread:.0f} %, other threads "
         f"{service - trio_thread:.0f} %), wrote {(b.written - a.written) / 2**20:,.0f} MB"
+    )
+
+
+def disk_line(b: Backup, start: str, end: str) -> str:
+    if start not in b.disk or end not in b.disk:
+        return ""
+    (read0, wrote0), (read1, wrote1) = b.disk[start], b.disk[end]
+    return (
+        f"; the machine's disks: read {(read1 - read0) / 2**20:,.0f} MB, wrote "
+        f"{(wrote1 - wrote0) / 2**20:,.0f} MB"
     )
 
 
@@ -609,10 +667,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{b.wal_at_start / 2**20:.1f} MB at its start"
         )
         if "start" in b.marks and "gzip" in b.marks:
-            print(f"  copy: {cpu_line(b.marks['start'], b.marks['gzip'])}")
+            print(
+                f"  copy: {cpu_line(b.marks['start'], b.marks['gzip'])}"
+                + disk_line(b, "start", "gzip")
+            )
         if "gzip" in b.marks and "end" in b.marks:
-            print(f"  gzip: {cpu_line(b.marks['gzip'], b.marks['end'])}")
-    print(f"WAL: at most {watch.wal_max / 2**20:.1f} MB seen during the run")
+            print(
+                f"  gzip: {cpu_line(b.marks['gzip'], b.marks['end'])}" + disk_line(b, "gzip", "end")
+            )
+    print(
+        f"WAL: at most {watch.wal_max / 2**20:.1f} MB seen during the run; times are from the "
+        f"first backup's start, perf_counter_ns {origin} (CLOCK_MONOTONIC: to match traces)"
+    )
     if start_mark is not None and "start" in backups[0].marks:
         print(f"before the first backup: {cpu_line(start_mark, backups[0].marks['start'])}")
     if end_mark is not None and "end" in backups[-1].marks:
@@ -659,6 +725,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  the backups alone, without the {SETTLE_S:.0f} s after each: {only / baseline:.2f}x")
     per = ", ".join(f"{w.name} {w.p99() / baseline:.2f}x" for w in windows)
     print(f"  each window's p99 against the quiet p99: {per}")
+    even, odd = quiet_halves(pairs, lines, t0, backups)
+    if even and odd:
+        a, b = pct(even, 0.99), pct(odd, 0.99)
+        noise = max(a, b) / min(a, b)
+        print(
+            f"  the host's noise floor: the quiet time's even 10 s slots against its odd "
+            f"ones, p99 {us(a)} us against {us(b)} us: {noise:.2f}x apart with no backup "
+            "at all"
+            + (
+                f" (above {TARGET_RATIO}x: this run cannot tell a {TARGET_RATIO}x effect "
+                "from the host's noise)"
+                if noise > TARGET_RATIO
+                else ""
+            )
+        )
     print()
     print(f"service stopped with SIGINT: exit code {code} in {stop_s:.2f} s")
     if code != 0:
