@@ -41,17 +41,24 @@ windows pooled) <= 1.2x the p99 of every pair sent while none ran (the "before",
 "between" and "after" windows pooled), and no reply lost. Several backups per run,
 because on these shared 2-CPU machines one 10 s window's p99 moves by tens of percent
 with no backup at all: with one backup per run the verdict flipped between runs of the
-same code (median 1.15x, 4 of 7 passing). Pooling compares a few thousand pairs on
-each side, measured in the same run, interleaved in time; each window's own ratio is
+same code (median 1.15x, 4 of 7 passing). Pooling compares tens of thousands of pairs
+on each side, measured in the same run, interleaved in time; each window's own ratio is
 printed too. Exit status 0 even when the target fails; 1 when the service does not
 start, dies, stops uncleanly, or a backup does not start or finish in time.
 
-Run: `make bench` (or `.venv/bin/python tests/bench/bench_backup.py`). Takes about 6
-min with three backups: the schedule's 60 s before each, and the backups themselves.
+Also printed: what the machine's disks read and wrote in each backup's phases
+(/proc/vmstat), and the host's noise floor: the same p99 ratio between the quiet time's
+even and odd 10 s slots (no backup on either side). Where that floor is itself above
+1.2x, the run cannot tell the target's effect from the host's noise, and says so.
+
+Run: `make bench` (or `.venv/bin/python tests/bench/bench_backup.py`). Takes about 13
+min with five backups: the schedule's 60 s before each, and the backups themselves (80-
+95 s each for 1 GB of incompressible ballast, at half a CPU).
 Needs 6 GB free in the temporary directory (database, a backup's temporary copy and its
 gzip, and each backup kept); with less it prints why and exits 0 without measuring.
-`--backups N` measures N backups; `--size-mb 64` runs the same on a small database (for
-iterating: the result then says nothing about 1 GB).
+`--backups N` measures N backups; `--copy-on-disk` makes the backups' temporary copy on
+the disk, as a machine (or a cgroup) without the memory for it does; `--size-mb 64` runs
+the same on a small database (for iterating: the result then says nothing about 1 GB).
 """
 
 from __future__ import annotations
@@ -566,14 +573,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--backups", type=int, default=BACKUPS, help="scheduled backups measured in the run"
     )
+    parser.add_argument(
+        "--copy-on-disk",
+        action="store_true",
+        help="the service's backups make their temporary copy beside the backups, as "
+        "with too little memory (TITAN_BACKUP_SCRATCH set empty)",
+    )
     args = parser.parse_args(argv)
+    if args.copy_on_disk:
+        os.environ["TITAN_BACKUP_SCRATCH"] = ""  # the service inherits it
     if args.backups < 1:
         parser.error("--backups must be at least 1")
     bench_started = time.monotonic()
     print(
         f"Backup benchmark: the signal path at {args.rate} pairs/s while the in-service "
         f"schedule backs up a database with {args.size_mb:,} MiB of random ballast, "
-        f"{args.backups} times"
+        f"{args.backups} times" + (", the copy on the disk" if args.copy_on_disk else "")
     )
     tmp_root = tempfile.gettempdir()
     free = shutil.disk_usage(tmp_root).free

@@ -302,6 +302,16 @@ def test_without_room_in_memory_the_copy_is_made_beside_the_backups(
     assert in_memory == [] and len(beside) == 1
 
 
+def test_with_no_scratch_directory_the_copy_is_made_beside_the_backups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backups, "PAGES_PER_STEP", 2)
+    monkeypatch.setattr(backups, "SCRATCH_DIR", "")  # TITAN_BACKUP_SCRATCH set empty
+    db = make_db(tmp_path / "a.db", rows=500)
+    in_memory, beside = copies_during_the_copy(db, tmp_path / "b", tmp_path / "unused")
+    assert in_memory == [] and len(beside) == 1
+
+
 def test_room_in_memory_is_what_the_cgroups_lower_limit_leaves(tmp_path: Path) -> None:
     with open("/proc/self/cgroup") as f:
         group = next((line[3:].strip() for line in f if line.startswith("0::")), None)
@@ -369,60 +379,6 @@ def test_writes_beside_the_backups_are_paced(
             assert 2.0 < sum(asked) <= 4.0, asked
         else:
             assert asked == []
-
-
-def test_warming_the_cache_paces_only_what_comes_off_the_disk(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    asked: list[float] = []
-    real_monotonic = backups.time.monotonic
-    monkeypatch.setattr(backups.time, "sleep", asked.append)
-    monkeypatch.setattr(backups.time, "monotonic", lambda: real_monotonic() + sum(asked))
-    path = tmp_path / "db"
-    path.write_bytes(os.urandom(8 << 20))  # just written: in the page cache
-    monkeypatch.setattr(backups, "CPU_SHARE", 1.0)  # only the disk's pacing is looked at
-    assert backups._warm_cache(str(path), rate=1 << 20) == 0
-    assert asked == []
-    # where the cache cannot be asked (no RWF_NOWAIT), every byte counts as off the disk:
-    # 8 MB at 1 MB/s, close to 8 s of waiting
-    monkeypatch.delattr(backups.os, "RWF_NOWAIT")
-    assert backups._warm_cache(str(path), rate=1 << 20) == 8 << 20
-    assert 6.0 < sum(asked) <= 8.0, asked
-    assert backups._warm_cache(str(tmp_path / "missing")) == 0  # the copy reports it
-
-
-def test_the_backups_own_work_keeps_to_its_share_of_a_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    cpu = [0.0]
-    asked: list[float] = []
-    monkeypatch.setattr(backups.time, "thread_time", lambda: cpu[0])
-    monkeypatch.setattr(backups.time, "sleep", asked.append)
-    half, whole = backups._CpuShare(0.5), backups._CpuShare(1.0)
-    for used in (0.010, 0.004, 0.0):  # CPU seconds each piece of work took
-        cpu[0] += used
-        half()
-        whole()
-    # half a CPU: as long asleep as at work, piece by piece; a whole CPU: never asleep
-    assert asked == pytest.approx([0.010, 0.004])
-
-
-def test_a_backup_paced_to_a_small_share_of_a_cpu_is_still_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    paused_in: list[str] = []
-    real_sleep = backups.time.sleep
-
-    def sleep(seconds: float) -> None:
-        paused_in.append(sys._getframe(2).f_code.co_name)  # who the pacer paused
-        real_sleep(min(seconds, 0.001))
-
-    monkeypatch.setattr(backups.time, "sleep", sleep)
-    monkeypatch.setattr(backups, "CPU_SHARE", 0.2)
-    monkeypatch.setattr(backups, "INTEGRITY_PACE_OPS", 1000)  # pauses inside the check
-    db = make_db(tmp_path / "a.db", rows=300)
-    info = backups.create_backup_here(str(db), str(tmp_path / "b"), now=NOW)
-    # the integrity check and the gzip both paused, and the backup is whole all the same
-    assert {"pause", "_compress"} <= set(paused_in), paused_in
-    assert verify_backup(info.path).tables["items"] == 300
 
 
 # ----- verify ----------------------------------------------------------------------------

@@ -29,23 +29,23 @@ Design choices:
   writer at the disk's full speed multiplied the service's signal p99 by 3 to 20, one
   paced at 10-50 MB/s hardly moved it. So:
   - the temporary copy is made in memory (SCRATCH_DIR, a tmpfs) when it fits with room
-    to spare (_scratch_dir: twice the database in available memory, the cgroup's limit
-    included): the disk then sees only the compressed backup. Otherwise it is made
-    beside the backups, its writes paced at WRITE_RATE. (Pacing the copy also keeps the
+    to spare (_scratch_dir: twice the database in available memory, the cgroup's limits
+    included; TITAN_BACKUP_SCRATCH names another directory, or, empty, none): the disk
+    then sees only the compressed backup. Otherwise it is made beside the backups, its
+    writes paced at WRITE_RATE.
+  - a short backup rather than a slow one: a backup paced to half a CPU, and reading the
+    database into the page cache at 32 MB/s before the copy, took 80-95 s for 1 GB and
+    measured 1.33-1.74x in four runs; flat out (35 s), 0.93x in the same conditions. On
+    a host that evicts page cache, what hurts the service is how long the disk is busy
+    beside it, not how hard. (Pacing the copy also keeps the
     snapshot, and the WAL it holds back, longer: a 1 GB copy at 48 MB/s held 200 MB of
     a busy service's WAL, whose checkpoint afterwards stalled commits for 50-200 ms.)
   - what it writes goes to the disk as it is written, at most WRITE_RATE (_Writeback:
     no gigabyte of dirty pages flushed at once, no journal commit every few megabytes),
     and the temporary copy is never fsynced (it is read back and deleted; only the
     compressed file must survive a crash).
-  - when the copy is made in memory, the database is first read into the page cache,
-    reading from the disk at most READ_RATE (_warm_cache): the copy, which holds the
-    snapshot and so runs flat out, then reads only memory (measured: 200-280 MB of a 1 GB
-    database came off the disk during the copy otherwise, on a host that evicts page
-    cache).
   - all of it runs in a child process at the lowest CPU priority (create_backup says why
-    a process), and its own CPU work (the integrity check, the gzip, the SHA-256) keeps to
-    CPU_SHARE of one CPU (_CpuShare).
+    a process).
 - Every file is first written under a hidden temporary name in the backup directory
   (``.backup-...``), on the same filesystem, so the rename is atomic, and a failure
   (full disk, read-only directory, missing database) deletes whatever it wrote: nothing
@@ -108,25 +108,15 @@ GZIP_LEVEL = 1
 # Written data is pushed to the disk as it is written, this many bytes at a time, not
 # all at once at the end: a gigabyte of dirty pages flushed in one go stalls every other
 # writer's fsync (see _Writeback).
-FLUSH_EVERY = 2 * 1024 * 1024
+FLUSH_EVERY = 8 * 1024 * 1024
 # At most this many bytes a second written, by the copy and by the gzip each: a disk
 # written flat out stalls the service's commits (measured: a writer at full speed beside
 # the service multiplied its signal p99 by 3-20, one paced at 10-50 MB/s hardly moved it).
 WRITE_RATE = 48 * 1024 * 1024
-# The backup's own CPU work (the integrity check of the copy, the gzip and its SHA-256)
-# uses at most this share of one CPU: after each piece of it the child sleeps in
-# proportion (_CpuShare). At the lowest priority the kernel already gives the service's
-# threads a CPU first, but a CPU kept busy flat out still slows the service down (shared
-# caches and memory bandwidth, the hypervisor's share of the host): a gzip beside it
-# raised the service's signal p99 by about a tenth (measured), a fifth being the target.
-CPU_SHARE = 0.5
-# The database is read into the page cache before the copy at most this fast from the
-# disk (_warm_cache), this much at a time.
-READ_RATE = 32 * 1024 * 1024
-WARM_CHUNK = 256 * 1024
-INTEGRITY_PACE_OPS = 200_000  # SQLite VM instructions between the integrity check's pauses
 # Where the temporary copy goes when memory has room for it (see _scratch_dir).
-SCRATCH_DIR = "/dev/shm"
+# TITAN_BACKUP_SCRATCH in the environment names another directory, or, set empty, none:
+# the copy then always goes beside the backups.
+SCRATCH_DIR = os.environ.get("TITAN_BACKUP_SCRATCH", "/dev/shm")
 SCRATCH_HEADROOM = 256 * 1024 * 1024  # memory left over beyond twice the copy, at least
 REMOVE_STEP = 64 * 1024 * 1024  # the temporary copy is deleted this much at a time
 REMOVE_PAUSE_S = 0.005
@@ -355,8 +345,6 @@ def create_backup_here(
         _temporaries(scratch or backup_dir, owner=os.getpid() if scratch else None) as temp_copy,
     ):
         copy = temp_copy(".db")
-        if scratch:  # memory has room for the database: the copy then reads only memory
-            _warm_cache(db_path)
         _online_copy(db_path, copy, progress, paced=scratch is None)
         gz = temp(".db.gz")
         digest = _compress(copy, gz)
@@ -381,7 +369,7 @@ def _scratch_dir(db_path: str) -> str | None:
     SCRATCH_HEADROOM; None (the copy goes beside the backups) otherwise, or off Linux.
     Memory is the smaller of the system's MemAvailable and, under a cgroup limit (a
     systemd MemoryMax), what the limit leaves: a tmpfs file is charged to it."""
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or not SCRATCH_DIR:
         return None
     size = 0
     for path in (db_path, db_path + "-wal"):
@@ -461,7 +449,7 @@ def _online_copy(
                 writeback.close()
             src.execute("COMMIT")
             dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
-            problems = _integrity_problems(dst)
+            problems = [row[0] for row in dst.execute("PRAGMA integrity_check").fetchall()]
             if problems != ["ok"]:
                 raise BackupError(
                     f"the database {db_path} fails its integrity check, no backup taken: "
@@ -477,70 +465,6 @@ def _online_copy(
         raise BackupError(f"backup of {db_path} failed: {_why(exc)}") from None
     finally:
         src.close()
-
-
-def _warm_cache(path: str, rate: int | None = None) -> int:
-    """Bring the file at ``path`` into the page cache before the copy, reading from the
-    disk at most ``rate`` (READ_RATE) bytes a second; the bytes read from the disk.
-
-    The copy holds its snapshot (and the WAL the service cannot checkpoint past it) for
-    as long as it runs, so it runs flat out; whatever of the database is not cached then
-    comes off the disk at its full speed, in the way of the service's own reads (a page
-    of the WAL to rewrite, code paged out). Read beforehand, no snapshot held, paced, the
-    copy finds it all in memory. Each chunk is first asked for with RWF_NOWAIT, which
-    reads only what is cached: cached chunks are not paced, since they cost no disk.
-    Best effort: a file that cannot be read here is the copy's to report."""
-    rate = READ_RATE if rate is None else rate
-    buf = bytearray(WARM_CHUNK)
-    nowait = getattr(os, "RWF_NOWAIT", 0)
-    pace = _CpuShare()
-    from_disk = 0
-    began = time.monotonic()
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return 0
-    try:
-        # No readahead: it turns each read into requests of several megabytes (8 MB
-        # here), which a service's page read then queues behind; WARM_CHUNK at a time.
-        with contextlib.suppress(OSError, AttributeError):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        offset = 0
-        while True:
-            got = 0
-            if nowait:
-                with contextlib.suppress(BlockingIOError, OSError):
-                    got = os.preadv(fd, [buf], offset, nowait)
-            if got < len(buf):  # not all cached: read it, from the disk
-                got = os.preadv(fd, [buf], offset)
-                from_disk += got
-                ahead = began + from_disk / rate - time.monotonic() if rate > 0 else 0
-                if ahead > 0:
-                    time.sleep(ahead)
-            if got <= 0:
-                return from_disk
-            offset += got
-            pace()
-    except OSError:
-        return from_disk
-    finally:
-        os.close(fd)
-
-
-def _integrity_problems(conn: sqlite3.Connection) -> list[str]:
-    """``PRAGMA integrity_check`` of the copy at CPU_SHARE of a CPU (SQLite calls the
-    pacer every INTEGRITY_PACE_OPS instructions); ["ok"] when it passes."""
-    pace = _CpuShare()
-
-    def pause() -> int:
-        pace()
-        return 0  # go on
-
-    conn.set_progress_handler(pause, INTEGRITY_PACE_OPS)
-    try:
-        return [str(row[0]) for row in conn.execute("PRAGMA integrity_check").fetchall()]
-    finally:
-        conn.set_progress_handler(None, 0)
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -625,23 +549,6 @@ class _Writeback:
             self.fd = None
 
 
-class _CpuShare:
-    """Keep this thread's CPU time within ``share`` of the time that passes: each call
-    sleeps (1 / share - 1) times the CPU the thread used since the previous call. Per
-    piece of work, not on average since a start: a thread the service starved for a
-    while (the lowest priority) gets no burst to catch up. ``share`` >= 1 never sleeps."""
-
-    def __init__(self, share: float | None = None) -> None:
-        self.share = CPU_SHARE if share is None else share
-        self.last = time.thread_time()
-
-    def __call__(self) -> None:
-        now = time.thread_time()
-        used, self.last = now - self.last, now
-        if 0 < self.share < 1 and used > 0:
-            time.sleep(used * (1 / self.share - 1))
-
-
 def _compress(source: str, dest: str) -> str:
     """Gzip ``source`` into ``dest`` (fsynced); the SHA-256 of what was written."""
     digest = hashlib.sha256()
@@ -665,12 +572,10 @@ def _compress(source: str, dest: str) -> str:
                 with gzip.GzipFile(
                     filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=Hashing(raw), mtime=0
                 ) as gz:  # type: ignore[arg-type]
-                    pace = _CpuShare()
                     while chunk := src.read(CHUNK):
                         gz.write(chunk)
                         raw.flush()
                         writeback.wrote(raw.tell())
-                        pace()
                 raw.flush()
                 os.fsync(raw.fileno())
             finally:
