@@ -51,9 +51,9 @@ Also printed: what the machine's disks read and wrote in each backup's phases
 even and odd 10 s slots (no backup on either side). Where that floor is itself above
 1.2x, the run cannot tell the target's effect from the host's noise, and says so.
 
-Run: `make bench` (or `.venv/bin/python tests/bench/bench_backup.py`). Takes about 13
-min with five backups: the schedule's 60 s before each, and the backups themselves (80-
-95 s each for 1 GB of incompressible ballast, at half a CPU).
+Run: `make bench` (or `.venv/bin/python tests/bench/bench_backup.py`). Takes about 9
+min with five backups: the schedule's 60 s before each, and the backups themselves (35-40
+s each for 1 GB of incompressible ballast).
 Needs 6 GB free in the temporary directory (database, a backup's temporary copy and its
 gzip, and each backup kept); with less it prints why and exits 0 without measuring.
 `--backups N` measures N backups; `--copy-on-disk` makes the backups' temporary copy on

@@ -809,6 +809,15 @@ async def test_wal_stays_near_its_bound_while_writes_go_on(tmp_path: Path) -> No
     assert WAL_BOUND <= largest <= store_module.WAL_FILE_LIMIT * WAL_BOUND + 1024 * 1024
 
 
+def old_snapshot(path: Path) -> sqlite3.Connection:
+    """A reader holding one snapshot, as a backup's copy does: the WAL cannot be
+    checkpointed past it, nor reused, until it ends (COMMIT)."""
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    return reader
+
+
 async def test_a_reader_holding_an_old_snapshot_never_stalls_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -821,9 +830,7 @@ async def test_a_reader_holding_an_old_snapshot_never_stalls_writes(
     path = tmp_path / "t.db"
     async with open_store(path) as store:
         await store.call(records.kv_set, "k", "v", 0)
-        reader = sqlite3.connect(path, isolation_level=None)
-        reader.execute("BEGIN")
-        reader.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        reader = old_snapshot(path)
         with trio.fail_after(30):  # a hang detector, not a speed limit (each try waits 60 s)
             for i in range(200):  # ~13 MB: past 3x the bound, with the WAL pinned
                 value = f"{i:08d}" * 8192
@@ -862,9 +869,7 @@ async def test_the_backlog_an_old_reader_held_back_is_copied_without_the_write_l
     path = tmp_path / "t.db"
     async with open_store(path) as store:
         await store.call(records.kv_set, "k", "v", 0)
-        reader = sqlite3.connect(path, isolation_level=None)
-        reader.execute("BEGIN")
-        reader.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        reader = old_snapshot(path)
         for i in range(200):  # ~13 MB: past 3x the bound, with the WAL pinned
             await store.call(records.kv_set, f"k{i % 10}", f"{i:08d}" * 8192, i, urgent=True)
         await eventually(lambda: any(left for mode, left in seen if mode == "PASSIVE"))
