@@ -32,14 +32,13 @@ Design choices:
     to spare (_scratch_dir: twice the database in available memory, the cgroup's limits
     included; TITAN_BACKUP_SCRATCH names another directory, or, empty, none): the disk
     then sees only the compressed backup. Otherwise it is made beside the backups, its
-    writes paced at WRITE_RATE.
+    writes paced at WRITE_RATE. (Pacing the copy also keeps the snapshot, and the WAL it
+    holds back, longer: a 1 GB copy at 48 MB/s held 200-310 MB of a busy service's WAL.)
   - a short backup rather than a slow one: a backup paced to half a CPU, and reading the
     database into the page cache at 32 MB/s before the copy, took 80-95 s for 1 GB and
     measured 1.33-1.74x in four runs; flat out (35 s), 0.93x in the same conditions. On
     a host that evicts page cache, what hurts the service is how long the disk is busy
-    beside it, not how hard. (Pacing the copy also keeps the
-    snapshot, and the WAL it holds back, longer: a 1 GB copy at 48 MB/s held 200 MB of
-    a busy service's WAL, whose checkpoint afterwards stalled commits for 50-200 ms.)
+    beside it, not how hard.
   - what it writes goes to the disk as it is written, at most WRITE_RATE (_Writeback:
     no gigabyte of dirty pages flushed at once, no journal commit every few megabytes),
     and the temporary copy is never fsynced (it is read back and deleted; only the
