@@ -13,7 +13,8 @@ import trio.lowlevel
 import trio.testing
 
 from titan_trio.brokers.base import AccountSnapshot
-from titan_trio.domain.orders import Order, OrderStatus
+from titan_trio.clock import now_ms
+from titan_trio.domain.orders import Order, OrderStatus, OrderType, Side
 from titan_trio.domain.positions import Position
 from titan_trio.errors import BrokerRejected
 from titan_trio.state.reconcile import FIRST_RETRY_S, Reconciler
@@ -96,7 +97,6 @@ async def test_an_idle_account_is_not_read_from_its_last_fill_every_run(tmp_path
     """No fill for months: each run reads the fills from shortly before the previous
     snapshot, not from the last fill (a real exchange answers such reads window by
     window, a request per week)."""
-    from titan_trio.clock import now_ms
     from titan_trio.state import records
     from titan_trio.state.reconcile import CURSOR_LAG_MS, FILLS_CURSOR_KEY
 
@@ -142,9 +142,6 @@ async def test_an_order_its_own_event_settled_during_the_healing_is_left_alone(
     # first was asked about, the stream's cancel of the second was applied, and the
     # heal of the second looked it up among the open orders: a KeyError stopped the
     # service.
-    from titan_trio.clock import now_ms
-    from titan_trio.domain.orders import OrderType, Side
-
     def resting(coid: str) -> Order:
         return Order(
             coid,

@@ -34,11 +34,10 @@ Design choices:
     then sees only the compressed backup. Otherwise it is made beside the backups, its
     writes paced at WRITE_RATE. (Pacing the copy also keeps the snapshot, and the WAL it
     holds back, longer: a 1 GB copy at 48 MB/s held 200-310 MB of a busy service's WAL.)
-  - a short backup rather than a slow one: a backup paced to half a CPU, and reading the
-    database into the page cache at 32 MB/s before the copy, took 80-95 s for 1 GB and
-    measured 1.33-1.74x in four runs; flat out (35 s), 0.93x in the same conditions. On
-    a host that evicts page cache, what hurts the service is how long the disk is busy
-    beside it, not how hard.
+  - a short backup rather than a slow one: pacing its CPU work and reading the database
+    into the page cache beforehand made a backup last more than twice as long and raised
+    the signal p99 more, not less (docs/BENCHMARKS.md): on a host that evicts page cache,
+    what hurts the service is how long the disk is busy beside it, not how hard.
   - what it writes goes to the disk as it is written, at most WRITE_RATE (_Writeback:
     no gigabyte of dirty pages flushed at once, no journal commit every few megabytes),
     and the temporary copy is never fsynced (it is read back and deleted; only the
@@ -367,7 +366,8 @@ def _scratch_dir(db_path: str) -> str | None:
     twice over (the copy, and the page cache the service and the gzip need), plus
     SCRATCH_HEADROOM; None (the copy goes beside the backups) otherwise, or off Linux.
     Memory is the smaller of the system's MemAvailable and, under a cgroup limit (a
-    systemd MemoryMax), what the limit leaves: a tmpfs file is charged to it."""
+    systemd MemoryHigh or MemoryMax), what the limit leaves: a tmpfs file is charged to
+    it (_memory_room)."""
     if not sys.platform.startswith("linux") or not SCRATCH_DIR:
         return None
     size = 0
@@ -878,11 +878,10 @@ def prune_local(backup_dir: str, retention_days: int, now: datetime) -> list[str
     return deleted
 
 
-def _remove_orphans(directory: str) -> list[str]:
-    """Temporary copies named after a process (``.backup-<pid>-...``) that no longer
-    runs: killed before it could delete them. Owned by someone else (not ours to
+def _remove_orphans(directory: str) -> None:
+    """Delete the temporary copies named after a process (``.backup-<pid>-...``) that no
+    longer runs: killed before it could delete them. Owned by someone else (not ours to
     signal) counts as running."""
-    removed = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(directory):
             found = _OWNED.match(entry.name)
@@ -893,10 +892,8 @@ def _remove_orphans(directory: str) -> list[str]:
             except ProcessLookupError:
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
-                    removed.append(entry.path)
             except (PermissionError, OverflowError, ValueError):
                 pass
-    return removed
 
 
 _OWNED = re.compile(re.escape(TEMP_PREFIX) + r"(\d+)-")

@@ -350,9 +350,9 @@ class Store:
         if self._frames_left:
             # An old reader (a backup's snapshot) kept the PASSIVE from copying it all. A
             # RESTART now would fail while the reader stays, and if it had just gone, it
-            # would copy the whole backlog itself with the write lock held (a 118 MB one
-            # stalled commits for 73 ms, traced). The next PASSIVE copies the backlog
-            # without the lock; the RESTART comes after it.
+            # would copy the whole backlog itself with the write lock held, every commit
+            # waiting (docs/BENCHMARKS.md). The next PASSIVE copies the backlog without
+            # the lock; the RESTART comes after it.
             self._bound_at = self._wal_bytes() + self.wal_truncate_bytes // 8
             return
         # Past WAL_FILE_LIMIT times the bound (a RESTART keeps the file's size, and each
