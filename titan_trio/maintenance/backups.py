@@ -23,8 +23,12 @@ Design choices:
 - The copy is turned into a self-contained file (``journal_mode=DELETE``: the backup
   API carries the source's WAL flag over) and ``PRAGMA integrity_check`` runs on it
   before it is compressed, so a backup is never a damaged copy. Then it is gzipped as a
-  stream (GZIP_LEVEL 1: several times faster than the default 6 for a few percent more
-  bytes), hashed while written, fsynced, and renamed into place.
+  stream, hashed while written, fsynced, and renamed into place. The gzip is ISA-L's
+  (the ``isal`` package): the same format (gunzip, zcat and Python's gzip read it), a
+  quarter to a tenth of zlib's CPU at its fastest level, for about the same size
+  (docs/BENCHMARKS.md). With zlib the gzip was the backup's longest phase, a CPU flat
+  out beside the service: SCHED_IDLE keeps it off the service's CPU inside the machine,
+  but not the host's steal time, which rose with it.
 - A backup shares the disk and the CPUs with the running service. Measured beside it: a
   writer at the disk's full speed multiplied the service's signal p99 by 3 to 20, one
   paced at 10-50 MB/s hardly moved it. So:
@@ -87,6 +91,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
+from isal import igzip
+
 from titan_trio.errors import TitanError
 from titan_trio.private_files import FILE_MODE, make_private_dirs
 
@@ -100,8 +106,8 @@ TEMP_PREFIX = ".backup-"  # hidden: nothing that reads backups ever sees a tempo
 # default 4 KB page). The read transaction makes the step size irrelevant to writers.
 PAGES_PER_STEP = 1024
 CHUNK = 1 << 20  # bytes per read/write while compressing, hashing, decompressing
-# Level 1: several times faster than the default 6 for a few percent more bytes on SQLite
-# pages; a backup of a large database shares two CPUs with the service.
+# ISA-L's levels run 0-3; 1 is its fastest that compresses as well as zlib's level 1. A
+# backup of a large database shares two CPUs with the service.
 GZIP_LEVEL = 1
 # Written data is pushed to the disk as it is written, this many bytes at a time, not
 # all at once at the end: a gigabyte of dirty pages flushed in one go stalls every other
@@ -568,7 +574,7 @@ def _compress(source: str, dest: str) -> str:
             writeback = _Writeback(dest, keep_cached=False)  # never read again here
             try:
                 # mtime 0 and no file name: the same database gives the same bytes.
-                with gzip.GzipFile(
+                with igzip.GzipFile(
                     filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=Hashing(raw), mtime=0
                 ) as gz:  # type: ignore[arg-type]
                     while chunk := src.read(CHUNK):
