@@ -187,6 +187,29 @@ def test_a_backup_is_a_plain_gzip_that_compresses_and_repeats_byte_for_byte(
     conn.close()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="hole punching is Linux's")
+def test_a_copy_in_memory_is_given_back_while_it_is_gzipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The memory a copy in /dev/shm holds goes back as the gzip reads it, not in one
+    # gigabyte at the end; the gzip still holds every byte. A copy on the disk is left
+    # whole (it is deleted in slices afterwards).
+    monkeypatch.setattr(backups, "RELEASE_EVERY", 1 << 20)
+    data = os.urandom(8 << 20) + b"tail"
+    for release in (True, False):
+        copy, gz = tmp_path / f"copy-{release}.db", tmp_path / f"copy-{release}.db.gz"
+        copy.write_bytes(data)
+        digest = backups._compress(str(copy), str(gz), release=release)
+        assert gzip.decompress(gz.read_bytes()) == data
+        assert digest == hashlib.sha256(gz.read_bytes()).hexdigest()
+        assert copy.stat().st_size == len(data)
+        kept = copy.stat().st_blocks * 512  # bytes the file still holds
+        if release:  # at most the tail after the last whole RELEASE_EVERY
+            assert kept <= 1 << 20
+        else:
+            assert kept >= len(data)
+
+
 def test_a_backup_of_the_same_second_never_replaces_one(tmp_path: Path) -> None:
     db = make_db(tmp_path / "a.db")
     first = create_backup(str(db), str(tmp_path / "b"), now=NOW)
@@ -255,6 +278,41 @@ def test_a_cancelled_backup_stops_its_child_process(
     assert files_in(tmp_path / "b") == []
 
 
+def test_a_cancel_stops_a_backup_that_reports_no_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scratch: Path
+) -> None:
+    """Without a progress callback (the in-service schedule) the child copies without
+    waiting for a go-ahead at each step; a cancel interrupts it all the same, and it
+    deletes what it wrote, in memory and beside the backups."""
+    db = make_db(tmp_path / "a.db", rows=64, blob=1 << 20)  # the gzip alone takes > 1 s
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def recording(command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        started.append(real_popen(command, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(backups.subprocess, "Popen", recording)
+    cancel = threading.Event()
+
+    def cancel_once_the_copy_exists() -> None:
+        for _ in range(20_000):
+            if any(n.endswith(".db") for n in os.listdir(scratch)):
+                cancel.set()
+                return
+            threading.Event().wait(0.001)
+
+    watcher = threading.Thread(target=cancel_once_the_copy_exists, daemon=True)
+    watcher.start()
+    with pytest.raises(BackupError, match="cancelled"):
+        create_backup(str(db), str(tmp_path / "b"), now=NOW, cancel=cancel)
+    watcher.join(30)
+    assert cancel.is_set()
+    assert started[0].args[-1] == "0"  # it was told not to report
+    assert started[0].poll() is not None  # ended, not left running
+    assert files_in(tmp_path / "b") == [] and files_in(scratch) == []
+
+
 def test_the_backup_child_reports_a_failure_in_one_line(tmp_path: Path) -> None:
     run = subprocess.run(
         [
@@ -266,6 +324,7 @@ def test_the_backup_child_reports_a_failure_in_one_line(tmp_path: Path) -> None:
             "",
             "1024",
             "",
+            "0",
         ],
         capture_output=True,
         text=True,

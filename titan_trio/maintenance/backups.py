@@ -35,7 +35,9 @@ Design choices:
   - the temporary copy is made in memory (SCRATCH_DIR, a tmpfs) when it fits with room
     to spare (_scratch_dir: twice the database in available memory, the cgroup's limits
     included; TITAN_BACKUP_SCRATCH names another directory, or, empty, none): the disk
-    then sees only the compressed backup. Otherwise it is made beside the backups, its
+    then sees only the compressed backup, and the gzip hands the copy's memory back as
+    it reads it (_compress: a virtual machine returns freed memory to its host, and a
+    gigabyte returned at once stalled the service). Otherwise it is made beside the backups, its
     writes paced at WRITE_RATE. (Pacing the copy also keeps the snapshot, and the WAL it
     holds back, longer: a 1 GB copy at 48 MB/s held 200-310 MB of a busy service's WAL.)
   - a short backup rather than a slow one: pacing its CPU work and reading the database
@@ -123,6 +125,8 @@ WRITE_RATE = 48 * 1024 * 1024
 SCRATCH_DIR = os.environ.get("TITAN_BACKUP_SCRATCH", "/dev/shm")
 SCRATCH_HEADROOM = 256 * 1024 * 1024  # memory left over beyond twice the copy, at least
 REMOVE_STEP = 64 * 1024 * 1024  # the temporary copy is deleted this much at a time
+# A copy in memory is given back as the gzip reads it, this much at a time (_compress).
+RELEASE_EVERY = 32 * 1024 * 1024
 REMOVE_PAUSE_S = 0.005
 LOWEST_PRIORITY = 19  # nice, where SCHED_IDLE is not available
 CANCEL_POLL_S = 0.2  # how often a backup waiting on its child looks at ``cancel``
@@ -207,10 +211,12 @@ def create_backup(
     be as polite as the service's own threads (lowering a thread's priority makes it
     worse: a thread that must hand the GIL over waits until the low-priority one runs).
     A process has its own interpreter, and at the lowest priority (backup_child) the
-    kernel gives the service's threads a CPU first. The child reports each step of the
-    copy and waits for this process's go-ahead before the next, so a cancel stops it at
-    the next step exactly as in-process; later (the check, the gzip) it is interrupted
-    (SIGINT) and deletes its temporary files on the way out."""
+    kernel gives the service's threads a CPU first. With a ``progress`` callback the
+    child reports each step of the copy and waits for this process's go-ahead before the
+    next, so a cancel stops it at the next step exactly as in-process; without one (the
+    in-service schedule) it reports nothing until it is done (backup_child says why), and
+    a cancel interrupts it (SIGINT), as it does in the later phases (the check, the
+    gzip) either way: it deletes its temporary files on the way out."""
     command = [
         sys.executable,
         "-m",
@@ -220,6 +226,7 @@ def create_backup(
         now.isoformat() if now is not None else "",
         str(PAGES_PER_STEP),
         _scratch_dir(db_path) or "",
+        "1" if progress is not None else "0",
     ]
     try:
         child = subprocess.Popen(
@@ -351,7 +358,7 @@ def create_backup_here(
         copy = temp_copy(".db")
         _online_copy(db_path, copy, progress, paced=scratch is None)
         gz = temp(".db.gz")
-        digest = _compress(copy, gz)
+        digest = _compress(copy, gz, release=scratch is not None)
         _remove_gently(copy)  # the space, before the next file needs it
         sums = temp(".sha256")
         _write_synced(sums, f"{digest}  {name}\n".encode())
@@ -487,6 +494,34 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 
 _SYNC_FILE_RANGE = _load_sync_file_range()
+
+
+def _load_fallocate() -> Callable[[int, int, int, int], int] | None:
+    """glibc's fallocate(2) (Linux only; the os module binds posix_fallocate only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+_FALLOCATE = _load_fallocate()
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 1, 2
+
+
+def _punch_hole(fd: int, start: int, end: int) -> bool:
+    """Free the file's bytes from ``start`` to ``end`` (its size stays); whether it
+    could (not on every filesystem, nor off Linux)."""
+    if _FALLOCATE is None:
+        return False
+    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+    return _FALLOCATE(fd, mode, start, end - start) == 0
+
+
 _SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
 
 
@@ -554,8 +589,16 @@ class _Writeback:
             self.fd = None
 
 
-def _compress(source: str, dest: str) -> str:
-    """Gzip ``source`` into ``dest`` (fsynced); the SHA-256 of what was written."""
+def _compress(source: str, dest: str, *, release: bool = False) -> str:
+    """Gzip ``source`` into ``dest`` (fsynced); the SHA-256 of what was written.
+
+    ``release``: ``source`` is a file in memory (a tmpfs), given back RELEASE_EVERY
+    bytes at a time as it is read (holes punched behind the reader), not all at once
+    when it is deleted. A virtual machine hands the memory it frees back to its host
+    (free page reporting, a couple of seconds later): a gigabyte freed at once is a
+    gigabyte handed back in one go, and the service's replies stalled in the seconds
+    after each backup ended (docs/BENCHMARKS.md). Best effort: where holes cannot be
+    punched, the memory goes when the file is deleted."""
     digest = hashlib.sha256()
 
     class Hashing:
@@ -570,17 +613,21 @@ def _compress(source: str, dest: str) -> str:
             self.raw.flush()  # type: ignore[attr-defined]
 
     try:
-        with open(source, "rb") as src, open(dest, "wb") as raw:
+        with open(source, "r+b" if release else "rb") as src, open(dest, "wb") as raw:
             writeback = _Writeback(dest, keep_cached=False)  # never read again here
             try:
                 # mtime 0 and no file name: the same database gives the same bytes.
                 with igzip.GzipFile(
                     filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=Hashing(raw), mtime=0
                 ) as gz:  # type: ignore[arg-type]
+                    released = 0
                     while chunk := src.read(CHUNK):
                         gz.write(chunk)
                         raw.flush()
                         writeback.wrote(raw.tell())
+                        if release and src.tell() - released >= RELEASE_EVERY:
+                            release = _punch_hole(src.fileno(), released, src.tell())
+                            released = src.tell()
                 raw.flush()
                 os.fsync(raw.fileno())
             finally:
