@@ -37,9 +37,10 @@ Design choices:
     included; TITAN_BACKUP_SCRATCH names another directory, or, empty, none): the disk
     then sees only the compressed backup, and the gzip hands the copy's memory back as
     it reads it (_compress: a virtual machine returns freed memory to its host, and a
-    gigabyte returned at once stalled the service). Otherwise it is made beside the backups, its
-    writes paced at WRITE_RATE. (Pacing the copy also keeps the snapshot, and the WAL it
-    holds back, longer: a 1 GB copy at 48 MB/s held 200-310 MB of a busy service's WAL.)
+    gigabyte returned at once stalled the service). Otherwise it is made beside the
+    backups, its writes paced at WRITE_RATE. (Pacing the copy also keeps the snapshot,
+    and the WAL it holds back, longer: a 1 GB copy at 48 MB/s held 200-310 MB of a busy
+    service's WAL.)
   - a short backup rather than a slow one: pacing its CPU work and reading the database
     into the page cache beforehand made a backup last more than twice as long and raised
     the signal p99 more, not less (docs/BENCHMARKS.md): on a host that evicts page cache,
@@ -91,7 +92,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from isal import igzip
 
@@ -479,37 +480,27 @@ def _online_copy(
         src.close()
 
 
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """glibc's sync_file_range(2) (Linux only; the os module has no binding), or None."""
+def _libc_function(name: str, argtypes: list[Any]) -> Callable[..., int] | None:
+    """glibc's ``name``, returning an int, or None off Linux or where it is missing
+    (for the system calls the os module has no binding for)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.sync_file_range
+        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.argtypes = argtypes
     fn.restype = ctypes.c_int
     return fn  # type: ignore[no-any-return]
 
 
-_SYNC_FILE_RANGE = _load_sync_file_range()
-
-
-def _load_fallocate() -> Callable[[int, int, int, int], int] | None:
-    """glibc's fallocate(2) (Linux only; the os module binds posix_fallocate only)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    fn.restype = ctypes.c_int
-    return fn  # type: ignore[no-any-return]
-
-
-_FALLOCATE = _load_fallocate()
+_SYNC_FILE_RANGE = _libc_function(
+    "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+)
+# fallocate(2): os binds posix_fallocate only, which cannot punch a hole
+_FALLOCATE = _libc_function(
+    "fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+)
 _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 1, 2
 
 
