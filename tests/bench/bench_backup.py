@@ -468,11 +468,10 @@ def phase_rtts(
 
 
 def quiet_slots(
-    pairs: list[Pair], lines: list[tuple[int, bytes]], t0: int, backups: list[Backup]
+    pairs: list[Pair], reply_at: dict[int, int], t0: int, backups: list[Backup]
 ) -> list[list[float]]:
     """The pair round trips (us) of the quiet windows, by NOISE_SLOT_S slot of their
     PREPARE's send time, in time order (slots with no quiet pair left out)."""
-    reply_at = confirm_replies(lines)
     quiet = [(lo, hi) for _, kind, lo, hi in bounds_of(t0, backups) if kind == "quiet"]
     slots: dict[int, list[float]] = {}
     for pair in pairs:
@@ -551,11 +550,10 @@ def episodes(lines: list[tuple[int, bytes]], origin: int, lo: int, hi: int, limi
 
 
 def timeline(
-    pairs: list[Pair], lines: list[tuple[int, bytes]], origin: int, backups: list[Backup]
+    pairs: list[Pair], reply_at: dict[int, int], origin: int, backups: list[Backup]
 ) -> str:
     """p99 pair round trip (ms) per 10 s, by PREPARE send, from ``origin``; a 10 s slot
     that overlaps a backup is marked with "*"."""
-    reply_at = confirm_replies(lines)
     buckets: dict[int, list[float]] = {}
     for pair in pairs:
         t = reply_at.get(2 * pair.k + 1)
@@ -767,6 +765,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet = pooled(windows, "all quiet", "quiet")
     during = pooled(windows, "all backup", "during", "settle")
     print_windows([*windows, quiet, during], args.rate)
+    reply_at = confirm_replies(lines)
     for w in (quiet, during):
         shown = ", ".join(f"{k}: {v:,}" for k, v in sorted(w.outcomes.items()))
         print(f"  {w.name} replies: {shown}")
@@ -777,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "  p99 pair round trip per 10 s from the first backup's start, ms (* a backup ran): "
-        + timeline(pairs, lines, origin, backups)
+        + timeline(pairs, reply_at, origin, backups)
     )
 
     baseline, loaded = quiet.p99(), during.p99()
@@ -792,7 +791,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     only = pooled(windows, "", "during").p99()
     print(f"  the backups alone, without the {SETTLE_S:.0f} s after each: {only / baseline:.2f}x")
-    reply_at = confirm_replies(lines)
     if args.dump:
         dump = {
             "origin_ns": origin,
@@ -817,10 +815,11 @@ def main(argv: list[str] | None = None) -> int:
             )
     per = ", ".join(f"{w.name} {w.p99() / baseline:.2f}x" for w in windows)
     print(f"  each window's p99 against the quiet p99: {per}")
-    slots = quiet_slots(pairs, lines, t0, backups)
-    spans = [(b.end_ns - b.start_ns) / 1e9 + SETTLE_S for b in backups]
-    block = round(sum(spans) / len(spans) / NOISE_SLOT_S)
-    ratios = noise_ratios(slots, block, during.pairs / (during.pairs + quiet.pairs), NOISE_DRAWS)
+    slots = quiet_slots(pairs, reply_at, t0, backups)
+    lengths = [(b.end_ns - b.start_ns) / 1e9 + SETTLE_S for b in backups]
+    block = round(sum(lengths) / len(lengths) / NOISE_SLOT_S)
+    share = during.pairs / (during.pairs + quiet.pairs)
+    ratios = noise_ratios(slots, block, share, NOISE_DRAWS)
     if ratios:
         measured = loaded / baseline
         floor = pct(ratios, 0.95)
@@ -828,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  the host's noise floor: {len(ratios):,} draws of the quiet time alone, cut "
             f"as the backups cut the run (blocks of {block * NOISE_SLOT_S:.0f} s, "
-            f"{during.pairs / (during.pairs + quiet.pairs):.0%} of it), p99 against the "
+            f"{share:.0%} of it), p99 against the "
             f"rest's: median {pct(ratios, 0.5):.2f}x, 95th percentile {floor:.2f}x; "
             f"{reached:.0%} of the draws reached the measured {measured:.2f}x with no "
             "backup at all"

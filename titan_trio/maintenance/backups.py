@@ -617,6 +617,7 @@ def _compress(source: str, dest: str, *, release: bool = False) -> str:
                         raw.flush()
                         writeback.wrote(raw.tell())
                         if release and src.tell() - released >= RELEASE_EVERY:
+                            # a filesystem that cannot punch is not asked again
                             release = _punch_hole(src.fileno(), released, src.tell())
                             released = src.tell()
                 raw.flush()
