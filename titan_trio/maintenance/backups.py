@@ -41,10 +41,14 @@ Design choices:
     backups, its writes paced at WRITE_RATE. (Pacing the copy also keeps the snapshot,
     and the WAL it holds back, longer: a 1 GB copy at 48 MB/s held 200-310 MB of a busy
     service's WAL.)
-  - a short backup rather than a slow one: pacing its CPU work and reading the database
-    into the page cache beforehand made a backup last more than twice as long and raised
-    the signal p99 more, not less (docs/BENCHMARKS.md): on a host that evicts page cache,
-    what hurts the service is how long the disk is busy beside it, not how hard.
+  - a short backup rather than a slow one: pacing its CPU work made a backup last more
+    than twice as long and raised the signal p99 more, not less (docs/BENCHMARKS.md).
+  - before a copy in memory takes its snapshot, the database is read into the page
+    cache (_warm_up): a host short of memory evicts the pages of a database nothing read
+    for a while, and the copy read them back off the disk at full speed (8 MB readahead
+    requests here), with its snapshot held, and the WAL behind it, meanwhile. The
+    warm-up holds nothing, asks for 256 KB at a time, and leaves the disk free at least
+    half the time; the copy then reads memory.
   - what it writes goes to the disk as it is written, at most WRITE_RATE (_Writeback:
     no gigabyte of dirty pages flushed at once, no journal commit every few megabytes),
     and the temporary copy is never fsynced (it is read back and deleted; only the
@@ -129,6 +133,14 @@ REMOVE_STEP = 64 * 1024 * 1024  # the temporary copy is deleted this much at a t
 # A copy in memory is given back as the gzip reads it, this much at a time (_compress).
 RELEASE_EVERY = 32 * 1024 * 1024
 REMOVE_PAUSE_S = 0.005
+# Before a copy in memory takes its snapshot, the database is read into the page cache
+# (_warm_up) WARM_CHUNK bytes at a time, the disk kept busy with it at most WARM_DUTY of
+# the time, for at most WARM_UP_MAX_S (then the copy reads the rest itself).
+WARM_CHUNK = 256 * 1024
+WARM_DUTY = 0.5
+WARM_UP_MAX_S = 30.0
+WARM_PAUSE_AFTER_S = 0.005  # disk time owed before the warm-up pauses to pay it back
+WARM_CACHED_S = 0.0005  # a chunk read faster than this came from the cache
 LOWEST_PRIORITY = 19  # nice, where SCHED_IDLE is not available
 CANCEL_POLL_S = 0.2  # how often a backup waiting on its child looks at ``cancel``
 CHILD_STOP_S = 10.0  # an interrupted child deletes its files; killed if it takes longer
@@ -357,6 +369,8 @@ def create_backup_here(
         _temporaries(scratch or backup_dir, owner=os.getpid() if scratch else None) as temp_copy,
     ):
         copy = temp_copy(".db")
+        if scratch is not None:  # memory has room for the database twice over
+            _warm_up(db_path)
         _online_copy(db_path, copy, progress, paced=scratch is None)
         gz = temp(".db.gz")
         digest = _compress(copy, gz, release=scratch is not None)
@@ -429,6 +443,52 @@ def _memory_room(cgroup_root: str = "/sys/fs/cgroup") -> int | None:
             left = max(min(limits) - used, 0)
             room = left if room is None else min(room, left)
     return room
+
+
+def _warm_up(db_path: str, budget_s: float | None = None) -> float:
+    """Read the database at ``db_path`` into the page cache before the copy's snapshot;
+    the seconds spent reading from the disk (not from the cache).
+
+    A host short of memory evicts the pages of a database that nothing read for a while
+    (this one does after about a minute), and the copy then reads them back from the
+    disk while its snapshot holds the WAL: at full speed, with the kernel's readahead (8
+    MB requests here) in front of every read and fsync of the service's commits
+    (docs/BENCHMARKS.md). Here, before the snapshot, nothing is held: the file is read
+    WARM_CHUNK bytes at a time without readahead, so a service's read waits behind one
+    small request at most, and after each WARM_PAUSE_AFTER_S of disk time it pauses so
+    that the disk spends at most WARM_DUTY of its time on it. Pages already cached cost
+    a copy in memory and no pause. Stops after ``budget_s``
+    (WARM_UP_MAX_S): a slow disk delays the backup, not forever. Best effort: a file
+    that cannot be read is left to the copy, which reports it."""
+    deadline = time.monotonic() + (WARM_UP_MAX_S if budget_s is None else budget_s)
+    try:
+        fd = os.open(db_path, os.O_RDONLY)
+    except OSError:
+        return 0.0
+    buf = bytearray(WARM_CHUNK)
+    on_disk = owed = 0.0
+    try:
+        with contextlib.suppress(OSError, AttributeError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead on this fd
+        offset = 0
+        while time.monotonic() < deadline:
+            began = time.monotonic()
+            read = os.preadv(fd, [buf], offset)
+            if read <= 0:
+                break
+            offset += read
+            took = time.monotonic() - began
+            if took > WARM_CACHED_S:
+                on_disk += took
+                owed += took
+            if owed >= WARM_PAUSE_AFTER_S:
+                time.sleep(owed * (1 - WARM_DUTY) / WARM_DUTY)
+                owed = 0.0
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return on_disk
 
 
 def _online_copy(
