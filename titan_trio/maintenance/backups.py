@@ -457,9 +457,10 @@ def _warm_up(db_path: str, budget_s: float | None = None) -> float:
     WARM_CHUNK bytes at a time without readahead, so a service's read waits behind one
     small request at most, and after each WARM_PAUSE_AFTER_S of disk time it pauses so
     that the disk spends at most WARM_DUTY of its time on it. Pages already cached cost
-    a copy in memory and no pause. Stops after ``budget_s``
-    (WARM_UP_MAX_S): a slow disk delays the backup, not forever. Best effort: a file
-    that cannot be read is left to the copy, which reports it."""
+    a copy in memory and no pause. Stops after ``budget_s`` (WARM_UP_MAX_S): a slow
+    disk delays the backup, not forever. Best effort: a file that cannot be read is
+    left to the copy, which reports it. Only for a copy in memory: where memory is short
+    (the copy on the disk), warmed pages would push out the service's own."""
     deadline = time.monotonic() + (WARM_UP_MAX_S if budget_s is None else budget_s)
     try:
         fd = os.open(db_path, os.O_RDONLY)
