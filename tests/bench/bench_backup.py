@@ -230,10 +230,8 @@ class BackupWatch:
     # D (uninterruptible: waiting on the disk or the filesystem) and where (wchan).
     states: dict[str, Counter[str]] = field(default_factory=dict)
     _seen: set[str] = field(default_factory=set)
-    _pids: set[str] = field(default_factory=set)  # processes already looked at
-
-    def __post_init__(self) -> None:
-        self._pids = set(os.listdir("/proc"))
+    # processes already looked at: those running when the watch is made, then each new one
+    _pids: set[str] = field(default_factory=lambda: set(os.listdir("/proc")))
 
     def child_spawned(self) -> bool:
         """Whether a process started since the last look is the service's backup child

@@ -215,15 +215,15 @@ def cached_share(path: Path) -> float:
     import ctypes
     import mmap
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    mincore = backups._libc_function("mincore", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p])
+    assert mincore is not None
     size = path.stat().st_size
     pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
     vector = ctypes.create_string_buffer(pages)
     with path.open("rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as m:
         anchor = (ctypes.c_char * 1).from_buffer(m)  # the mapping's address; nothing read
         try:
-            assert libc.mincore(ctypes.addressof(anchor), size, vector) == 0
+            assert mincore(ctypes.addressof(anchor), size, vector) == 0
         finally:
             del anchor
     return sum(b & 1 for b in vector.raw) / pages
@@ -253,6 +253,7 @@ def test_the_warm_up_reads_an_evicted_database_back_into_the_page_cache(
     assert backups._warm_up(str(db), budget_s=0) == 0.0
     assert cached_share(db) < 0.2
     monkeypatch.setattr(backups, "WARM_CHUNK", 64 * 1024)
+    monkeypatch.setattr(backups, "WARM_DUTY", 1.0)  # no pauses: the test never waits
     backups._warm_up(str(db))
     assert cached_share(db) == 1.0
     assert backups._warm_up(str(tmp_path / "missing.db")) == 0.0  # the copy reports it
