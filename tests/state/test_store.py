@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -805,8 +806,9 @@ async def test_wal_stays_near_its_bound_while_writes_go_on(tmp_path: Path) -> No
             largest = max(largest, wal_bytes(path))
         content = await store.call(records.kv_get, "k9")
     assert content == "00000599" * 8192  # the last write is there
-    # past the bound, never past the file limit (there a TRUNCATE gives the space back)
-    assert WAL_BOUND <= largest <= store_module.WAL_FILE_LIMIT * WAL_BOUND + 1024 * 1024
+    # past the bound (a RESTART comes once the WAL outgrew it), never far past it: the
+    # checkpoint thread lags writes this fast, more on a slow machine
+    assert WAL_BOUND <= largest <= 4 * WAL_BOUND
 
 
 def old_snapshot(path: Path) -> sqlite3.Connection:
@@ -886,6 +888,94 @@ async def test_the_backlog_an_old_reader_held_back_is_copied_without_the_write_l
             last_passive_left = left
         else:  # the PASSIVE before it had copied every frame
             assert last_passive_left == 0, seen
+
+
+def kv_in(path: Path) -> dict[str, Any]:
+    """Every key's value as a new connection reads it (through the WAL's frames)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM kv")}
+
+
+async def test_a_wal_grown_behind_an_old_reader_is_cut_back_a_step_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backup's snapshot let the -wal file grow to several times the bound. Once the
+    reader is gone and writes go on, the file is cut back to the bound, never more than
+    WAL_SHRINK_STEP at a time (one TRUNCATE of it all held every write back: 150-200 ms
+    for 300 MB in service), while the writes go on, and no committed write is lost."""
+    monkeypatch.setattr(store_module, "WAL_SHRINK_STEP", 1024 * 1024)
+    cuts: list[tuple[int, int]] = []  # the -wal file's size before and after each cut
+    real_truncate = store_module.os.truncate
+
+    def truncate(path: str, length: int) -> None:
+        cuts.append((os.stat(path).st_size, length))
+        real_truncate(path, length)
+
+    monkeypatch.setattr(store_module.os, "truncate", truncate)
+    path = tmp_path / "t.db"
+    async with open_store(path) as store:
+        await store.call(records.kv_set, "k", "v", 0)
+        reader = old_snapshot(path)
+        for i in range(200):  # ~13 MB: past 3x the bound, with the WAL pinned
+            value = f"{i:08d}" * 8192
+            await store.call(records.kv_set, f"k{i % 10}", value, i, urgent=i % 2 == 0)
+        pinned = wal_bytes(path)
+        reader.execute("COMMIT")
+        reader.close()
+        written: dict[str, Any] = {}
+        with trio.fail_after(60):  # a hang detector; the cuts are paced, 20 ms apart
+            for i in range(100_000):  # small writes: the WAL's content stays short
+                written[f"s{i % 50}"] = i
+                await store.call(records.kv_set, f"s{i % 50}", i, i, urgent=i % 2 == 0)
+                if wal_bytes(path) <= WAL_BOUND:
+                    break
+        assert wal_bytes(path) <= WAL_BOUND
+        assert kv_in(path) | written == kv_in(path)  # every write there, read off the WAL
+    assert pinned > 3 * WAL_BOUND
+    assert len(cuts) >= (pinned - WAL_BOUND) // (1024 * 1024)
+    assert all(0 < before - after <= 1024 * 1024 for before, after in cuts), cuts
+    assert cuts[-1][1] == WAL_BOUND  # down to the bound, not below
+    assert kv_in(path) | written == kv_in(path)  # and after the store closed
+
+
+def cuts_at_most_to_the_last_frame(store: Store, path: Path) -> None:
+    wal = Path(store.wal_path)
+    frames_end = wal.stat().st_size
+    with open(wal, "ab") as f:  # 1 MB past the last frame, as a reused WAL leaves it
+        f.write(b"\0" * (1024 * 1024))
+    with (
+        contextlib.closing(sqlite3.connect(path, timeout=0.0, isolation_level=None)) as lock,
+        contextlib.closing(sqlite3.connect(path, isolation_level=None)) as probe,
+    ):
+        page = lock.execute("PRAGMA page_size").fetchone()[0]
+        writer = sqlite3.connect(path, isolation_level=None)
+        try:
+            writer.execute("BEGIN IMMEDIATE")
+            assert not store._cut_wal(lock, probe, page, frames_end)  # the lock is taken
+            assert wal.stat().st_size == frames_end + 1024 * 1024
+        finally:
+            writer.close()
+        assert store._cut_wal(lock, probe, page, frames_end - 4096)  # asked into a frame
+        assert wal.stat().st_size == frames_end  # cut only to where the frames end
+        assert not store._cut_wal(lock, probe, page, 0)
+        assert wal.stat().st_size == frames_end
+
+
+async def test_the_wal_is_never_cut_into_its_frames_nor_while_a_writer_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    """A cut of the -wal file stops where the WAL's valid frames end, however far it was
+    asked to go: commits only in the WAL (not yet checkpointed) survive it. With the
+    write lock held elsewhere, nothing is cut and the cut does not wait."""
+    path = tmp_path / "t.db"
+    async with open_store(path, wal_truncate_bytes=1 << 30) as store:
+        for i in range(40):  # ~2.6 MB of frames, never checkpointed (bound 1 GB)
+            await store.call(records.kv_set, f"k{i}", f"{i:08d}" * 8192, i)
+        cuts_at_most_to_the_last_frame(store, path)
+        assert {k: v for k, v in kv_in(path).items() if k.startswith("k")} == {
+            f"k{i}": f"{i:08d}" * 8192 for i in range(40)
+        }
 
 
 def rewrite_all(e: Entities, keys: int, version: int) -> None:

@@ -65,11 +65,17 @@ urgent writes go to the store thread's queue instead of waiting for the lock on 
 trio thread (RAW_BUSY_TIMEOUT_MS, which would stall every task). The RESTART comes when
 the WAL's content (its frames, counted by each PASSIVE) or the file outgrows the bound,
 so the file stays near it. A reader that keeps the WAL from being reused for long (a
-backup of a large database) lets the file grow meanwhile, and it keeps that size (the
-WAL is reused from its start afterwards; the file is given back when the service
-stops). The file is truncated (a stall of tens of ms) only past WAL_FILE_LIMIT times the
-bound, and when the disk is full (_make_room, which waits CHECKPOINT_BUSY_S for the
-lock: there the space is the way out).
+backup of a large database) lets the file grow meanwhile; once the WAL is reused from
+its start, the file is cut back to the bound (_shrink_wal), WAL_SHRINK_STEP at a time,
+each cut with the write lock held for a few ms and never below the WAL's last valid frame
+(a writer that has not yet reused the WAL from its start leaves nothing to cut). Not in
+one go: the filesystem frees blocks at about 0.6-0.8 ms per MB here (cached or not), and
+the TRUNCATE of the 300 MB a backup let the file grow to raised the signal p99 of the
+10 s around it to 150-200 ms (docs/BENCHMARKS.md). Not kept either: the next backup's WAL
+would write into the old file's pages, which this host has evicted by then, and each
+such write reads its page back from the disk first. The file is truncated at once only
+when the disk is full (_make_room, which waits CHECKPOINT_BUSY_S for the lock: there the
+space is the way out).
 """
 
 from __future__ import annotations
@@ -123,8 +129,17 @@ CHECKPOINT_EVERY = 500  # commits between PASSIVE WAL checkpoints (checkpoint th
 # busy signal stream write (about 20 MB at 100 signal pairs/s), so that the RESTART,
 # which holds the write lock, stays rare. A full disk truncates at once, whatever the size.
 WAL_TRUNCATE_BYTES = 64 * 1024 * 1024
-WAL_FILE_LIMIT = 4  # times WAL_TRUNCATE_BYTES: past it the -wal file is truncated
 WAL_FRAME_HEADER = 24  # bytes before each page in the -wal file
+WAL_HEADER = 32  # bytes before the first frame
+# A -wal file grown past the bound by more than a quarter of it (a reader kept the WAL
+# from being reused) is cut back to the bound this much at a time (_shrink_wal), each cut
+# with the write lock held, WAL_SHRINK_PAUSE_S apart.
+WAL_SHRINK_STEP = 4 * 1024 * 1024
+WAL_SHRINK_PAUSE_S = 0.02
+# Cuts tried in a row that find the WAL still in use past the cut (its writer has not
+# reused it from its start since the RESTART: no commit came) before the checkpoint
+# thread leaves the rest to its next checkpoint.
+WAL_SHRINK_WAITS = 25
 WAL_CHECK_EVERY = 8  # inline commits between looks at the WAL's size (a stat, ~3 us)
 # How long the full disk's TRUNCATE (_make_room) waits for a writer or an old reader.
 # Short: a reader that keeps an old snapshot for long (a backup of a large database)
@@ -184,9 +199,11 @@ class Store:
         self._frames_left = 0  # frames the last checkpoint could not copy (an old reader)
         self._checkpoint_queued = False
         self._checkpoint_error: str | None = None  # logged once, not at every attempt
-        # Set by the checkpoint thread while a RESTART or TRUNCATE holds the write lock:
-        # urgent writes queue instead of waiting for the lock on the trio thread.
+        # Set by the checkpoint thread while a RESTART or TRUNCATE, or a cut of the -wal
+        # file, holds the write lock: urgent writes queue instead of waiting for the lock
+        # on the trio thread.
         self._locking_checkpoint = False
+        self._shrinking = False  # the -wal file is to be cut back to the bound
         self._inline_commits = 0
         self._pony = threading.local()  # .conn: pony's sqlite3 connection on this thread
         # With FULL every commit fsyncs: that wait belongs on the store thread, never on
@@ -345,6 +362,11 @@ class Store:
         copies only what came in meanwhile. One that an old reader kept from completing
         is tried again once the file grew by an eighth of the bound."""
         self._checkpoint("PASSIVE")
+        self._bound(restart=restart)
+        if self._shrinking:  # after the bound: a RESTART lets the cuts go further
+            self._shrink_wal()
+
+    def _bound(self, *, restart: bool) -> None:
         if not restart and self._wal_content_bytes <= self.wal_truncate_bytes:
             return
         if self._frames_left:
@@ -355,17 +377,89 @@ class Store:
             # the lock; the RESTART comes after it.
             self._bound_at = self._wal_bytes() + self.wal_truncate_bytes // 8
             return
-        # Past WAL_FILE_LIMIT times the bound (a RESTART keeps the file's size, and each
-        # one asked for by the file's growth lets it creep by what came in meanwhile),
-        # the file is cut back: a stall of tens of ms, but rare.
-        limit = WAL_FILE_LIMIT * self.wal_truncate_bytes
-        mode = "TRUNCATE" if self._wal_bytes() > limit else "RESTART"
-        if self._try_without_waiting(mode):
+        if self._try_without_waiting("RESTART"):
             # The file keeps its size and is written from its start again: it grows (and
-            # asks for the next one) only once the WAL outgrows it.
+            # asks for the next one) only once the WAL outgrows it. Grown far past the
+            # bound (an old reader kept the WAL), it is cut back.
             self._bound_at = max(self.wal_truncate_bytes, self._wal_bytes())
+            bound = self.wal_truncate_bytes
+            self._shrinking = self._wal_bytes() > bound + bound // 4
         else:
             self._bound_at = self._wal_bytes() + self.wal_truncate_bytes // 8
+
+    def _shrink_wal(self) -> None:
+        """Cut the -wal file back to the bound, WAL_SHRINK_STEP at a time (checkpoint
+        thread). Each cut takes the write lock (no busy timeout: a commit holding it is
+        over within a millisecond; it is tried again after the pause), asks SQLite where
+        the WAL's valid frames end, and cuts only past that: no writer can
+        add a frame while the lock is held, and no reader reads past the last valid frame.
+        Right after the RESTART the frames still end where the old WAL did; the cuts
+        start once a commit has reused the WAL from its start, and go down to where its
+        frames end at most (the next RESTART lets them go further). Stops when the file
+        is down to the bound, when the store closes, when a checkpoint is asked for (the
+        bound comes first: the next checkpoint goes on cutting after it), and after
+        WAL_SHRINK_WAITS cuts in a row that could not cut."""
+        target = self.wal_truncate_bytes
+        waits = 0
+        try:
+            with (
+                contextlib.closing(
+                    sqlite3.connect(self.path, timeout=0.0, isolation_level=None)
+                ) as lock,
+                contextlib.closing(
+                    sqlite3.connect(self.path, timeout=0.0, isolation_level=None)
+                ) as probe,
+            ):
+                page = lock.execute("PRAGMA page_size").fetchone()[0]
+                while not self._closing and not self._checkpoint_queued:
+                    size = self._wal_bytes()
+                    if size <= target:
+                        self._shrinking = False
+                        break
+                    if self._cut_wal(lock, probe, page, max(target, size - WAL_SHRINK_STEP)):
+                        waits = 0
+                        self._bound_at = max(target, self._wal_bytes())
+                    else:
+                        waits += 1
+                        if waits >= WAL_SHRINK_WAITS:
+                            break
+                    time.sleep(WAL_SHRINK_PAUSE_S)
+        except (sqlite3.Error, OSError) as exc:  # tried again at the next checkpoint
+            text = describe(exc) if isinstance(exc, sqlite3.Error) else str(exc)
+            if text != self._checkpoint_error:
+                log.warning("cutting the WAL file back failed: %s", text)
+            self._checkpoint_error = text
+
+    def _cut_wal(
+        self, lock: sqlite3.Connection, probe: sqlite3.Connection, page: int, to: int
+    ) -> bool:
+        """Truncate the -wal file to ``to`` bytes, or to where its valid frames end if
+        that is further, with the write lock held on ``lock``; whether it was cut. Where
+        the frames end comes from a PASSIVE checkpoint on ``probe`` (SQLite's count of
+        the WAL's frames); one just before the lock copies what was committed since the
+        last, so that the one under it has next to nothing to copy. Not from reading the
+        -shm file: closing a descriptor of a file drops every POSIX lock this process
+        holds on it, SQLite's included."""
+        probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        self._locking_checkpoint = True
+        try:
+            try:
+                lock.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:  # a writer holds it (or a checkpoint)
+                return False
+            try:
+                frames = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+                if frames < 0:  # unknown: another process's checkpoint is running
+                    return False
+                to = max(to, WAL_HEADER + frames * (page + WAL_FRAME_HEADER))
+                if to >= self._wal_bytes():
+                    return False
+                os.truncate(self.wal_path, to)
+                return True
+            finally:
+                lock.execute("ROLLBACK")
+        finally:
+            self._locking_checkpoint = False
 
     def _try_without_waiting(self, mode: str) -> bool:
         """``mode`` with no busy timeout, BOUND_TRIES times BOUND_PAUSE_S apart: a commit
