@@ -450,24 +450,44 @@ def test_with_no_scratch_directory_the_copy_is_made_beside_the_backups(
 
 
 def test_room_in_memory_is_what_the_cgroups_lower_limit_leaves(tmp_path: Path) -> None:
-    with open("/proc/self/cgroup") as f:
-        group = next((line[3:].strip() for line in f if line.startswith("0::")), None)
-    if group is None:
-        pytest.skip("no cgroup v2 line for this process")
-    base = tmp_path / group.lstrip("/")
-    base.mkdir(parents=True, exist_ok=True)
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/system.slice/titan.service\n")  # cgroup v2 only
+    base = tmp_path / "system.slice/titan.service"
+    base.mkdir(parents=True)
     mb = 2**20
     (base / "memory.current").write_text(f"{300 * mb}\n")
     (base / "memory.max").write_text(f"{500 * mb}\n")
     (base / "memory.high").write_text(f"{400 * mb}\n")  # systemd's MemoryHigh: throttled above
-    assert backups._memory_room(str(tmp_path)) == 100 * mb
+    assert backups._memory_room(str(tmp_path), str(proc)) == 100 * mb
     (base / "memory.high").write_text("max\n")
-    assert backups._memory_room(str(tmp_path)) == 200 * mb
+    assert backups._memory_room(str(tmp_path), str(proc)) == 200 * mb
     (base / "memory.current").write_text(f"{600 * mb}\n")  # over it already: no room
-    assert backups._memory_room(str(tmp_path)) == 0
+    assert backups._memory_room(str(tmp_path), str(proc)) == 0
     (base / "memory.max").write_text("max\n")  # no limit: what the system has
-    room = backups._memory_room(str(tmp_path))
-    assert room is not None and room > 0
+    room = backups._memory_room(str(tmp_path), str(proc))
+    assert room is not None and room > 200 * mb
+
+
+def test_room_in_memory_under_a_cgroup_v1_limit(tmp_path: Path) -> None:
+    """The memory controller on the legacy hierarchy (a hybrid host: v2's line has no
+    controller): memory.limit_in_bytes, systemd's MemoryMax there. The copy in memory
+    cannot be reclaimed: past the limit the kernel would kill the service."""
+    proc = tmp_path / "cgroup"
+    proc.write_text(
+        "9:name=systemd:/system.slice/titan.service\n"
+        "4:memory:/system.slice/titan.service\n"
+        "1:cpu,cpuacct:/system.slice/titan.service\n"
+        "0::/system.slice/titan.service\n"
+    )
+    base = tmp_path / "memory/system.slice/titan.service"
+    base.mkdir(parents=True)
+    mb = 2**20
+    (base / "memory.limit_in_bytes").write_text(f"{500 * mb}\n")
+    (base / "memory.usage_in_bytes").write_text(f"{120 * mb}\n")
+    assert backups._memory_room(str(tmp_path), str(proc)) == 380 * mb
+    (base / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    room = backups._memory_room(str(tmp_path), str(proc))
+    assert room is not None and room > 380 * mb
 
 
 def test_a_copy_in_memory_left_by_a_killed_backup_is_deleted_by_the_next(

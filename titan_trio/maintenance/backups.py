@@ -129,6 +129,8 @@ WRITE_RATE = 48 * 1024 * 1024
 # the copy then always goes beside the backups.
 SCRATCH_DIR = os.environ.get("TITAN_BACKUP_SCRATCH", "/dev/shm")
 SCRATCH_HEADROOM = 256 * 1024 * 1024  # memory left over beyond twice the copy, at least
+# Cgroup v1 says no limit with its page counter's maximum (about 2**63).
+CGROUP_V1_UNLIMITED = 2**62
 REMOVE_STEP = 64 * 1024 * 1024  # the temporary copy is deleted this much at a time
 # A copy in memory is given back as the gzip reads it, this much at a time (_compress).
 RELEASE_EVERY = 32 * 1024 * 1024
@@ -414,35 +416,66 @@ def _scratch_dir(db_path: str) -> str | None:
     return SCRATCH_DIR
 
 
-def _memory_room(cgroup_root: str = "/sys/fs/cgroup") -> int | None:
-    """Bytes of memory this process may still use: MemAvailable, less under a cgroup v2
-    limit (the lower of ``memory.high``, past which the kernel throttles every process of
-    the group, the service included, and ``memory.max``: systemd's MemoryHigh and
-    MemoryMax); None when unknown."""
+def _memory_room(
+    cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup"
+) -> int | None:
+    """Bytes of memory this process may still use: MemAvailable, less under a cgroup's
+    limit; None when unknown. Cgroup v2: the lower of ``memory.high``, past which the
+    kernel throttles every process of the group, the service included, and
+    ``memory.max`` (systemd's MemoryHigh and MemoryMax). Cgroup v1 (the memory
+    controller on the legacy hierarchy): ``memory.limit_in_bytes`` (systemd's MemoryMax
+    or MemoryLimit there; v1 has no MemoryHigh), past which the group reclaims and then
+    the kernel kills one of its processes: a copy in ``/dev/shm`` cannot be reclaimed.
+    Both are looked up when both are mounted (a hybrid host)."""
     room: int | None = None
     with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as f:
         for line in f:
             if line.startswith("MemAvailable:"):
                 room = int(line.split()[1]) * 1024
                 break
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/cgroup") as f:
-            group = next((line for line in f if line.startswith("0::")), None)
-        if group is None:  # cgroup v1 only: its limit is not looked up
-            return room
-        base = os.path.join(cgroup_root, group.strip()[3:].lstrip("/"))
-        limits = []
-        for name in ("memory.high", "memory.max"):
-            with contextlib.suppress(OSError, ValueError), open(os.path.join(base, name)) as f:
-                text = f.read().strip()
-                if text != "max":
-                    limits.append(int(text))
-        if limits:
-            with open(os.path.join(base, "memory.current")) as f:
-                used = int(f.read())
-            left = max(min(limits) - used, 0)
+    try:
+        with open(proc_cgroup) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return room
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, group = parts[0], parts[1], parts[2].lstrip("/")
+        if hierarchy == "0" and controllers == "":  # cgroup v2
+            left = _left_under(
+                os.path.join(cgroup_root, group), ("memory.high", "memory.max"), "memory.current"
+            )
+        elif "memory" in controllers.split(","):  # cgroup v1's memory controller
+            left = _left_under(
+                os.path.join(cgroup_root, "memory", group),
+                ("memory.limit_in_bytes",),
+                "memory.usage_in_bytes",
+            )
+        else:
+            continue
+        if left is not None:
             room = left if room is None else min(room, left)
     return room
+
+
+def _left_under(base: str, limit_files: tuple[str, ...], usage_file: str) -> int | None:
+    """What the lowest of a cgroup's limits leaves above its usage; None with no limit
+    (``max`` in v2, the page counter's maximum in v1) or files that cannot be read."""
+    limits = []
+    for name in limit_files:
+        with contextlib.suppress(OSError, ValueError), open(os.path.join(base, name)) as f:
+            text = f.read().strip()
+            if text != "max" and int(text) < CGROUP_V1_UNLIMITED:
+                limits.append(int(text))
+    if not limits:
+        return None
+    try:
+        with open(os.path.join(base, usage_file)) as f:
+            return max(min(limits) - int(f.read()), 0)
+    except (OSError, ValueError):
+        return None
 
 
 def _warm_up(db_path: str, budget_s: float | None = None) -> float:
