@@ -290,6 +290,16 @@ def test_cron_backs_up_hourly_as_titan_with_the_services_config() -> None:
     assert CRON.read_text().endswith("\n"), "cron ignores a last line without a newline"
 
 
+def test_the_production_config_leaves_the_hourly_backup_to_cron() -> None:
+    """ops/systemd/README.md installs the cron entry beside the unit: with the in-service
+    schedule on as well, every hour would take two backups, and the service's own would
+    make its copy on the disk (the unit's MemoryHigh leaves no room for it in memory),
+    the path that slows the signal path most (docs/BENCHMARKS.md)."""
+    doc = json.loads((ROOT / "config" / "production.example.json").read_text())
+    assert doc["database"]["backupIntervalMin"] is None
+    assert "ops/cron/titan-backup" in (OPS / "systemd" / "README.md").read_text()
+
+
 # ----- the shell functions ---------------------------------------------------------------
 
 
