@@ -71,7 +71,7 @@ each cut with the write lock held for a few ms and never below the WAL's last va
 (a writer that has not yet reused the WAL from its start leaves nothing to cut). Not in
 one go: the filesystem frees blocks at about 0.6-0.8 ms per MB here (cached or not), and
 the TRUNCATE of the 300 MB a backup let the file grow to raised the signal p99 of the
-10 s around it to 150-200 ms (docs/BENCHMARKS.md). Not kept either: the next backup's WAL
+10 s around it to 150-580 ms (docs/BENCHMARKS.md). Not kept either: the next backup's WAL
 would write into the old file's pages, which this host has evicted by then, and each
 such write reads its page back from the disk first. The file is truncated at once only
 when the disk is full (_make_room, which waits CHECKPOINT_BUSY_S for the lock: there the
@@ -360,7 +360,8 @@ class Store:
         the bound) or when the WAL's content has (its frames, as the PASSIVE counted
         them), but only after a PASSIVE that copied everything, so the RESTART itself
         copies only what came in meanwhile. One that an old reader kept from completing
-        is tried again once the file grew by an eighth of the bound."""
+        is tried again once the file grew by an eighth of the bound. Then a file an old
+        reader let grow is cut back (_shrink_wal)."""
         self._checkpoint("PASSIVE")
         self._bound(restart=restart)
         if self._shrinking:  # after the bound: a RESTART lets the cuts go further
