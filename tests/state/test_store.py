@@ -820,6 +820,22 @@ def old_snapshot(path: Path) -> sqlite3.Connection:
     return reader
 
 
+async def grow_behind_an_old_reader(store: Store, path: Path) -> int:
+    """~13 MB of writes (past 3x the bound) while a reader pins the WAL, then the reader
+    gone; the -wal file's size it left."""
+    await store.call(records.kv_set, "k", "v", 0)
+    reader = old_snapshot(path)
+    try:
+        with trio.fail_after(30):  # a hang detector, not a speed limit
+            for i in range(200):
+                value = f"{i:08d}" * 8192
+                await store.call(records.kv_set, f"k{i % 10}", value, i, urgent=i % 2 == 0)
+        return wal_bytes(path)
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+
+
 async def test_a_reader_holding_an_old_snapshot_never_stalls_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -831,15 +847,7 @@ async def test_a_reader_holding_an_old_snapshot_never_stalls_writes(
     monkeypatch.setattr(store_module, "CHECKPOINT_BUSY_S", 60.0)
     path = tmp_path / "t.db"
     async with open_store(path) as store:
-        await store.call(records.kv_set, "k", "v", 0)
-        reader = old_snapshot(path)
-        with trio.fail_after(30):  # a hang detector, not a speed limit (each try waits 60 s)
-            for i in range(200):  # ~13 MB: past 3x the bound, with the WAL pinned
-                value = f"{i:08d}" * 8192
-                await store.call(records.kv_set, f"k{i % 10}", value, i, urgent=i % 2 == 0)
-        pinned = wal_bytes(path)
-        reader.execute("COMMIT")
-        reader.close()
+        pinned = await grow_behind_an_old_reader(store, path)
         largest_after = 0
         written = 0
         with trio.fail_after(30):
@@ -915,14 +923,7 @@ async def test_a_wal_grown_behind_an_old_reader_is_cut_back_a_step_at_a_time(
     monkeypatch.setattr(store_module.os, "truncate", truncate)
     path = tmp_path / "t.db"
     async with open_store(path) as store:
-        await store.call(records.kv_set, "k", "v", 0)
-        reader = old_snapshot(path)
-        for i in range(200):  # ~13 MB: past 3x the bound, with the WAL pinned
-            value = f"{i:08d}" * 8192
-            await store.call(records.kv_set, f"k{i % 10}", value, i, urgent=i % 2 == 0)
-        pinned = wal_bytes(path)
-        reader.execute("COMMIT")
-        reader.close()
+        pinned = await grow_behind_an_old_reader(store, path)
         written: dict[str, Any] = {}
         with trio.fail_after(60):  # a hang detector; the cuts are paced, 20 ms apart
             for i in range(100_000):  # small writes: the WAL's content stays short
