@@ -55,10 +55,13 @@ demo: $(VENV)/.installed
 	done; \
 	$(BIN)/python -m ipc.examples.demo_strategy --socket $(DEMO_SOCKET) --api $(DEMO_API) $(DEMO_ARGS)
 
+# The suite runs a worker per CPU (pytest-xdist): one pytest process keeps one CPU busy,
+# so CI's two cores finish it in about half the time.
+# `$(BIN)/python -m pytest tests/PATH` still runs a part of it in one process.
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 # Benchmarks print measured figures next to a floor measured in the same run.
 bench: $(VENV)/.installed-test
