@@ -29,7 +29,9 @@ module.exports = {
         TITAN_CONFIG: TITAN_CONFIG,
         PYTHONUNBUFFERED: "1", // lines reach pm2 logs as they are written
       },
-      // Restarts gracefully (SIGINT, then the wait below) above 500 MB resident.
+      // Restarts gracefully (SIGINT, then the wait below) above 500 MB resident. Resident
+      // includes the first 64 MB of the database's -wal file, which the service keeps
+      // mapped so that the host cannot drop it (titan_trio/state/resident.py).
       max_memory_restart: "500M",
       kill_timeout: STOP_LIMIT_MS,
       autorestart: true,

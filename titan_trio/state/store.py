@@ -99,6 +99,7 @@ from pony import orm
 from titan_trio.errors import StoreError, TitanError
 from titan_trio.state.failures import as_store_error, database_failure, describe
 from titan_trio.state.raw import Deferred, RawDatabase
+from titan_trio.state.resident import ResidentFile
 from titan_trio.state.schema import Entities, open_database
 from titan_trio.state.write_health import PROBE_BUSY_MS, PROBE_KEY, PROBE_SQL, WriteHealth
 
@@ -298,16 +299,24 @@ class Store:
         RESTART past WAL_TRUNCATE_BYTES. Not on the store thread: a PASSIVE
         blocks no writer in SQLite, but on the store thread every job queued behind it
         waited for it (tens of ms, more after a backup held the WAL back), and with one
-        job queued, every urgent write after it too."""
-        while True:
-            item = self._checkpoints.get()
-            if item is _STOP:
-                return
-            try:
-                self._checkpoint_and_bound(restart=item is _BOUND)
-            except Exception:  # a bug: logged, and the next request is served
-                self._checkpoint_queued = False
-                log.exception("WAL checkpoint failed")
+        job queued, every urgent write after it too. After each, the WAL's pages up to
+        the bound are kept mapped (resident.py), so that the trio thread's commits,
+        which write the WAL from its start again after each RESTART, find them in
+        memory."""
+        wal = ResidentFile(self.wal_path, self.wal_truncate_bytes)
+        try:
+            while True:
+                item = self._checkpoints.get()
+                if item is _STOP:
+                    return
+                try:
+                    self._checkpoint_and_bound(restart=item is _BOUND)
+                    wal.refresh()
+                except Exception:  # a bug: logged, and the next request is served
+                    self._checkpoint_queued = False
+                    log.exception("WAL checkpoint failed")
+        finally:
+            wal.close()
 
     def _to_trio(self, fn: Callable[..., Any], *args: Any) -> None:
         assert self._token is not None
