@@ -314,7 +314,7 @@ class Engine:
             "signed frames required" if cfg.ipc.hmac_secret else "unsigned frames",
         )
         if cfg.database.backup_interval_min is not None:  # off the trio thread, never fatal
-            await nursery.start(BackupSchedule(cfg).run)
+            await nursery.start(BackupSchedule(cfg, hold_wal=self.store.hold_wal_reset).run)
         binds = await nursery.start(serve_api, self)
         self.api_url = binds[0] if binds else None
         log.info(

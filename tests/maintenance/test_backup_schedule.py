@@ -62,6 +62,33 @@ async def test_backups_run_each_interval_and_a_failure_does_not_stop_them(
     assert all(b.verified is None for b in list_local(cfg.database.backup_dir))  # finished
 
 
+async def test_the_store_holds_its_wal_resets_while_each_backup_runs(
+    tmp_path: Path, make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The WAL's resets wait while a backup writes (Store.hold_wal_reset), and are let go
+    after each run, a failed one too: a hold left on would let the WAL grow for good."""
+    db = make_db(tmp_path / "titan.db")
+    cfg = make_config()
+    holds: list[bool] = []
+    seen: list[bool] = []  # the hold as each backup saw it
+    real = backup_job.create_backup
+
+    def create(*args: object, **kwargs: object) -> object:
+        seen.append(holds[-1])
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backup_job, "create_backup", create)
+    schedule = BackupSchedule(cfg, interval_s=0.05, now=seconds_apart(), hold_wal=holds.append)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(schedule.run)
+        await eventually(lambda: len(list_local(cfg.database.backup_dir)) >= 1)
+        db.rename(tmp_path / "away.db")  # the next run fails
+        await eventually(lambda: schedule.failures >= 1)
+        nursery.cancel_scope.cancel()
+    assert seen and all(seen)
+    assert holds == [True, False] * schedule.runs  # a run the stop interrupted too
+
+
 async def test_a_stop_during_a_backup_leaves_no_temporary_file(
     tmp_path: Path, make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:

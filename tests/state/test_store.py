@@ -943,6 +943,66 @@ async def test_a_wal_grown_behind_an_old_reader_is_cut_back_a_step_at_a_time(
     assert written.items() <= kv_in(path).items()  # and after the store closed
 
 
+async def test_while_a_backup_holds_the_wal_it_grows_instead_of_being_reset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a backup writes (hold_wal_reset), no RESTART and no cut, both of which take
+    the write lock and sync with a busy device: past the bound, the -wal file grows
+    instead. Let go, the RESTART comes and the file is cut back to the bound, with every
+    write still there. Held past WAL_HOLD_LIMIT times the bound, the RESTART goes ahead."""
+    monkeypatch.setattr(store_module, "WAL_SHRINK_PAUSE_S", 0.0)  # no real sleeps
+    monkeypatch.setattr(store_module, "WAL_HOLD_LIMIT", 4)  # 16 MB with the tests' bound
+    modes: list[str] = []
+    real_checkpoint = Store._checkpoint
+
+    def checkpoint(self: Store, mode: str, **kwargs: Any) -> bool:
+        modes.append(mode)
+        return real_checkpoint(self, mode, **kwargs)
+
+    monkeypatch.setattr(Store, "_checkpoint", checkpoint)
+    cuts: list[int] = []
+    real_truncate = store_module.os.truncate
+
+    def truncate(path: str, length: int) -> None:
+        cuts.append(length)
+        real_truncate(path, length)
+
+    monkeypatch.setattr(store_module.os, "truncate", truncate)
+    path = tmp_path / "t.db"
+    written: dict[str, Any] = {}
+
+    async def write(i: int, value: Any) -> None:
+        written[f"k{i % 10}"] = value
+        await store.call(records.kv_set, f"k{i % 10}", value, i, urgent=i % 2 == 0)
+
+    async with open_store(path) as store:
+        store.hold_wal_reset(True)
+        with trio.fail_after(60):  # a hang detector, not a speed limit
+            for i in range(200):  # ~13 MB of frames: past 3x the bound, short of 4x
+                await write(i, f"{i:08d}" * 8192)
+            held = wal_bytes(path)
+            assert "PASSIVE" in modes and "RESTART" not in modes and cuts == []
+            assert held > 3 * WAL_BOUND
+
+            store.hold_wal_reset(False)
+            for i in range(200, 100_000):  # small writes: the WAL is reused from its start
+                await write(i, i)
+                if wal_bytes(path) <= WAL_BOUND:
+                    break
+        assert "RESTART" in modes and cuts and cuts[-1] == WAL_BOUND
+        assert written.items() <= kv_in(path).items()
+
+        modes.clear()
+        store.hold_wal_reset(True)
+        with trio.fail_after(60):
+            for i in range(400):  # ~26 MB: past the limit
+                await write(i, f"{i:08d}" * 8192)
+        assert "RESTART" in modes
+        assert wal_bytes(path) < (store_module.WAL_HOLD_LIMIT + 2) * WAL_BOUND
+        store.hold_wal_reset(False)
+    assert written.items() <= kv_in(path).items()
+
+
 def cuts_at_most_to_the_last_frame(store: Store, path: Path) -> None:
     wal = Path(store.wal_path)
     frames_end = wal.stat().st_size

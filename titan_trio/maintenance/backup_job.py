@@ -80,7 +80,10 @@ def run_backup(
 
 class BackupSchedule:
     """Every ``interval_s`` (default ``database.backupIntervalMin`` minutes), one
-    ``run_backup`` off the trio thread. ``now`` names the backups (tests inject it)."""
+    ``run_backup`` off the trio thread. ``now`` names the backups (tests inject it).
+    ``hold_wal``: called with True before each run and False after it, however it ended
+    (the service passes Store.hold_wal_reset: the store's WAL resets wait while the
+    backup's writes keep the disk busy)."""
 
     def __init__(
         self,
@@ -88,6 +91,7 @@ class BackupSchedule:
         *,
         interval_s: float | None = None,
         now: Callable[[], datetime] | None = None,
+        hold_wal: Callable[[bool], None] | None = None,
     ) -> None:
         minutes = cfg.database.backup_interval_min
         if interval_s is None and minutes is None:
@@ -95,6 +99,7 @@ class BackupSchedule:
         self.cfg = cfg
         self.interval_s = interval_s if interval_s is not None else minutes * SECONDS_PER_MINUTE  # type: ignore[operator]
         self._now = now or (lambda: datetime.now(UTC))
+        self._hold_wal = hold_wal or (lambda _hold: None)
         self.runs = 0
         self.failures = 0
         self.last: BackupRun | None = None
@@ -117,6 +122,7 @@ class BackupSchedule:
         """One backup in a worker thread; logged, never raised (but cancellation)."""
         cancel = threading.Event()
         self.runs += 1
+        self._hold_wal(True)
         try:
             run = await trio.to_thread.run_sync(
                 lambda: run_backup(self.cfg, now=self._now(), cancel=cancel),
@@ -133,6 +139,8 @@ class BackupSchedule:
             self.failures += 1
             log.error("scheduled backup failed (a bug): %r", exc, exc_info=exc)
             return None
+        finally:
+            self._hold_wal(False)
         self.last = run
         info = run.info
         log.info(

@@ -75,7 +75,9 @@ the TRUNCATE of the 300 MB a backup let the file grow to raised the signal p99 o
 would write into the old file's pages, which this host has evicted by then, and each
 such write reads its page back from the disk first. The file is truncated at once only
 when the disk is full (_make_room, which waits CHECKPOINT_BUSY_S for the lock: there the
-space is the way out).
+space is the way out). While the in-service backup runs, the RESTART and the cuts wait
+(hold_wal_reset says why), and the WAL's pages up to the bound are kept mapped so that
+the host does not drop them (resident.py).
 """
 
 from __future__ import annotations
@@ -141,6 +143,9 @@ WAL_SHRINK_PAUSE_S = 0.02
 # reused it from its start since the RESTART: no commit came) before the checkpoint
 # thread leaves the rest to its next checkpoint.
 WAL_SHRINK_WAITS = 25
+# While a backup writes (Store.hold_wal_reset), the bound's RESTART and the cuts wait,
+# unless the -wal file reaches this many times the bound.
+WAL_HOLD_LIMIT = 8
 WAL_CHECK_EVERY = 8  # inline commits between looks at the WAL's size (a stat, ~3 us)
 # How long the full disk's TRUNCATE (_make_room) waits for a writer or an old reader.
 # Short: a reader that keeps an old snapshot for long (a backup of a large database)
@@ -205,6 +210,7 @@ class Store:
         # on the trio thread.
         self._locking_checkpoint = False
         self._shrinking = False  # the -wal file is to be cut back to the bound
+        self._holding = False  # a backup writes: the RESTART and the cuts wait (hold_wal_reset)
         self._inline_commits = 0
         self._pony = threading.local()  # .conn: pony's sqlite3 connection on this thread
         # With FULL every commit fsyncs: that wait belongs on the store thread, never on
@@ -373,11 +379,32 @@ class Store:
         reader let grow is cut back (_shrink_wal)."""
         self._checkpoint("PASSIVE")
         self._bound(restart=restart)
-        if self._shrinking:  # after the bound: a RESTART lets the cuts go further
+        if self._shrinking and not self._held():  # after the bound: a RESTART lets them go further
             self._shrink_wal()
+
+    def hold_wal_reset(self, hold: bool) -> None:
+        """While ``hold``: the bound's RESTART and the cuts of the -wal file wait; the
+        PASSIVE checkpoints go on. For the time a backup writes (the in-service
+        schedule holds it for each run). Both take the write lock and, before they
+        can reset the WAL, sync the frames committed since the last PASSIVE: a device
+        busy with a backup's writes makes each sync take tens of ms, and every write
+        waited for the lock meanwhile, every few seconds. The WAL grows instead (its new
+        pages are written past the file's end: nothing to read first), up to
+        WAL_HOLD_LIMIT times the bound, past which the RESTART goes ahead anyway. Once
+        released, a bound checkpoint is asked for: the RESTART, then the cuts back to
+        the bound, WAL_SHRINK_STEP at a time. Callable from any thread."""
+        self._holding = hold
+        if not hold:
+            self._request_checkpoint(_BOUND)
+
+    def _held(self) -> bool:
+        return self._holding and self._wal_bytes() < WAL_HOLD_LIMIT * self.wal_truncate_bytes
 
     def _bound(self, *, restart: bool) -> None:
         if not restart and self._wal_content_bytes <= self.wal_truncate_bytes:
+            return
+        if self._held():  # asked again once the file grew by an eighth of the bound
+            self._bound_at = self._wal_bytes() + self.wal_truncate_bytes // 8
             return
         if self._frames_left:
             # An old reader (a backup's snapshot) kept the PASSIVE from copying it all. A
@@ -407,8 +434,9 @@ class Store:
         start once a commit has reused the WAL from its start, and go down to where its
         frames end at most (the next RESTART lets them go further). Stops when the file
         is down to the bound, when the store closes, when a checkpoint is asked for (the
-        bound comes first: the next checkpoint goes on cutting after it), and after
-        WAL_SHRINK_WAITS cuts in a row that could not cut."""
+        bound comes first: the next checkpoint goes on cutting after it), while a backup
+        holds the WAL (hold_wal_reset), and after WAL_SHRINK_WAITS cuts in a row that
+        could not cut."""
         target = self.wal_truncate_bytes
         waits = 0
         try:
@@ -421,7 +449,7 @@ class Store:
                 ) as probe,
             ):
                 page = lock.execute("PRAGMA page_size").fetchone()[0]
-                while not self._closing and not self._checkpoint_queued:
+                while not self._closing and not self._checkpoint_queued and not self._held():
                     size = self._wal_bytes()
                     if size <= target:
                         self._shrinking = False
