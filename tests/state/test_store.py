@@ -1008,22 +1008,49 @@ def cuts_at_most_to_the_last_frame(store: Store, path: Path) -> None:
     frames_end = wal.stat().st_size
     with open(wal, "ab") as f:  # 1 MB past the last frame, as a reused WAL leaves it
         f.write(b"\0" * (1024 * 1024))
-    with (
-        contextlib.closing(sqlite3.connect(path, timeout=0.0, isolation_level=None)) as lock,
-        contextlib.closing(sqlite3.connect(path, isolation_level=None)) as probe,
-    ):
+    with contextlib.closing(sqlite3.connect(path, timeout=0.0, isolation_level=None)) as lock:
         page = lock.execute("PRAGMA page_size").fetchone()[0]
         writer = sqlite3.connect(path, isolation_level=None)
         try:
             writer.execute("BEGIN IMMEDIATE")
-            assert not store._cut_wal(lock, probe, page, frames_end)  # the lock is taken
+            assert not store._cut_wal(lock, page, frames_end)  # the lock is taken
             assert wal.stat().st_size == frames_end + 1024 * 1024
         finally:
             writer.close()
-        assert store._cut_wal(lock, probe, page, frames_end - 4096)  # asked into a frame
+        assert store._cut_wal(lock, page, frames_end - 4096)  # asked into a frame
         assert wal.stat().st_size == frames_end  # cut only to where the frames end
-        assert not store._cut_wal(lock, probe, page, 0)
+        assert not store._cut_wal(lock, page, 0)
         assert wal.stat().st_size == frames_end
+
+
+def test_the_logs_end_read_from_the_file_is_sqlites_own_count(tmp_path: Path) -> None:
+    """Where a cut may go, read from the -wal file's frame headers (no checkpoint under
+    the lock), is where SQLite says its log ends: after a reset, the old log's frames
+    beyond it, whole and intact but of the old salts, are not counted."""
+    path = tmp_path / "t.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        frame = page + store_module.WAL_FRAME_HEADER
+        store = Store(str(path))
+        for k in range(300):  # the first log: ~2.5 MB of frames
+            conn.execute("INSERT OR REPLACE INTO t VALUES (?, ?)", (k % 40, os.urandom(8000)))
+        frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+        assert store._log_end(page) == store_module.WAL_HEADER + frames * frame
+        assert conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0] == 0
+        old_size = os.path.getsize(store.wal_path)
+        # no commit since the reset: the file still holds the old log, whole
+        assert store._log_end(page) == old_size
+        for k in range(5):  # the next log, written from the start over the old one
+            conn.execute("INSERT OR REPLACE INTO t VALUES (?, ?)", (k, os.urandom(100)))
+        frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+        assert 0 < frames * frame < old_size == os.path.getsize(store.wal_path)
+        assert store._log_end(page) == store_module.WAL_HEADER + frames * frame
+    finally:
+        conn.close()
 
 
 async def test_the_wal_is_never_cut_into_its_frames_nor_while_a_writer_holds_the_lock(

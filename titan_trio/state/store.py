@@ -427,12 +427,12 @@ class Store:
     def _shrink_wal(self) -> None:
         """Cut the -wal file back to the bound, WAL_SHRINK_STEP at a time (checkpoint
         thread). Each cut takes the write lock (no busy timeout: a commit holding it is
-        over within a millisecond; it is tried again after the pause), asks SQLite where
-        the WAL's valid frames end, and cuts only past that: no writer can
-        add a frame while the lock is held, and no reader reads past the last valid frame.
-        Right after the RESTART the frames still end where the old WAL did; the cuts
+        over within a millisecond; it is tried again after the pause), finds where the
+        WAL's log ends (_log_end), and cuts only past that: no writer can add a frame
+        while the lock is held, and no reader reads past the log's end.
+        Right after the RESTART the log still ends where the old WAL did; the cuts
         start once a commit has reused the WAL from its start, and go down to where its
-        frames end at most (the next RESTART lets them go further). Stops when the file
+        log ends at most (the next RESTART lets them go further). Stops when the file
         is down to the bound, when the store closes, when a checkpoint is asked for (the
         bound comes first: the next checkpoint goes on cutting after it), while a backup
         holds the WAL (hold_wal_reset), and after WAL_SHRINK_WAITS cuts in a row that
@@ -440,21 +440,16 @@ class Store:
         target = self.wal_truncate_bytes
         waits = 0
         try:
-            with (
-                contextlib.closing(
-                    sqlite3.connect(self.path, timeout=0.0, isolation_level=None)
-                ) as lock,
-                contextlib.closing(
-                    sqlite3.connect(self.path, timeout=0.0, isolation_level=None)
-                ) as probe,
-            ):
+            with contextlib.closing(
+                sqlite3.connect(self.path, timeout=0.0, isolation_level=None)
+            ) as lock:
                 page = lock.execute("PRAGMA page_size").fetchone()[0]
                 while not self._closing and not self._checkpoint_queued and not self._held():
                     size = self._wal_bytes()
                     if size <= target:
                         self._shrinking = False
                         break
-                    if self._cut_wal(lock, probe, page, max(target, size - WAL_SHRINK_STEP)):
+                    if self._cut_wal(lock, page, max(target, size - WAL_SHRINK_STEP)):
                         waits = 0
                         self._bound_at = max(target, self._wal_bytes())
                     else:
@@ -468,17 +463,9 @@ class Store:
                 log.warning("cutting the WAL file back failed: %s", text)
             self._checkpoint_error = text
 
-    def _cut_wal(
-        self, lock: sqlite3.Connection, probe: sqlite3.Connection, page: int, to: int
-    ) -> bool:
-        """Truncate the -wal file to ``to`` bytes, or to where its valid frames end if
-        that is further, with the write lock held on ``lock``; whether it was cut. Where
-        the frames end comes from a PASSIVE checkpoint on ``probe`` (SQLite's count of
-        the WAL's frames); one just before the lock copies what was committed since the
-        last, so that the one under it has next to nothing to copy. Not from reading the
-        -shm file: closing a descriptor of a file drops every POSIX lock this process
-        holds on it, SQLite's included."""
-        probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    def _cut_wal(self, lock: sqlite3.Connection, page: int, to: int) -> bool:
+        """Truncate the -wal file to ``to`` bytes, or to where its log ends if that is
+        further (_log_end), with the write lock held on ``lock``; whether it was cut."""
         self._locking_checkpoint = True
         try:
             try:
@@ -486,10 +473,7 @@ class Store:
             except sqlite3.OperationalError:  # a writer holds it (or a checkpoint)
                 return False
             try:
-                frames = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
-                if frames < 0:  # unknown: another process's checkpoint is running
-                    return False
-                to = max(to, WAL_HEADER + frames * (page + WAL_FRAME_HEADER))
+                to = max(to, self._log_end(page))
                 if to >= self._wal_bytes():
                     return False
                 os.truncate(self.wal_path, to)
@@ -498,6 +482,42 @@ class Store:
                 lock.execute("ROLLBACK")
         finally:
             self._locking_checkpoint = False
+
+    def _log_end(self, page: int) -> int:
+        """Where the WAL's log ends in the -wal file, in bytes, read from the file (the
+        caller holds the write lock: nobody appends meanwhile). SQLite's file format: a
+        frame belongs to the log only if the salts in its header are the WAL header's,
+        and a reset of the WAL (a RESTART, then the next commit writing from the start)
+        changes the salts; frames are written one after the other from the start. So the
+        frames with the header's salts are the log's first ones (and, after a rollback,
+        frames written but never committed, which are kept too), and the first frame
+        without them is past its end: found by a binary search, a few reads of 24 bytes
+        (pages this store keeps mapped, resident.py). Not asked of SQLite: its only
+        answer is a checkpoint's count of the frames, and a PASSIVE under the lock copies
+        the frames committed since the last one and syncs, with every write waiting
+        (docs/BENCHMARKS.md). Not from the -shm file either: closing a descriptor of a
+        file drops every POSIX lock this process holds on it, SQLite's included (it
+        holds none on the -wal file)."""
+        frame = page + WAL_FRAME_HEADER
+        with open(self.wal_path, "rb", buffering=0) as f:
+            fd = f.fileno()
+            header = os.pread(fd, WAL_HEADER, 0)
+            if len(header) < WAL_HEADER:
+                return len(header)
+            salts = header[16:24]
+            frames = (os.fstat(fd).st_size - WAL_HEADER) // frame
+
+            def in_log(k: int) -> bool:
+                return os.pread(fd, WAL_FRAME_HEADER, WAL_HEADER + k * frame)[8:16] == salts
+
+            low, high = 0, frames  # frames before low are in the log, from high on not
+            while low < high:
+                middle = (low + high) // 2
+                if in_log(middle):
+                    low = middle + 1
+                else:
+                    high = middle
+        return WAL_HEADER + low * frame
 
     def _try_without_waiting(self, mode: str) -> bool:
         """``mode`` with no busy timeout, BOUND_TRIES times BOUND_PAUSE_S apart: a commit
