@@ -5,13 +5,13 @@ unless a process maps them, as a proactive reclaim of cold page cache does."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.maintenance.test_backups import cached_share, evict
 from tests.state.test_store import WAL_BOUND, open_store
 from titan_trio.state import records
 from titan_trio.state import store as store_module
@@ -21,49 +21,18 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 
 MB = 1024 * 1024
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.argtypes = [
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_long,
-]
-_libc.mmap.restype = ctypes.c_void_p
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-
 
 def resident(path: Path) -> int:
     """Bytes of the file in the page cache (mincore), whole pages."""
     size = os.path.getsize(path)
     if size == 0:
         return 0
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        addr = _libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED; never read
-        assert addr not in (None, ctypes.c_void_p(-1).value), "mmap failed"
-        try:
-            pages = (size + PAGE - 1) // PAGE
-            vec = ctypes.create_string_buffer(pages)
-            assert _libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
-            return sum(b & 1 for b in vec.raw) * PAGE
-        finally:
-            _libc.munmap(addr, size)
-    finally:
-        os.close(fd)
+    return round(cached_share(path) * ((size + PAGE - 1) // PAGE)) * PAGE
 
 
-def drop(path: Path) -> None:
-    """What the host's reclaim does to cold page cache: the file's pages on the disk,
-    then dropped from memory, except those a process maps."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+# What the host's reclaim does to cold page cache: the file's pages on the disk, then
+# dropped from memory, except those a process maps.
+drop = evict
 
 
 def written(path: Path, size: int) -> Path:
