@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import fill_disk
+from titan_trio.libc import libc_function
 from titan_trio.maintenance import backups
 from titan_trio.maintenance.backups import (
     BACKUP_RE,
@@ -215,7 +216,7 @@ def cached_share(path: Path) -> float:
     import ctypes
     import mmap
 
-    mincore = backups._libc_function("mincore", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p])
+    mincore = libc_function("mincore", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p])
     assert mincore is not None
     size = path.stat().st_size
     pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE

@@ -96,11 +96,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from isal import igzip
 
 from titan_trio.errors import TitanError
+from titan_trio.libc import libc_function
 from titan_trio.private_files import FILE_MODE, make_private_dirs
 
 BACKUP_RE = re.compile(r"^backup-(\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})\.db\.gz$")
@@ -574,25 +575,11 @@ def _online_copy(
         src.close()
 
 
-def _libc_function(name: str, argtypes: list[Any]) -> Callable[..., int] | None:
-    """glibc's ``name``, returning an int, or None off Linux or where it is missing
-    (for the system calls the os module has no binding for)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = argtypes
-    fn.restype = ctypes.c_int
-    return fn  # type: ignore[no-any-return]
-
-
-_SYNC_FILE_RANGE = _libc_function(
+_SYNC_FILE_RANGE = libc_function(
     "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 )
 # fallocate(2): os binds posix_fallocate only, which cannot punch a hole
-_FALLOCATE = _libc_function(
+_FALLOCATE = libc_function(
     "fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 )
 _FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 1, 2

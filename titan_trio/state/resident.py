@@ -28,7 +28,8 @@ import ctypes
 import errno
 import logging
 import os
-import sys
+
+from titan_trio.libc import libc_function
 
 log = logging.getLogger("titan.store")
 
@@ -38,30 +39,13 @@ MAP_SHARED = 1
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def _libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mmap.argtypes = [
-            ctypes.c_void_p,
-            ctypes.c_size_t,
-            ctypes.c_int,
-            ctypes.c_int,
-            ctypes.c_int,
-            ctypes.c_long,
-        ]
-        libc.mmap.restype = ctypes.c_void_p
-        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        libc.munmap.restype = ctypes.c_int
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        libc.madvise.restype = ctypes.c_int
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-_LIBC = _libc()
+_MMAP = libc_function(
+    "mmap",
+    [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long],
+    ctypes.c_void_p,
+)
+_MUNMAP = libc_function("munmap", [ctypes.c_void_p, ctypes.c_size_t])
+_MADVISE = libc_function("madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int])
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
@@ -77,7 +61,7 @@ class ResidentFile:
         self._inode: tuple[int, int] | None = None
         self._addr: int | None = None
         self.kept = 0  # bytes of the file mapped at the last refresh
-        self.enabled = _LIBC is not None
+        self.enabled = None not in (_MMAP, _MUNMAP, _MADVISE)
         if not self.enabled:
             log.debug("not keeping %s mapped: no mmap through libc here", path)
 
@@ -94,7 +78,7 @@ class ResidentFile:
             return False
         if self._inode != (st.st_dev, st.st_ino) and not self._map():
             return False
-        assert _LIBC is not None and self._fd is not None
+        assert _MADVISE is not None and self._fd is not None
         try:
             size = os.fstat(self._fd).st_size
         except OSError:
@@ -103,7 +87,7 @@ class ResidentFile:
         if length <= 0:
             self.kept = 0
             return True
-        if _LIBC.madvise(self._addr, length, MADV_POPULATE_READ) != 0:
+        if _MADVISE(self._addr, length, MADV_POPULATE_READ) != 0:
             err = ctypes.get_errno()
             if err in (errno.EINVAL, errno.ENOSYS, errno.EPERM):  # not this kernel
                 log.debug("not keeping %s mapped: %s", self.path, os.strerror(err))
@@ -115,7 +99,7 @@ class ResidentFile:
         return True
 
     def _map(self) -> bool:
-        assert _LIBC is not None
+        assert _MMAP is not None
         self._unmap()
         try:
             fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -126,7 +110,7 @@ class ResidentFile:
         except OSError:
             os.close(fd)
             return False
-        addr = _LIBC.mmap(None, self.span, PROT_READ, MAP_SHARED, fd, 0)
+        addr = _MMAP(None, self.span, PROT_READ, MAP_SHARED, fd, 0)
         if addr is None or addr == _MAP_FAILED:
             err = ctypes.get_errno()
             os.close(fd)
@@ -137,8 +121,8 @@ class ResidentFile:
         return True
 
     def _unmap(self) -> None:
-        if self._addr is not None and _LIBC is not None:
-            _LIBC.munmap(self._addr, self.span)
+        if self._addr is not None and _MUNMAP is not None:
+            _MUNMAP(self._addr, self.span)
         if self._fd is not None:
             os.close(self._fd)
         self._fd = self._addr = self._inode = None
