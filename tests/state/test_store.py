@@ -942,8 +942,41 @@ async def test_a_wal_grown_behind_an_old_reader_is_cut_back_a_step_at_a_time(
     assert pinned > 3 * WAL_BOUND
     assert len(cuts) >= (pinned - WAL_BOUND) // (1024 * 1024)
     assert all(0 < before - after <= 1024 * 1024 for before, after in cuts), cuts
+    assert all(after % 4096 == 0 for _, after in cuts), cuts  # never inside a page
     assert cuts[-1][1] == WAL_BOUND  # down to the bound, not below
     assert written.items() <= kv_in(path).items()  # and after the store closed
+
+
+async def test_the_pause_between_two_cuts_ends_for_a_checkpoint_and_for_the_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An hour between two cuts of the -wal file: a checkpoint asked for meanwhile (every
+    CHECKPOINT_EVERY commits) still runs at once, and the cuts go on after it, so the
+    file gets back near its bound (within the quarter past it where a RESTART no longer
+    asks for cuts); and a store closed in the middle of a pause closes without waiting
+    for it (its checkpoint thread is gone)."""
+    monkeypatch.setattr(store_module, "WAL_SHRINK_STEP", 1024 * 1024)
+    monkeypatch.setattr(store_module, "WAL_SHRINK_PAUSE_S", 3600.0)
+
+    def checkpoint_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "titan-checkpoint"]
+
+    with trio.fail_after(60):  # a hang detector, not a speed limit
+        async with open_store(tmp_path / "a.db") as store:
+            await grow_behind_an_old_reader(store, tmp_path / "a.db")
+            for i in range(100_000):
+                await store.call(records.kv_set, f"s{i % 50}", i, i, urgent=i % 2 == 0)
+                if wal_bytes(tmp_path / "a.db") <= WAL_BOUND + WAL_BOUND // 4:
+                    break
+            assert wal_bytes(tmp_path / "a.db") <= WAL_BOUND + WAL_BOUND // 4
+        async with open_store(tmp_path / "b.db") as store:
+            pinned = await grow_behind_an_old_reader(store, tmp_path / "b.db")
+            for i in range(100_000):  # until the first cut: the pause after it has begun
+                await store.call(records.kv_set, f"s{i % 50}", i, i, urgent=i % 2 == 0)
+                if wal_bytes(tmp_path / "b.db") < pinned:
+                    break
+            assert store._shrinking
+    assert checkpoint_threads() == []
 
 
 async def test_while_a_backup_holds_the_wal_it_grows_instead_of_being_reset(
@@ -1021,9 +1054,11 @@ def cuts_at_most_to_the_last_frame(store: Store, path: Path) -> None:
         finally:
             writer.close()
         assert store._cut_wal(lock, page, frames_end - 4096)  # asked into a frame
-        assert wal.stat().st_size == frames_end  # cut only to where the frames end
+        # cut only to where the frames end, at the end of the 4 KiB page they end in
+        kept = -(-frames_end // 4096) * 4096
+        assert frames_end <= wal.stat().st_size == kept < frames_end + 4096
         assert not store._cut_wal(lock, page, 0)
-        assert wal.stat().st_size == frames_end
+        assert wal.stat().st_size == kept
 
 
 def test_the_logs_end_read_from_the_file_is_sqlites_own_count(tmp_path: Path) -> None:
@@ -1070,6 +1105,65 @@ async def test_the_wal_is_never_cut_into_its_frames_nor_while_a_writer_holds_the
         assert {k: v for k, v in kv_in(path).items() if k.startswith("k")} == {
             f"k{i}": f"{i:08d}" * 8192 for i in range(40)
         }
+
+
+async def test_the_store_threads_writes_wait_at_the_gate_while_a_cut_holds_it(
+    tmp_path: Path,
+) -> None:
+    """While the checkpoint thread holds the write gate (it does for each RESTART and cut,
+    with SQLite's lock), the store thread's next job does not start, and urgent writes do
+    not run on the trio thread: they queue. Let go, the job runs at once."""
+    ran = threading.Event()
+
+    def job(e: Entities) -> None:
+        records.kv_set(e, "k", 2, 2)
+        ran.set()
+
+    held, let_go, done = threading.Event(), threading.Event(), threading.Event()
+    started_while_held: list[bool] = []
+
+    def cut(store: Store) -> None:
+        with store._gate_for_checkpoint() as got:
+            assert got
+            held.set()
+            assert let_go.wait(10)
+            started_while_held.append(ran.wait(0.2))  # long enough to see it start
+        done.set()
+
+    async with open_store(tmp_path / "t.db") as store:
+        await store.call(records.kv_set, "k", 1, 1, urgent=True)  # opens the inline path
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, cut, store)
+            await trio.to_thread.run_sync(held.wait, 10)
+            nursery.start_soon(store.call, job)
+            nursery.start_soon(lambda: store.call(records.kv_set, "u", 1, 1, urgent=True))
+            await eventually(lambda: store._outstanding == 2)  # both queued, loop running
+            let_go.set()
+        assert started_while_held == [False]
+        assert await store.call(all_kv) == {"k": 2, "u": 1}
+
+
+async def test_a_cut_waiting_at_the_gate_gets_it_between_the_store_threads_batches(
+    tmp_path: Path,
+) -> None:
+    """The store thread busy batch after batch: the checkpoint thread still gets the gate
+    every time it asks (it would otherwise lose it to the store thread's next batch,
+    taken again the moment the last one let it go)."""
+    tries: list[bool] = []
+
+    def ask_for_the_gate(store: Store) -> None:
+        for _ in range(20):
+            with store._gate_for_checkpoint() as got:
+                tries.append(got)
+
+    async with open_store(tmp_path / "t.db", inline=False) as store:
+        async with trio.open_nursery() as nursery:
+            for i in range(20_000):  # queued at once: batches of MAX_BATCH, back to back
+                nursery.start_soon(store.call, records.kv_set, f"k{i % 100}", "x" * 200, i)
+            await eventually(lambda: store.stats.commits > 2)
+            await trio.to_thread.run_sync(ask_for_the_gate, store)
+            assert store._outstanding > 0  # the batches went on meanwhile
+    assert tries == [True] * 20
 
 
 def rewrite_all(e: Entities, keys: int, version: int) -> None:

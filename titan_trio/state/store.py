@@ -67,17 +67,29 @@ the WAL's content (its frames, counted by each PASSIVE) or the file outgrows the
 so the file stays near it. A reader that keeps the WAL from being reused for long (a
 backup of a large database) lets the file grow meanwhile; once the WAL is reused from
 its start, the file is cut back to the bound (_shrink_wal), WAL_SHRINK_STEP at a time,
-each cut with the write lock held for a few ms and never below the WAL's last valid frame
-(a writer that has not yet reused the WAL from its start leaves nothing to cut). Not in
-one go: the filesystem frees blocks at about 0.6-0.8 ms per MB here (cached or not), and
-the TRUNCATE of the 300 MB a backup let the file grow to raised the signal p99 of the
-10 s around it to 150-580 ms (docs/BENCHMARKS.md). Not kept either: the next backup's WAL
-would write into the old file's pages, which this host has evicted by then, and each
-such write reads its page back from the disk first. The file is truncated at once only
-when the disk is full (_make_room, which waits CHECKPOINT_BUSY_S for the lock: there the
-space is the way out). While the in-service backup runs, the RESTART and the cuts wait
-(hold_wal_reset says why), and the WAL's pages up to the bound are kept mapped so that
-the host does not drop them (resident.py).
+WAL_SHRINK_PAUSE_S apart, each cut with the write lock held and never below the WAL's
+last valid frame (a writer that has not yet reused the WAL from its start leaves nothing
+to cut). Small cuts, spread out: a truncate frees the file's blocks before it returns,
+and on a filesystem mounted with ``discard`` (this host's ext4) that includes telling
+the device, a cost in proportion to the megabytes cut, plus some per call, all of it
+with every write waiting (the TRUNCATE of the 300 MB a backup let the file grow to
+raised the signal p99 of the 10 s around it more than tenfold; docs/BENCHMARKS.md has
+the figures). Each cut ends at a page boundary: one inside a page zeroes the page's
+tail, and reads the page back first if the host dropped it. Not kept either: the next
+backup's WAL would write into the old file's pages, which this host has evicted by then,
+and each such write reads its page back from the disk first. The file is truncated at
+once only when the disk is full (_make_room, which waits CHECKPOINT_BUSY_S for the lock:
+there the space is the way out). While the in-service backup runs, the RESTART and the
+cuts wait (hold_wal_reset says why), and the WAL's pages up to the bound are kept mapped
+so that the host does not drop them (resident.py).
+
+The write gate: this process's own writers (the store thread's batches and write probe,
+the trio thread's inline commits) wait for a RESTART or a cut at a lock of the store's
+(``_writers``), which the checkpoint thread holds for as long as SQLite's write lock,
+rather than in SQLite's busy handler, which polls with sleeps of 1, 2, 5, 10, 15, 20 ms
+and more: a writer then wakes when the lock is let go, not at its next poll. The trio
+thread never waits at the gate: an urgent write that finds it held goes to the store
+thread. Other processes' writers (``titan db vacuum --online``) meet SQLite's handler.
 """
 
 from __future__ import annotations
@@ -89,7 +101,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -136,9 +148,10 @@ WAL_FRAME_HEADER = 24  # bytes before each page in the -wal file
 WAL_HEADER = 32  # bytes before the first frame
 # A -wal file grown past the bound by more than a quarter of it (a reader kept the WAL
 # from being reused) is cut back to the bound this much at a time (_shrink_wal), each cut
-# with the write lock held, WAL_SHRINK_PAUSE_S apart.
-WAL_SHRINK_STEP = 4 * 1024 * 1024
-WAL_SHRINK_PAUSE_S = 0.02
+# with the write lock held, WAL_SHRINK_PAUSE_S apart, at a multiple of WAL_CUT_ALIGN.
+WAL_SHRINK_STEP = 1024 * 1024
+WAL_SHRINK_PAUSE_S = 0.05
+WAL_CUT_ALIGN = 4096  # a cut inside a page zeroes the page's tail: read first if dropped
 # Cuts tried in a row that find the WAL still in use past the cut (its writer has not
 # reused it from its start since the RESTART: no commit came) before the checkpoint
 # thread leaves the rest to its next checkpoint.
@@ -156,6 +169,11 @@ CHECKPOINT_BUSY_S = 0.05
 # apart (tried once, it lost to the stream of commits again and again).
 BOUND_TRIES = 3
 BOUND_PAUSE_S = 0.002
+# How long the store thread waits at the write gate for the checkpoint thread's RESTART or
+# cut (Store._writers) before it goes on to SQLite's own busy timeout (schema.py's, as long).
+GATE_WAIT_S = 5.0
+# How long the checkpoint thread waits at the gate for a batch of the store thread's.
+CHECKPOINT_GATE_S = 0.1
 CHECKPOINTER_JOIN_S = 10.0  # at close: a PASSIVE of a large WAL takes a while
 # After the inline connection met the database failing (not a lock, not a full disk),
 # urgent writes go to the store thread for this long before the inline path is tried again.
@@ -209,7 +227,13 @@ class Store:
         # file, holds the write lock: urgent writes queue instead of waiting for the lock
         # on the trio thread.
         self._locking_checkpoint = False
+        # The write gate (the module docstring): held by whichever of this process's
+        # writers writes, and by the checkpoint thread while its RESTART or cut holds
+        # SQLite's write lock.
+        self._writers = threading.Lock()
         self._shrinking = False  # the -wal file is to be cut back to the bound
+        # The cuts' pause (WAL_SHRINK_PAUSE_S), ended early by what stops them.
+        self._cut_pause = threading.Event()
         self._holding = False  # a backup writes: the RESTART and the cuts wait (hold_wal_reset)
         self._inline_commits = 0
         self._pony = threading.local()  # .conn: pony's sqlite3 connection on this thread
@@ -274,6 +298,7 @@ class Store:
         if self._thread is None:
             return
         self._closing = True
+        self._cut_pause.set()
         self._queue.put(_STOP)
         await self._closed.wait()
         await trio.to_thread.run_sync(self._thread.join, 1.0)
@@ -363,11 +388,38 @@ class Store:
                 except queue.Empty:
                     break
             if batch:
-                self._run_batch(batch)
+                with self._gate_for_store():
+                    self._run_batch(batch)
             if stop:
                 return
             if probe:
-                self._probe()
+                with self._gate_for_store():
+                    self._probe()
+
+    @contextlib.contextmanager
+    def _gate_for_store(self) -> Iterator[None]:
+        """The store thread's pass through the write gate (``_writers``): it waits for
+        a RESTART or cut of the checkpoint thread's, up to GATE_WAIT_S, past which
+        SQLite's busy timeout decides as it did without the gate."""
+        got = self._writers.acquire(timeout=GATE_WAIT_S)
+        try:
+            yield
+        finally:
+            if got:
+                self._writers.release()
+
+    @contextlib.contextmanager
+    def _gate_for_checkpoint(self) -> Iterator[bool]:
+        """The checkpoint thread's hold of the write gate for a RESTART or a cut: whether
+        it got it within CHECKPOINT_GATE_S (a store batch held it; the caller tries
+        again later, as it does when SQLite's lock is held)."""
+        if not self._writers.acquire(timeout=CHECKPOINT_GATE_S):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self._writers.release()
 
     def _checkpoint_and_bound(self, *, restart: bool) -> None:
         """The checkpoint thread's work: a PASSIVE checkpoint, then a RESTART that never
@@ -394,6 +446,7 @@ class Store:
         released, a bound checkpoint is asked for: the RESTART, then the cuts back to
         the bound, WAL_SHRINK_STEP at a time. Callable from any thread."""
         self._holding = hold
+        self._cut_pause.set()
         if not hold:
             self._request_checkpoint(_BOUND)
 
@@ -426,17 +479,18 @@ class Store:
 
     def _shrink_wal(self) -> None:
         """Cut the -wal file back to the bound, WAL_SHRINK_STEP at a time (checkpoint
-        thread). Each cut takes the write lock (no busy timeout: a commit holding it is
-        over within a millisecond; it is tried again after the pause), finds where the
-        WAL's log ends (_log_end), and cuts only past that: no writer can add a frame
-        while the lock is held, and no reader reads past the log's end.
-        Right after the RESTART the log still ends where the old WAL did; the cuts
-        start once a commit has reused the WAL from its start, and go down to where its
-        log ends at most (the next RESTART lets them go further). Stops when the file
-        is down to the bound, when the store closes, when a checkpoint is asked for (the
-        bound comes first: the next checkpoint goes on cutting after it), while a backup
-        holds the WAL (hold_wal_reset), and after WAL_SHRINK_WAITS cuts in a row that
-        could not cut."""
+        thread). Each cut takes the write gate and the write lock (no busy timeout: a
+        commit holding it is over within a millisecond; it is tried again after the
+        pause), finds where the WAL's log ends (_log_end), and cuts only past that, at
+        the next page boundary: no writer can add a frame while the lock is held, and no
+        reader reads past the log's end. Right after the RESTART the log still ends
+        where the old WAL did; the cuts start once a commit has reused the WAL from its
+        start, and go down to where its log ends at most (the next RESTART lets them go
+        further). Stops when the file is down to the bound, when the store closes, when
+        a checkpoint is asked for (the bound comes first: the next checkpoint goes on
+        cutting after it), while a backup holds the WAL (hold_wal_reset), and after
+        WAL_SHRINK_WAITS cuts in a row that could not cut; any of these but the last
+        ends the pause between two cuts at once."""
         target = self.wal_truncate_bytes
         waits = 0
         try:
@@ -444,6 +498,7 @@ class Store:
                 sqlite3.connect(self.path, timeout=0.0, isolation_level=None)
             ) as lock:
                 page = lock.execute("PRAGMA page_size").fetchone()[0]
+                self._cut_pause.clear()
                 while not self._closing and not self._checkpoint_queued and not self._held():
                     size = self._wal_bytes()
                     if size <= target:
@@ -456,7 +511,8 @@ class Store:
                         waits += 1
                         if waits >= WAL_SHRINK_WAITS:
                             break
-                    time.sleep(WAL_SHRINK_PAUSE_S)
+                    if self._cut_pause.wait(WAL_SHRINK_PAUSE_S):
+                        self._cut_pause.clear()  # the loop's test says whether to stop
         except (sqlite3.Error, OSError) as exc:  # tried again at the next checkpoint
             text = describe(exc) if isinstance(exc, sqlite3.Error) else str(exc)
             if text != self._checkpoint_error:
@@ -466,22 +522,26 @@ class Store:
     def _cut_wal(self, lock: sqlite3.Connection, page: int, to: int) -> bool:
         """Truncate the -wal file to ``to`` bytes, or to where its log ends if that is
         further (_log_end), with the write lock held on ``lock``; whether it was cut."""
-        self._locking_checkpoint = True
-        try:
-            try:
-                lock.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError:  # a writer holds it (or a checkpoint)
+        with self._gate_for_checkpoint() as gated:
+            if not gated:
                 return False
+            self._locking_checkpoint = True
             try:
-                to = max(to, self._log_end(page))
-                if to >= self._wal_bytes():
+                try:
+                    lock.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError:  # another process writes (or checkpoints)
                     return False
-                os.truncate(self.wal_path, to)
-                return True
+                try:
+                    to = max(to, self._log_end(page))
+                    to = -(-to // WAL_CUT_ALIGN) * WAL_CUT_ALIGN
+                    if to >= self._wal_bytes():
+                        return False
+                    os.truncate(self.wal_path, to)
+                    return True
+                finally:
+                    lock.execute("ROLLBACK")
             finally:
-                lock.execute("ROLLBACK")
-        finally:
-            self._locking_checkpoint = False
+                self._locking_checkpoint = False
 
     def _log_end(self, page: int) -> int:
         """Where the WAL's log ends in the -wal file, in bytes, read from the file (the
@@ -527,8 +587,9 @@ class Store:
         for attempt in range(BOUND_TRIES):
             if attempt:
                 time.sleep(BOUND_PAUSE_S)
-            if self._checkpoint(mode, busy_s=0.0):
-                return True
+            with self._gate_for_checkpoint() as gated:
+                if gated and self._checkpoint(mode, busy_s=0.0):
+                    return True
         return False
 
     def _checkpoint(self, mode: str, *, busy_s: float | None = None) -> bool:
@@ -599,6 +660,7 @@ class Store:
         if not self._checkpoint_queued and not self._closing:
             self._checkpoint_queued = True
             self._checkpoints.put(checkpoint)
+            self._cut_pause.set()  # the cuts' pause ends: the checkpoint comes first
 
     def _make_room(self) -> bool:
         """After SQLITE_FULL: checkpoint and truncate the WAL, whose space then goes back
@@ -702,11 +764,14 @@ class Store:
             and plain_sql(fn, args)
             and self._inline_allowed()
             and time.monotonic() >= self._inline_paused_until
+            and self._writers.acquire(blocking=False)  # else the store thread waits for it
         ):
             try:
                 return self._run_here(fn, args, raw=True)
             except Deferred:
                 pass  # nothing was done: the store thread waits for the lock or makes room
+            finally:
+                self._writers.release()
         if self.always_inline:
             return self._run_here(fn, args, raw=False)
         job = _Job(fn, args)
