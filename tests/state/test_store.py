@@ -10,7 +10,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -809,6 +809,57 @@ async def test_wal_stays_near_its_bound_while_writes_go_on(tmp_path: Path) -> No
     # past the bound (a RESTART comes once the WAL outgrew it), never far past it: the
     # checkpoint thread lags writes this fast, more on a slow machine
     assert WAL_BOUND <= largest <= 4 * WAL_BOUND
+
+
+async def test_the_wals_new_frames_go_to_the_disk_before_each_restart_takes_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before each RESTART, which syncs the WAL with every write waiting, the -wal file's
+    dirty pages (the frames committed since the PASSIVE began) are written out with the
+    write gate free: the RESTART's own sync is left the last moments' frames, and the
+    device flush."""
+    events: list[tuple[str, bool]] = []  # what, and whether the checkpoint thread held the gate
+    gated = [False]
+    real_write_out = store_module.sync_file_range
+    real_checkpoint = Store._checkpoint
+    real_gate = Store._gate_for_checkpoint
+
+    def write_out(fd: int, offset: int, length: int, flags: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == store.wal_path:
+            events.append(("write-out", gated[0]))
+        real_write_out(fd, offset, length, flags)
+
+    def checkpoint(self: Store, mode: str, **kwargs: Any) -> bool:
+        if mode == "RESTART":
+            events.append(("RESTART", gated[0]))
+        return real_checkpoint(self, mode, **kwargs)
+
+    @contextlib.contextmanager
+    def gate(self: Store) -> Iterator[bool]:
+        with real_gate(self) as got:
+            gated[0] = got
+            try:
+                yield got
+            finally:
+                gated[0] = False
+
+    monkeypatch.setattr(store_module, "sync_file_range", write_out)
+    monkeypatch.setattr(Store, "_checkpoint", checkpoint)
+    monkeypatch.setattr(Store, "_gate_for_checkpoint", gate)
+    path = tmp_path / "t.db"
+    async with open_store(path) as store:
+        with trio.fail_after(60):  # a hang detector, not a speed limit
+            for i in range(100_000):  # 64 KiB values: past the bound several times
+                await store.call(records.kv_set, f"k{i % 10}", f"{i:08d}" * 8192, i)
+                if sum(e == ("RESTART", True) for e in events) >= 3:
+                    break
+    restarts = [k for k, e in enumerate(events) if e[0] == "RESTART"]
+    assert len(restarts) >= 3 and all(events[k][1] for k in restarts)  # under the gate
+    for k in restarts:  # a bound's tries follow a write-out made without the gate
+        j = k
+        while events[j - 1][0] == "RESTART":
+            j -= 1
+        assert j > 0 and events[j - 1] == ("write-out", False), events
 
 
 def old_snapshot(path: Path) -> sqlite3.Connection:

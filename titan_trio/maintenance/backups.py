@@ -101,7 +101,14 @@ from typing import Literal
 from isal import igzip
 
 from titan_trio.errors import TitanError
-from titan_trio.libc import libc_function
+from titan_trio.libc import (
+    HAVE_SYNC_FILE_RANGE,
+    SFR_WAIT_AFTER,
+    SFR_WAIT_BEFORE,
+    SFR_WRITE,
+    libc_function,
+    sync_file_range,
+)
 from titan_trio.private_files import FILE_MODE, make_private_dirs
 
 BACKUP_RE = re.compile(r"^backup-(\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2})\.db\.gz$")
@@ -575,9 +582,6 @@ def _online_copy(
         src.close()
 
 
-_SYNC_FILE_RANGE = libc_function(
-    "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-)
 # fallocate(2): os binds posix_fallocate only, which cannot punch a hole
 _FALLOCATE = libc_function(
     "fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
@@ -592,9 +596,6 @@ def _punch_hole(fd: int, start: int, end: int) -> bool:
         return False
     mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
     return _FALLOCATE(fd, mode, start, end - start) == 0
-
-
-_SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
 
 
 class _Writeback:
@@ -623,20 +624,20 @@ class _Writeback:
         """The file is ``size`` bytes long now."""
         if self.fd is None or size - self.started < FLUSH_EVERY:
             return
-        if _SYNC_FILE_RANGE is None:
+        if not HAVE_SYNC_FILE_RANGE:
             os.fdatasync(self.fd)
             self.started = self.waited = size
             self._pace(size)
             return
         self._sync_range(
-            self.waited, self.started - self.waited, _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER
+            self.waited, self.started - self.waited, SFR_WAIT_BEFORE | SFR_WRITE | SFR_WAIT_AFTER
         )
         if not self.keep_cached and self.started > self.waited:
             os.posix_fadvise(
                 self.fd, self.waited, self.started - self.waited, os.POSIX_FADV_DONTNEED
             )
         self.waited = self.started
-        self._sync_range(self.started, size - self.started, _SFR_WRITE)
+        self._sync_range(self.started, size - self.started, SFR_WRITE)
         self.started = size
         self._pace(size)
 
@@ -650,10 +651,8 @@ class _Writeback:
     def _sync_range(self, offset: int, length: int, flags: int) -> None:
         if length <= 0:
             return
-        assert _SYNC_FILE_RANGE is not None and self.fd is not None
-        if _SYNC_FILE_RANGE(self.fd, offset, length, flags) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
+        assert self.fd is not None
+        sync_file_range(self.fd, offset, length, flags)
 
     def close(self) -> None:
         if self.fd is not None:

@@ -111,6 +111,7 @@ import trio
 from pony import orm
 
 from titan_trio.errors import StoreError, TitanError
+from titan_trio.libc import SFR_WAIT_AFTER, SFR_WAIT_BEFORE, SFR_WRITE, sync_file_range
 from titan_trio.state.failures import as_store_error, database_failure, describe
 from titan_trio.state.raw import Deferred, RawDatabase
 from titan_trio.state.resident import ResidentFile
@@ -467,6 +468,7 @@ class Store:
             # the lock; the RESTART comes after it.
             self._bound_at = self._wal_bytes() + self.wal_truncate_bytes // 8
             return
+        self._write_out_wal()
         if self._try_without_waiting("RESTART"):
             # The file keeps its size and is written from its start again: it grows (and
             # asks for the next one) only once the WAL outgrows it. Grown far past the
@@ -476,6 +478,19 @@ class Store:
             self._shrinking = self._wal_bytes() > bound + bound // 4
         else:
             self._bound_at = self._wal_bytes() + self.wal_truncate_bytes // 8
+
+    def _write_out_wal(self) -> None:
+        """Write the -wal file's dirty pages to the disk and wait for them, without the
+        write lock and without a device flush (sync_file_range): the frames committed
+        since the PASSIVE began. The RESTART that follows syncs the WAL with the lock
+        held, every write waiting: it then has only the frames of the last moments to
+        write, and the flush. Not a sync (nothing is promised by it), so a failure, or a
+        system without the call, changes nothing but the RESTART's length."""
+        try:
+            with open(self.wal_path, "rb", buffering=0) as f:
+                sync_file_range(f.fileno(), 0, 0, SFR_WAIT_BEFORE | SFR_WRITE | SFR_WAIT_AFTER)
+        except OSError:
+            pass
 
     def _shrink_wal(self) -> None:
         """Cut the -wal file back to the bound, WAL_SHRINK_STEP at a time (checkpoint
