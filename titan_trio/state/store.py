@@ -56,8 +56,9 @@ again, so the file stops growing and keeps its size (it is not truncated: cuttin
 off a file took the filesystem 17 ms and more, measured, with the write lock held).
 A RESTART holds the write lock while it copies the frames left and syncs: every write
 waits for it. So it is kept short and hardly waits: a PASSIVE checkpoint first copies
-nearly everything without blocking anyone, then the RESTART is tried with no busy
-timeout, a few times (a writer's commit ends within a millisecond). It is not tried at
+nearly everything without blocking anyone, the frames committed meanwhile are written
+out without the lock (_write_out_wal), then the RESTART is tried with no busy timeout, a
+few times (a writer's commit ends within a millisecond). It is not tried at
 all after a PASSIVE that a reader of an older snapshot (e.g. a backup) kept from copying
 everything: it is tried again once the WAL has grown by an eighth of the bound, after a
 PASSIVE has copied the reader's backlog without the lock; and while it holds the lock,
