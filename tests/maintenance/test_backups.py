@@ -295,6 +295,26 @@ def test_a_cancelled_backup_leaves_nothing(tmp_path: Path, monkeypatch: pytest.M
     assert files_in(tmp_path / "b") == []
 
 
+def test_a_backup_interrupted_between_its_two_files_leaves_neither(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interrupt that stops a backup child (the schedule's cancel) landing after the
+    compressed file took its name and before its checksum did: the backup is not left
+    behind unfinished, with no checksum (it would be listed as such, and never used)."""
+    db = make_db(tmp_path / "a.db", rows=50)
+    real = backups._link_into_place
+
+    def link(temp: str, final: str) -> None:
+        if final.endswith(backups.CHECKSUM_SUFFIX):
+            raise KeyboardInterrupt
+        real(temp, final)
+
+    monkeypatch.setattr(backups, "_link_into_place", link)
+    with pytest.raises(KeyboardInterrupt):
+        backups.create_backup_here(str(db), str(tmp_path / "b"), now=NOW)
+    assert files_in(tmp_path / "b") == []
+
+
 def test_a_cancelled_backup_stops_its_child_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -391,9 +391,10 @@ def create_backup_here(
         try:
             _link_into_place(gz, final)
             _link_into_place(sums, checksum_path)  # last: the backup is finished
-        except BackupError:
-            with contextlib.suppress(OSError):
-                os.unlink(final)
+        except BaseException:  # a failure, or the interrupt that stops the child
+            if not os.path.exists(checksum_path):  # unfinished: nothing under its name
+                with contextlib.suppress(OSError):
+                    os.unlink(final)
             raise
         _fsync_dir(backup_dir)
     return BackupInfo(final, taken, size, digest, True, "local", None)
