@@ -1170,7 +1170,7 @@ async def test_the_store_threads_writes_wait_at_the_gate_while_a_cut_holds_it(
         records.kv_set(e, "k", 2, 2)
         ran.set()
 
-    held, let_go, done = threading.Event(), threading.Event(), threading.Event()
+    held, let_go = threading.Event(), threading.Event()
     started_while_held: list[bool] = []
 
     def cut(store: Store) -> None:
@@ -1179,7 +1179,6 @@ async def test_the_store_threads_writes_wait_at_the_gate_while_a_cut_holds_it(
             held.set()
             assert let_go.wait(10)
             started_while_held.append(ran.wait(0.2))  # long enough to see it start
-        done.set()
 
     async with open_store(tmp_path / "t.db") as store:
         await store.call(records.kv_set, "k", 1, 1, urgent=True)  # opens the inline path
@@ -1198,8 +1197,8 @@ async def test_a_cut_waiting_at_the_gate_gets_it_between_the_store_threads_batch
     tmp_path: Path,
 ) -> None:
     """The store thread busy batch after batch: the checkpoint thread still gets the gate
-    every time it asks (it would otherwise lose it to the store thread's next batch,
-    taken again the moment the last one let it go)."""
+    every time it asks, between two batches (a gate held across batches, or never let
+    go, would keep every RESTART and cut out)."""
     tries: list[bool] = []
 
     def ask_for_the_gate(store: Store) -> None:

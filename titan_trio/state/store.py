@@ -487,11 +487,8 @@ class Store:
         held, every write waiting: it then has only the frames of the last moments to
         write, and the flush. Not a sync (nothing is promised by it), so a failure, or a
         system without the call, changes nothing but the RESTART's length."""
-        try:
-            with open(self.wal_path, "rb", buffering=0) as f:
-                sync_file_range(f.fileno(), 0, 0, SFR_WAIT_BEFORE | SFR_WRITE | SFR_WAIT_AFTER)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError), open(self.wal_path, "rb", buffering=0) as f:
+            sync_file_range(f.fileno(), 0, 0, SFR_WAIT_BEFORE | SFR_WRITE | SFR_WAIT_AFTER)
 
     def _shrink_wal(self) -> None:
         """Cut the -wal file back to the bound, WAL_SHRINK_STEP at a time (checkpoint
