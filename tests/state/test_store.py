@@ -61,8 +61,8 @@ def all_kv(e: Entities) -> dict[str, Any]:
     return {row.key: json.loads(row.value) for row in e.KeyValue.select()}
 
 
-def store_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "titan-store"]
+def store_threads(name: str = "titan-store") -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == name]
 
 
 def schema_version(path: Path) -> int:
@@ -1009,9 +1009,6 @@ async def test_the_pause_between_two_cuts_ends_for_a_checkpoint_and_for_the_clos
     monkeypatch.setattr(store_module, "WAL_SHRINK_STEP", 1024 * 1024)
     monkeypatch.setattr(store_module, "WAL_SHRINK_PAUSE_S", 3600.0)
 
-    def checkpoint_threads() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t.name == "titan-checkpoint"]
-
     with trio.fail_after(60):  # a hang detector, not a speed limit
         async with open_store(tmp_path / "a.db") as store:
             await grow_behind_an_old_reader(store, tmp_path / "a.db")
@@ -1027,7 +1024,7 @@ async def test_the_pause_between_two_cuts_ends_for_a_checkpoint_and_for_the_clos
                 if wal_bytes(tmp_path / "b.db") < pinned:
                     break
             assert store._shrinking
-    assert checkpoint_threads() == []
+    assert store_threads("titan-checkpoint") == []
 
 
 async def test_while_a_backup_holds_the_wal_it_grows_instead_of_being_reset(
@@ -1185,8 +1182,10 @@ async def test_the_store_threads_writes_wait_at_the_gate_while_a_cut_holds_it(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.to_thread.run_sync, cut, store)
             await trio.to_thread.run_sync(held.wait, 10)
-            nursery.start_soon(store.call, job)
+            # the urgent write first, with nothing queued: it would run inline but for the gate
             nursery.start_soon(lambda: store.call(records.kv_set, "u", 1, 1, urgent=True))
+            await eventually(lambda: store._outstanding == 1)
+            nursery.start_soon(store.call, job)
             await eventually(lambda: store._outstanding == 2)  # both queued, loop running
             let_go.set()
         assert started_while_held == [False]

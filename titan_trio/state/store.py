@@ -225,13 +225,10 @@ class Store:
         self._frames_left = 0  # frames the last checkpoint could not copy (an old reader)
         self._checkpoint_queued = False
         self._checkpoint_error: str | None = None  # logged once, not at every attempt
-        # Set by the checkpoint thread while a RESTART or TRUNCATE, or a cut of the -wal
-        # file, holds the write lock: urgent writes queue instead of waiting for the lock
-        # on the trio thread.
-        self._locking_checkpoint = False
         # The write gate (the module docstring): held by whichever of this process's
-        # writers writes, and by the checkpoint thread while its RESTART or cut holds
-        # SQLite's write lock.
+        # writers writes (the store thread's TRUNCATE of a full disk included), and by the
+        # checkpoint thread while its RESTART or cut holds SQLite's write lock. Urgent
+        # writes that find it held queue instead of waiting for the lock on the trio thread.
         self._writers = threading.Lock()
         self._shrinking = False  # the -wal file is to be cut back to the bound
         # The cuts' pause (WAL_SHRINK_PAUSE_S), ended early by what stops them.
@@ -390,38 +387,31 @@ class Store:
                 except queue.Empty:
                     break
             if batch:
-                with self._gate_for_store():
+                with self._gate(GATE_WAIT_S):  # then SQLite's busy timeout, as long
                     self._run_batch(batch)
             if stop:
                 return
             if probe:
-                with self._gate_for_store():
+                with self._gate(GATE_WAIT_S):
                     self._probe()
 
     @contextlib.contextmanager
-    def _gate_for_store(self) -> Iterator[None]:
-        """The store thread's pass through the write gate (``_writers``): it waits for
-        a RESTART or cut of the checkpoint thread's, up to GATE_WAIT_S, past which
-        SQLite's busy timeout decides as it did without the gate."""
-        got = self._writers.acquire(timeout=GATE_WAIT_S)
+    def _gate(self, timeout_s: float) -> Iterator[bool]:
+        """The write gate (``_writers``), waited for up to ``timeout_s``: whether it was
+        got (and is then held until the block ends). The store thread goes on without
+        it past GATE_WAIT_S, and SQLite's busy timeout decides as without the gate."""
+        got = self._writers.acquire(timeout=timeout_s)
         try:
-            yield
+            yield got
         finally:
             if got:
                 self._writers.release()
 
-    @contextlib.contextmanager
-    def _gate_for_checkpoint(self) -> Iterator[bool]:
-        """The checkpoint thread's hold of the write gate for a RESTART or a cut: whether
-        it got it within CHECKPOINT_GATE_S (a store batch held it; the caller tries
-        again later, as it does when SQLite's lock is held)."""
-        if not self._writers.acquire(timeout=CHECKPOINT_GATE_S):
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            self._writers.release()
+    def _gate_for_checkpoint(self) -> contextlib.AbstractContextManager[bool]:
+        """The checkpoint thread's hold of the gate for a RESTART or a cut, if it gets it
+        within CHECKPOINT_GATE_S (a store batch held it; the caller tries again later,
+        as it does when SQLite's lock is held)."""
+        return self._gate(CHECKPOINT_GATE_S)
 
     def _checkpoint_and_bound(self, *, restart: bool) -> None:
         """The checkpoint thread's work: a PASSIVE checkpoint, then a RESTART that never
@@ -538,23 +528,19 @@ class Store:
         with self._gate_for_checkpoint() as gated:
             if not gated:
                 return False
-            self._locking_checkpoint = True
             try:
-                try:
-                    lock.execute("BEGIN IMMEDIATE")
-                except sqlite3.OperationalError:  # another process writes (or checkpoints)
+                lock.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:  # another process writes (or checkpoints)
+                return False
+            try:
+                to = max(to, self._log_end(page))
+                to = -(-to // WAL_CUT_ALIGN) * WAL_CUT_ALIGN
+                if to >= self._wal_bytes():
                     return False
-                try:
-                    to = max(to, self._log_end(page))
-                    to = -(-to // WAL_CUT_ALIGN) * WAL_CUT_ALIGN
-                    if to >= self._wal_bytes():
-                        return False
-                    os.truncate(self.wal_path, to)
-                    return True
-                finally:
-                    lock.execute("ROLLBACK")
+                os.truncate(self.wal_path, to)
+                return True
             finally:
-                self._locking_checkpoint = False
+                lock.execute("ROLLBACK")
 
     def _log_end(self, page: int) -> int:
         """Where the WAL's log ends in the -wal file, in bytes, read from the file (the
@@ -614,16 +600,11 @@ class Store:
         empties the -wal file, which gives its space back to the disk. A failure is
         logged (once per cause) and never fails a job."""
         self._checkpoint_queued = False
-        locking = mode != "PASSIVE"
         try:
             # Its own connection: pony's may hold a read transaction, which pins the WAL.
             timeout = CHECKPOINT_BUSY_S if busy_s is None else busy_s
             with contextlib.closing(sqlite3.connect(self.path, timeout=timeout)) as conn:
-                self._locking_checkpoint = locking
-                try:
-                    busy, frames, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-                finally:
-                    self._locking_checkpoint = False
+                busy, frames, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
                 page = conn.execute("PRAGMA page_size").fetchone()[0]
                 self._wal_content_bytes = max(frames, 0) * (page + WAL_FRAME_HEADER)
                 self._frames_left = max(frames - copied, 0)
@@ -772,7 +753,6 @@ class Store:
         if (
             urgent
             and self._outstanding == 0
-            and not self._locking_checkpoint
             and self.inline
             and plain_sql(fn, args)
             and self._inline_allowed()
